@@ -1,0 +1,71 @@
+"""my3dgen command line: convert, render, (personalize, export, serve). Each command is also a Python API."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Personalized 3D face generators (EG3D + LoRA, the My3DGen method): convert, render, "
+                       "train, export, serve.")
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {text!r}") from None
+
+
+@app.command()
+def convert(pkl: Path = typer.Argument(..., exists=True, dir_okay=False, help="Official EG3D network pickle."),
+            out: Path = typer.Option(..., "--out", help="Model directory to write."),
+            overwrite: bool = typer.Option(False, help="Replace an existing model directory.")):
+    """Official EG3D pickle (e.g. ffhq512-128.pkl) -> model directory, without executing the pickle's code."""
+    from generator.convert import convert_official_pickle
+    from generator.model_dir import read_config
+    path = convert_official_pickle(pkl, out, overwrite=overwrite)
+    cfg, raw = read_config(path)
+    typer.echo(f"wrote {path} (neural rendering {cfg.neural_rendering_resolution}^2, "
+               f"{cfg.rendering.depth_resolution}+{cfg.rendering.depth_resolution_importance} samples, "
+               f"fingerprint {raw['fingerprint'][:23]}...)")
+
+
+@app.command()
+def render(model: Optional[Path] = typer.Option(None, "--model", help="Model directory (from `convert`)."),
+           preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset: tiny | ffhq512-128."),
+           seed: int = typer.Option(0, help="Seed of z (numpy RandomState, as official gen_samples.py)."),
+           yaw: float = typer.Option(0.0, help="Camera yaw offset from frontal, radians."),
+           pitch: float = typer.Option(0.0, help="Camera pitch offset from frontal, radians."),
+           grid_yaws: Optional[str] = typer.Option(None, help="Comma-separated yaws: render a grid instead."),
+           grid_pitches: Optional[str] = typer.Option(None, help="Comma-separated pitches for the grid rows."),
+           truncation: float = typer.Option(0.7, help="Truncation psi."),
+           truncation_cutoff: Optional[int] = typer.Option(None, help="Truncate only the first N ws."),
+           stochastic: bool = typer.Option(False, help="Official stochastic sampling (random noise and depth "
+                                                       "jitter) instead of the deterministic default."),
+           depth: bool = typer.Option(False, help="Add depth maps under the images."),
+           out: Path = typer.Option(..., "--out", help="PNG file to write.")):
+    """Render one view, or a yaw x pitch grid, of a model or a preset to a PNG."""
+    import torch
+    from generator.imaging import save_png
+    from generator.model_dir import build_generator
+    from generator.views import camera_batch, latent_from_seed, render_views, views_picture
+    if (model is None) == (preset is None):
+        raise typer.BadParameter("give exactly one of --model DIR or --preset NAME")
+    G = build_generator(model=model, preset_name=preset)
+    yaws = _floats(grid_yaws, "--grid-yaws") if grid_yaws else [yaw]
+    pitches = _floats(grid_pitches, "--grid-pitches") if grid_pitches else [pitch]
+    views = [(y, p) for p in pitches for y in yaws]
+    z = latent_from_seed(G, seed)
+    with torch.no_grad():
+        ws = G.mapping(z, camera_batch(G, [(0.0, 0.0)]), truncation_psi=truncation,
+                       truncation_cutoff=truncation_cutoff)
+    outs = render_views(G, ws, views, sampling="stochastic" if stochastic else "deterministic",
+                        noise_mode="random" if stochastic else "const")
+    save_png(views_picture(outs, cols=len(yaws), with_depth=depth), out)
+    typer.echo(f"wrote {out} ({len(views)} view(s), {G.img_resolution}x{G.img_resolution} each)")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,62 @@
+"""Small tensor operations of StyleGAN2/EG3D: FIR filtering, 2x upsampling, bias + activation, 2nd-moment norm.
+
+Written for CPU fp32 and ONNX export: only conv2d, pad and reshape, no custom kernels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2)
+
+
+def fir_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
+    """Separable 2-D FIR kernel outer(taps, taps), normalized to sum 1 (a [4,4] buffer for [1,3,3,1])."""
+    t = torch.as_tensor(taps, dtype=torch.float32)
+    f = torch.outer(t, t)
+    return f / f.sum()
+
+
+def filter2d(x: torch.Tensor, f: torch.Tensor, pad: tuple[int, int, int, int], gain: float = 1.0) -> torch.Tensor:
+    """Depthwise 2-D FIR filter of x with f*gain after zero padding (left, right, top, bottom)."""
+    c = x.shape[1]
+    x = F.pad(x, list(pad))
+    k = (f * gain).to(x.dtype).flip([0, 1])[None, None].repeat(c, 1, 1, 1)
+    return F.conv2d(x, k, groups=c)
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """2x upsampling: insert zeros after every pixel, then FIR filter with gain 4 (keeps the DC level)."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h, 1, w, 1)
+    x = F.pad(x, [0, 1, 0, 0, 0, 1])
+    x = x.reshape(n, c, h * 2, w * 2)
+    fw = f.shape[-1]
+    p0, p1 = (fw + 1) // 2, (fw - 2) // 2
+    return filter2d(x, f, (p0, p1, p0, p1), gain=4.0)
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float | None = None,
+             clamp: float | None = None) -> torch.Tensor:
+    """y = clamp(act(x + b) * gain); b is added along dim 1; lrelu's default gain is sqrt(2)."""
+    if b is not None:
+        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
+    if act == "lrelu":
+        x = F.leaky_relu(x, LRELU_SLOPE)
+        gain = LRELU_GAIN if gain is None else gain
+    elif act != "linear":
+        raise ValueError(f"unknown activation {act!r}")
+    gain = 1.0 if gain is None else gain
+    if gain != 1:
+        x = x * gain
+    if clamp is not None and clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) over dim 1."""
+    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
