@@ -67,5 +67,63 @@ def render(model: Optional[Path] = typer.Option(None, "--model", help="Model dir
     typer.echo(f"wrote {out} ({len(views)} view(s), {G.img_resolution}x{G.img_resolution} each)")
 
 
+def _source(model: Optional[Path], preset: Optional[str]):
+    from generator.model_dir import build_generator
+    if (model is None) == (preset is None):
+        raise typer.BadParameter("give exactly one of --model DIR or --preset NAME")
+    return build_generator(model=model, preset_name=preset)
+
+
+@app.command()
+def adapters(model: Optional[Path] = typer.Option(None, "--model", help="Model directory."),
+             preset: Optional[str] = typer.Option(None, "--preset", help="Preset: tiny | ffhq512-128."),
+             rank: int = typer.Option(4, help="LoRA rank r."),
+             alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: rank, i.e. scale 1)."),
+             layout: str = typer.Option("loralib", help="loralib (paper budget) | flat (PEFT convention)."),
+             decoder: bool = typer.Option(True, help="Fine-tune the OSG decoder."),
+             biases: bool = typer.Option(True, help="Train biases, noise strengths and the const."),
+             mapping: bool = typer.Option(False, help="Also put LoRA on the mapping network."),
+             mode: str = typer.Option("lora", help="lora | full (full fine-tuning baseline)."),
+             file: Optional[Path] = typer.Option(None, "--file", help="Describe this adapter file instead.")):
+    """Show what a person trains: a table of LoRA targets and parameter counts (or an adapter file's metadata)."""
+    import json
+    from generator.adapter_file import read_adapter_meta
+    from generator.lora import AdapterPolicy, count_table, plan
+    if file is not None:
+        meta = read_adapter_meta(file)
+        meta["targets"] = f"{len(meta['targets'])} tensors"
+        typer.echo(json.dumps(meta, indent=2))
+        return
+    G = _source(model, preset)
+    policy = AdapterPolicy(rank=rank, alpha=float(alpha if alpha is not None else rank), layout=layout,
+                           train_decoder=decoder, train_biases=biases, mode=mode,
+                           parts=("synthesis", "superresolution") + (("mapping",) if mapping else ()))
+    rows = count_table(plan(G, policy))
+    total = sum(r[2] for r in rows)
+    base = sum(p.numel() for p in G.parameters())
+    width = max(len(r[0]) for r in rows)
+    typer.echo(f"{'target':{width}}  tensors  parameters")
+    for name, tensors, count in rows:
+        typer.echo(f"{name:{width}}  {tensors:7d}  {count:10,d}")
+    typer.echo(f"{'total trainable':{width}}  {sum(r[1] for r in rows):7d}  {total:10,d}  "
+               f"({base / total:.1f}x fewer than the {base:,d} of the generator)")
+
+
+@app.command()
+def preprocess(photos: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of photos."),
+               out: Path = typer.Option(..., "--out", help="Dataset folder to write."),
+               backend: str = typer.Option("dlib", help="dlib (offline) | insightface (models you provide)."),
+               insightface_models: Optional[Path] = typer.Option(None, help="Folder with det_10g.onnx etc."),
+               mirror: bool = typer.Option(True, help="Also write mirrored crops with mirrored cameras."),
+               size: int = typer.Option(512, help="Crop size."),
+               overwrite: bool = typer.Option(False, help="Replace an existing dataset folder.")):
+    """Photos -> aligned crops + EG3D camera labels (dataset.json); skipped photos are listed in report.json."""
+    from preprocess import PreprocessConfig, preprocess_folder
+    cfg = PreprocessConfig(backend=backend, insightface_model_dir=insightface_models, mirror=mirror, size=size,
+                           overwrite=overwrite)
+    report = preprocess_folder(photos, out, cfg)
+    typer.echo(report.summary())
+
+
 if __name__ == "__main__":
     app()

@@ -1,8 +1,9 @@
 """StyleGAN2 layers with equalized learning rate: fully connected, modulated 3x3 conv and toRGB.
 
-Every layer keeps its stored (pre-gain) `weight`, as in the official state dict. A LoRA adapter may be attached
-to a layer (`layer.lora`, see generator/lora); the layer then uses `weight + delta`, before gains, modulation and
-demodulation. The delta is either shared by the batch ([out, in, ...]) or one per sample ([N, out, in, ...]).
+Every layer keeps its stored (pre-gain) `weight`, as in the official state dict. A person's adapter may be
+attached (`layer.personal`, see generator/lora.py): the layer then reads each of its tensors through `p(name)`,
+which gives `weight + LoRA delta` (before gains, modulation and demodulation) and the adapter's own copies of
+biases etc. A tensor is either shared by the batch or has one leading entry per sample (a batch mixing people).
 """
 from __future__ import annotations
 
@@ -16,18 +17,19 @@ import torch.nn.functional as F
 from generator.ops import bias_act, filter2d, fir_filter, LRELU_GAIN
 
 
-class AdaptableWeight(nn.Module):
-    """Mixin: `adapted_weight()` returns the stored weight plus the attached adapter's delta, if any."""
+class Personalizable(nn.Module):
+    """Mixin: `p(name)` is the tensor the forward pass uses: the base one, or the attached adapter's version."""
 
-    lora = None  # set by generator.lora.attach_lora; a plain attribute so the base state dict keeps its keys
+    personal = None  # set by generator.lora; a plain attribute so the base state dict keeps its keys
 
-    def adapted_weight(self) -> torch.Tensor:
-        if self.lora is None:
-            return self.weight
-        return self.lora.adapt(self.weight)
+    def p(self, name: str) -> torch.Tensor | None:
+        base = getattr(self, name)
+        if self.personal is None or base is None:
+            return base
+        return self.personal.get(name, base)
 
 
-class FullyConnectedLayer(AdaptableWeight):
+class FullyConnectedLayer(Personalizable):
     """y = act(x @ (weight * lr_mul / sqrt(in))^T + bias * lr_mul)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
@@ -40,14 +42,20 @@ class FullyConnectedLayer(AdaptableWeight):
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.adapted_weight() * self.weight_gain
-        b = None if self.bias is None else self.bias * self.bias_gain
-        if w.ndim == 3:  # one weight per sample
-            x = torch.bmm(x.unsqueeze(1), w.transpose(1, 2)).squeeze(1)
-            return bias_act(x, b, self.activation)
-        if self.activation == "linear" and b is not None:
+        w = self.p("weight") * self.weight_gain
+        b = self.p("bias")
+        b = None if b is None else b * self.bias_gain
+        if w.ndim == 3 or (b is not None and b.ndim == 2):  # one weight / bias per sample: x is [N, ..., in]
+            n = x.shape[0]
+            w = w.expand(n, -1, -1) if w.ndim == 3 else w.unsqueeze(0).expand(n, -1, -1)
+            y = torch.matmul(x.reshape(n, -1, x.shape[-1]), w.transpose(1, 2))
+            if b is not None:
+                y = y + (b.unsqueeze(1) if b.ndim == 2 else b)
+            return bias_act(y, None, self.activation).reshape(*x.shape[:-1], -1)
+        if self.activation == "linear" and b is not None and x.ndim == 2:
             return torch.addmm(b.unsqueeze(0), x, w.t())
-        return bias_act(x.matmul(w.t()), b, self.activation)
+        y = x.matmul(w.t())
+        return bias_act(y, b, self.activation) if x.ndim == 2 else bias_act(y + b, None, self.activation)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
@@ -116,7 +124,7 @@ def resolve_fused(fused_modconv: bool | None, default: str, training: bool) -> b
     return {"always": True, "never": False}.get(default, not training)
 
 
-class SynthesisLayer(AdaptableWeight):
+class SynthesisLayer(Personalizable):
     """Modulated 3x3 conv (optionally 2x up) + noise + bias + lrelu; style from w through `affine`."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: int = 1,
@@ -137,22 +145,25 @@ class SynthesisLayer(AdaptableWeight):
                 fused_modconv: bool | None = None) -> torch.Tensor:
         styles = self.affine(w)
         noise = None
+        strength = self.p("noise_strength")
+        if strength.ndim == 1:  # one per sample
+            strength = strength.reshape(-1, 1, 1, 1)
         if noise_mode == "random":
-            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) * self.noise_strength
+            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) * strength
         elif noise_mode == "const":
-            noise = self.noise_const * self.noise_strength
+            noise = self.noise_const * strength
         elif noise_mode != "none":
             raise ValueError(f"noise_mode={noise_mode!r}: expected 'random', 'const' or 'none'")
         fused = resolve_fused(fused_modconv, self.fused_modconv_default, self.training)
-        x = modulated_conv2d(x, self.adapted_weight(), styles, noise=noise, up=self.up, padding=self.padding,
+        x = modulated_conv2d(x, self.p("weight"), styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, fused=fused)
-        return bias_act(x, self.bias, "lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp)
+        return bias_act(x, self.p("bias"), "lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp)
 
     def extra_repr(self) -> str:
         return f"in={self.in_channels}, out={self.out_channels}, resolution={self.resolution}, up={self.up}"
 
 
-class ToRGBLayer(AdaptableWeight):
+class ToRGBLayer(Personalizable):
     """Modulated 1x1 conv without demodulation: features -> image channels (96 tri-plane channels in EG3D)."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, conv_clamp: float | None = None,
@@ -169,5 +180,5 @@ class ToRGBLayer(AdaptableWeight):
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool | None = None) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
         fused = resolve_fused(fused_modconv, self.fused_modconv_default, self.training)
-        x = modulated_conv2d(x, self.adapted_weight(), styles, demodulate=False, fused=fused)
-        return bias_act(x, self.bias, "linear", clamp=self.conv_clamp)
+        x = modulated_conv2d(x, self.p("weight"), styles, demodulate=False, fused=fused)
+        return bias_act(x, self.p("bias"), "linear", clamp=self.conv_clamp)

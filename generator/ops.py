@@ -41,9 +41,10 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float | None = None,
              clamp: float | None = None) -> torch.Tensor:
-    """y = clamp(act(x + b) * gain); b is added along dim 1; lrelu's default gain is sqrt(2)."""
+    """y = clamp(act(x + b) * gain); b [C] (or [N, C], one per sample) is added along dim 1; lrelu gain sqrt(2)."""
     if b is not None:
-        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
+        lead = [b.shape[0], b.shape[1]] if b.ndim == 2 else [1, -1]
+        x = x + b.reshape(lead + [1] * (x.ndim - 2))
     if act == "lrelu":
         x = F.leaky_relu(x, LRELU_SLOPE)
         gain = LRELU_GAIN if gain is None else gain

@@ -70,7 +70,10 @@ class OSGDecoder(nn.Module):
     def forward(self, sampled_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = sampled_features.mean(1)
         n, m, c = x.shape
-        x = self.net(x.reshape(n * m, c)).reshape(n, m, -1)
+        if self.net[0].personal is not None and self.net[0].personal.per_sample:
+            x = self.net(x)  # per-sample decoder weights: keep [N, M, C]
+        else:
+            x = self.net(x.reshape(n * m, c)).reshape(n, m, -1)
         rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001
         return rgb, x[..., 0:1]
 

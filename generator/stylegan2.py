@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from generator.layers import FullyConnectedLayer, SynthesisLayer, ToRGBLayer
+from generator.layers import FullyConnectedLayer, Personalizable, SynthesisLayer, ToRGBLayer
 from generator.ops import fir_filter, normalize_2nd_moment, upsample2d
 
 
@@ -50,7 +50,7 @@ def truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | No
     return torch.cat([head, ws[:, cutoff:]], dim=1)
 
 
-class SynthesisBlock(nn.Module):
+class SynthesisBlock(Personalizable):
     """One resolution of the skip architecture: [const | conv0(up)], conv1, then img = up(img) + torgb(x)."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
@@ -72,7 +72,8 @@ class SynthesisBlock(nn.Module):
                 fused_modconv: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         w = ws.unbind(dim=1)
         if self.in_channels == 0:
-            x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            const = self.p("const")
+            x = const if const.ndim == 4 else const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
             x = self.conv1(x, w[0], noise_mode=noise_mode, fused_modconv=fused_modconv)
         else:
             x = self.conv0(x, w[0], noise_mode=noise_mode, fused_modconv=fused_modconv)

@@ -1,0 +1,42 @@
+"""`preprocess`: a folder of photos -> an EG3D-style dataset (FFHQ-aligned crops + 25-d camera labels).
+
+Pipeline per photo: detect faces and 68 landmarks (`detect`), FFHQ-style oriented crop (`align`), head pose by
+PnP against a mean 3-D face converted to an EG3D look-at camera (`pose`), written with its mirror image and a
+report of every skipped file (`dataset`).
+"""
+from preprocess.align import AlignedFace, align_face, ffhq_quad, keypoints_from_landmarks
+from preprocess.dataset import (
+    DATASET_JSON,
+    REPORT_JSON,
+    SKIP_REASONS,
+    DatasetError,
+    KeptPhoto,
+    PreprocessConfig,
+    PreprocessReport,
+    Sample,
+    SkippedFile,
+    load_dataset,
+    load_photo,
+    preprocess_folder,
+    read_dataset_json,
+    validate_label,
+    write_dataset_json,
+)
+from preprocess.detect import (
+    BackendUnavailable,
+    DlibBackend,
+    Face,
+    FaceBackend,
+    InsightFaceBackend,
+    detect_flip_averaged,
+    make_backend,
+)
+from preprocess.pose import HeadPose, estimate_head_pose, pose_label
+
+__all__ = [
+    "AlignedFace", "BackendUnavailable", "DATASET_JSON", "DatasetError", "DlibBackend", "Face", "FaceBackend",
+    "HeadPose", "InsightFaceBackend", "KeptPhoto", "PreprocessConfig", "PreprocessReport", "REPORT_JSON",
+    "SKIP_REASONS", "Sample", "SkippedFile", "align_face", "detect_flip_averaged", "estimate_head_pose",
+    "ffhq_quad", "keypoints_from_landmarks", "load_dataset", "load_photo", "make_backend", "pose_label",
+    "preprocess_folder", "read_dataset_json", "validate_label", "write_dataset_json",
+]

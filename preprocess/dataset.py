@@ -1,0 +1,447 @@
+"""Folder of photos -> EG3D-style dataset folder, and reading/validating such folders.
+
+Output layout (what EG3D's `ImageFolderDataset` and this project's trainer read):
+
+    out_dir/img00000000.png           aligned 512x512 crop of the first kept photo
+    out_dir/img00000000_mirror.png    its horizontal flip (unless mirror=False)
+    out_dir/dataset.json              {"labels": [["img00000000.png", [25 floats]], ...]}
+    out_dir/report.json               what was kept (with raw and used yaw/pitch) and what was skipped, why
+
+Every photo that cannot be used is skipped and listed with its reason, never guessed at: unreadable files,
+no face, several faces of similar size, a face too small, a head pose outside the plausible range. The output
+is written to a temporary folder next to `out_dir` and renamed into place at the end, so a crash never
+leaves a half-written dataset, and an existing non-empty `out_dir` is only replaced with `overwrite=True`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from generator.cameras import mirror_label, yaw_pitch_of
+from preprocess.align import align_face
+from preprocess.detect import FaceBackend, detect_flip_averaged, make_backend
+from preprocess.pose import estimate_head_pose, pose_label
+
+DATASET_JSON = "dataset.json"
+REPORT_JSON = "report.json"
+LABEL_DIM = 25
+
+UNREADABLE = "unreadable"
+NOT_A_FILE = "not_a_file"
+NO_FACE = "no_face"
+SEVERAL_FACES = "several_faces"
+FACE_TOO_SMALL = "face_too_small"
+POSE_OUT_OF_RANGE = "pose_out_of_range"
+SKIP_REASONS = (UNREADABLE, NOT_A_FILE, NO_FACE, SEVERAL_FACES, FACE_TOO_SMALL, POSE_OUT_OF_RANGE)
+
+
+class DatasetError(ValueError):
+    """An invalid dataset folder or dataset.json; the message names the file, the entry and the field."""
+
+
+@dataclass
+class PreprocessConfig:
+    """Options of `preprocess_folder`. Angles are radians in EG3D's look-at yaw/pitch parametrization."""
+
+    backend: str | FaceBackend = "dlib"
+    """'dlib' (offline default), 'insightface' (needs `insightface_model_dir`) or a `FaceBackend` object."""
+    insightface_model_dir: str | Path | None = None
+    """Folder with the user's insightface buffalo_l ONNX files, for backend='insightface'."""
+    size: int = 512
+    """Side of the square output crops (EG3D ffhq512: 512)."""
+    mirror: bool = True
+    """Also write each crop's horizontal flip with the mirrored camera (EG3D's --mirror augmentation)."""
+    flip_average_landmarks: bool = True
+    """Average the landmarks found on the photo and on its mirror image: removes the landmark model's
+    left/right bias so a photo and its mirror get exactly opposite yaws. Doubles detection time."""
+    multi_face_ratio: float = 0.5
+    """A photo is skipped as 'several faces' when a second face is at least this fraction of the largest
+    face's size (box side); smaller background faces are ignored."""
+    min_face_size: float = 48.0
+    """Skip faces whose detector box side is below this many source pixels (the crop would be mostly blur)."""
+    max_abs_yaw: float = math.radians(75.0)
+    """Skip photos whose estimated |yaw| exceeds this: the 68-point PnP is not trustworthy beyond it."""
+    max_abs_pitch: float = math.radians(45.0)
+    """Skip photos whose estimated |pitch| exceeds this."""
+    clamp_abs_yaw: float = math.radians(60.0)
+    """Yaw written to the label is clamped to +-this (about FFHQ's range); the raw estimate is reported."""
+    clamp_abs_pitch: float = math.radians(30.0)
+    """Pitch written to the label is clamped to +-this; the raw estimate is reported."""
+    supersample: int = 4
+    """FFHQ's transform_size / output_size: resample at this multiple of `size`, then downsample."""
+    overwrite: bool = False
+    """Replace an existing non-empty out_dir (otherwise it is refused)."""
+    progress: bool = False
+    """Show a tqdm progress bar over the photos."""
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"PreprocessConfig.size must be >= 8, got {self.size}")
+        if not 0.0 < self.multi_face_ratio <= 1.0:
+            raise ValueError(f"PreprocessConfig.multi_face_ratio must be in (0, 1], got {self.multi_face_ratio}")
+        for name in ("max_abs_yaw", "max_abs_pitch", "clamp_abs_yaw", "clamp_abs_pitch"):
+            value = getattr(self, name)
+            if not 0.0 < value <= math.pi / 2:
+                raise ValueError(f"PreprocessConfig.{name} must be in (0, pi/2] radians, got {value}")
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file of the photo folder that is not in the dataset."""
+
+    source: str
+    """File name inside photos_dir."""
+    reason: str
+    """One of SKIP_REASONS."""
+    detail: str
+    """Human-readable specifics (decoder error, face count and sizes, estimated angles)."""
+
+
+@dataclass(frozen=True)
+class KeptPhoto:
+    """A photo that went into the dataset."""
+
+    source: str
+    """File name inside photos_dir."""
+    image: str
+    """Crop file name in out_dir."""
+    mirror_image: str | None
+    """Mirrored crop file name, or None without mirroring."""
+    yaw: float
+    """Yaw of the written label (clamped), radians."""
+    pitch: float
+    """Pitch of the written label (clamped), radians."""
+    raw_yaw: float
+    """Estimated yaw before clamping."""
+    raw_pitch: float
+    """Estimated pitch before clamping."""
+    clamped: bool
+    """Whether the label's angles differ from the raw estimate."""
+    reprojection_rms_px: float | None
+    """PnP fit error in crop pixels (large: unusual face or bad landmarks); None for accepted datasets."""
+    face_score: float | None
+    """Detector score of the face used."""
+    padded: bool
+    """Whether the crop reached outside the photo and was filled by blurred reflection."""
+
+
+@dataclass
+class PreprocessReport:
+    """What `preprocess_folder` did; also written as out_dir/report.json."""
+
+    photos_dir: str
+    out_dir: str
+    backend: str
+    kept: list[KeptPhoto] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    accepted_existing: bool = False
+    """True when photos_dir already was a labelled dataset and was copied as-is."""
+    config: dict = field(default_factory=dict)
+    """The PreprocessConfig used (backend by name), for reproducing the run."""
+
+    def to_dict(self) -> dict:
+        kept = []
+        for item in self.kept:
+            entry = asdict(item)
+            entry.update(yaw_deg=math.degrees(item.yaw), pitch_deg=math.degrees(item.pitch),
+                         raw_yaw_deg=math.degrees(item.raw_yaw), raw_pitch_deg=math.degrees(item.raw_pitch))
+            kept.append(entry)
+        return {"photos_dir": self.photos_dir, "out_dir": self.out_dir, "backend": self.backend,
+                "accepted_existing": self.accepted_existing, "config": self.config, "num_kept": len(self.kept),
+                "num_skipped": len(self.skipped), "kept": kept, "skipped": [asdict(s) for s in self.skipped]}
+
+    def summary(self) -> str:
+        lines = [f"{len(self.kept)} photo(s) kept, {len(self.skipped)} skipped -> {self.out_dir}"]
+        lines += [f"  skipped {s.source}: {s.reason} ({s.detail})" for s in self.skipped]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image of a dataset folder."""
+
+    path: Path
+    """Absolute path of the image file."""
+    label: np.ndarray
+    """float32 (25,): row-major 4x4 cam2world then row-major normalized 3x3 intrinsics."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def validate_label(label, where: str) -> np.ndarray:
+    """Check one 25-d EG3D camera label and return it as float32; errors start with `where`.
+
+    Checks: 25 finite numbers, cam2world bottom row (0, 0, 0, 1), cam2world rotation orthonormal within 1e-3
+    with determinant +1, intrinsics bottom row (0, 0, 1) and positive focal lengths.
+    """
+    if not isinstance(label, (list, tuple, np.ndarray)) or len(label) != LABEL_DIM:
+        size = len(label) if isinstance(label, (list, tuple, np.ndarray)) else type(label).__name__
+        raise DatasetError(f"{where}: label must be a list of {LABEL_DIM} numbers, got {size}")
+    values = []
+    for k, value in enumerate(label):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise DatasetError(f"{where}: label[{k}] is not a number: {value!r}")
+        if not math.isfinite(float(value)):
+            raise DatasetError(f"{where}: label[{k}] is not finite: {value!r}")
+        values.append(float(value))
+    arr = np.asarray(values, dtype=np.float64)
+    cam2world = arr[:16].reshape(4, 4)
+    if np.abs(cam2world[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-4:
+        raise DatasetError(f"{where}: cam2world bottom row (label[12:16]) is {cam2world[3].tolist()}, "
+                           "expected [0, 0, 0, 1]")
+    rotation = cam2world[:3, :3]
+    error = float(np.abs(rotation.T @ rotation - np.eye(3)).max())
+    if error > 1e-3:
+        raise DatasetError(f"{where}: cam2world rotation (label[0:3], label[4:7], label[8:11]) is not "
+                           f"orthonormal: max |R^T R - I| = {error:.3g} > 1e-3")
+    if np.linalg.det(rotation) < 0:
+        raise DatasetError(f"{where}: cam2world rotation (label[0:3], label[4:7], label[8:11]) is a reflection "
+                           "(determinant -1)")
+    intrinsics = arr[16:].reshape(3, 3)
+    if np.abs(intrinsics[2] - [0.0, 0.0, 1.0]).max() > 1e-4:
+        raise DatasetError(f"{where}: intrinsics bottom row (label[22:25]) is {intrinsics[2].tolist()}, "
+                           "expected [0, 0, 1]")
+    if intrinsics[0, 0] <= 0 or intrinsics[1, 1] <= 0:
+        raise DatasetError(f"{where}: intrinsics focal lengths (label[16], label[20]) must be positive, got "
+                           f"{intrinsics[0, 0]}, {intrinsics[1, 1]}")
+    return arr.astype(np.float32)
+
+
+def _relative_name(name, where: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"{where}: file name must be a non-empty string, got {name!r}")
+    parts = Path(name).parts
+    if Path(name).is_absolute() or ".." in parts or "\\" in name:
+        raise DatasetError(f"{where}: file name must be a relative path inside the dataset folder, got {name!r}")
+    return name
+
+
+def read_dataset_json(dataset_dir: str | Path) -> list[tuple[str, np.ndarray]]:
+    """Entries of dataset_dir/dataset.json as (relative file name, float32 label), validated.
+
+    Every label is checked with `validate_label`, names must be unique relative paths, and every file must
+    exist. Errors name the json file, the entry index, the image name and the field.
+    """
+    dataset_dir = Path(dataset_dir)
+    json_path = dataset_dir / DATASET_JSON
+    if not json_path.is_file():
+        raise DatasetError(f"{json_path}: not found (a dataset folder needs {DATASET_JSON} with camera labels)")
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{json_path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or "labels" not in data:
+        raise DatasetError(f"{json_path}: expected an object with a 'labels' field")
+    labels = data["labels"]
+    if labels is None:
+        raise DatasetError(f"{json_path}: 'labels' is null: the dataset has no camera labels")
+    if not isinstance(labels, list):
+        raise DatasetError(f"{json_path}: 'labels' must be a list of [file name, [25 numbers]], "
+                           f"got {type(labels).__name__}")
+    entries, seen = [], set()
+    for i, entry in enumerate(labels):
+        where = f"{json_path}: labels[{i}]"
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise DatasetError(f"{where}: expected [file name, [25 numbers]], got {entry!r:.80}")
+        name = _relative_name(entry[0], where)
+        where = f"{where} ({name!r})"
+        if name in seen:
+            raise DatasetError(f"{where}: file name listed twice")
+        seen.add(name)
+        label = validate_label(entry[1], where)
+        if not (dataset_dir / name).is_file():
+            raise DatasetError(f"{where}: image file not found: {dataset_dir / name}")
+        entries.append((name, label))
+    return entries
+
+
+def write_dataset_json(dataset_dir: str | Path, entries: list[tuple[str, np.ndarray]]) -> Path:
+    """Write EG3D's dataset.json: {"labels": [[name, [25 floats]], ...]}. Labels are validated first."""
+    rows = []
+    for i, (name, label) in enumerate(entries):
+        where = f"entry {i} ({name!r})"
+        checked = validate_label(np.asarray(label, dtype=np.float64).tolist(), where)
+        rows.append([_relative_name(name, where), [float(v) for v in checked]])
+    path = Path(dataset_dir) / DATASET_JSON
+    path.write_text(json.dumps({"labels": rows}) + "\n", encoding="utf-8")
+    return path
+
+
+def load_dataset(dataset_dir: str | Path) -> list[Sample]:
+    """Samples (absolute image path, float32 label) of a dataset folder, validated (see `read_dataset_json`)."""
+    dataset_dir = Path(dataset_dir).resolve()
+    return [Sample(path=dataset_dir / name, label=label) for name, label in read_dataset_json(dataset_dir)]
+
+
+def load_photo(path: str | Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3) pixels of an image file, rotated upright by its EXIF orientation."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _config_record(config: PreprocessConfig) -> dict:
+    record = {}
+    for name in config.__dataclass_fields__:
+        value = getattr(config, name)
+        if name == "backend" and not isinstance(value, str):
+            value = value.name
+        record[name] = str(value) if isinstance(value, Path) else value
+    return record
+
+
+def _check_dirs(photos_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    if not photos_dir.is_dir():
+        raise FileNotFoundError(f"photos_dir is not a folder: {photos_dir}")
+    src, dst = photos_dir.resolve(), out_dir.resolve()
+    if dst == src or dst in src.parents or src in dst.parents:
+        raise ValueError(f"out_dir {out_dir} must be outside photos_dir {photos_dir} and must not contain it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"out_dir exists and is not a folder: {out_dir}")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"out_dir is not empty: {out_dir}; pass overwrite=True (CLI: --overwrite) to "
+                              "replace it")
+
+
+def _commit(tmp_dir: Path, out_dir: Path) -> None:
+    """Move the finished temporary folder to out_dir, replacing what was there (already checked)."""
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out_dir, old)
+        os.replace(tmp_dir, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp_dir, out_dir)
+
+
+def _list_photos(photos_dir: Path) -> list[Path]:
+    return sorted(p for p in photos_dir.iterdir() if not p.name.startswith("."))
+
+
+def _process_photo(path: Path, backend: FaceBackend, config: PreprocessConfig):
+    """(aligned crop, pose, face, clamped yaw, clamped pitch) or a SkippedFile for one photo."""
+    name = path.name
+    if not path.is_file():
+        return SkippedFile(name, NOT_A_FILE, "a folder or special file; sub-folders are not searched")
+    try:
+        image = load_photo(path)
+    except Exception as exc:  # any decoder error of a corrupt file means the same thing: unreadable
+        return SkippedFile(name, UNREADABLE, f"{type(exc).__name__}: {exc}")
+    faces = detect_flip_averaged(backend, image) if config.flip_average_landmarks else backend.detect(image)
+    if not faces:
+        return SkippedFile(name, NO_FACE, f"{backend.name} found no face in the {image.shape[1]}x{image.shape[0]} "
+                                          "photo")
+    faces = sorted(faces, key=lambda f: f.size, reverse=True)
+    face = faces[0]
+    rivals = [f for f in faces[1:] if f.size >= config.multi_face_ratio * face.size]
+    if rivals:
+        sizes = ", ".join(f"{f.size:.0f}" for f in [face] + rivals)
+        return SkippedFile(name, SEVERAL_FACES, f"{1 + len(rivals)} faces of similar size (box sides {sizes} px); "
+                                                "crop the photo to one person")
+    if face.size < config.min_face_size:
+        return SkippedFile(name, FACE_TOO_SMALL, f"face box side {face.size:.0f} px < min_face_size "
+                                                 f"{config.min_face_size:.0f} px")
+    aligned = align_face(image, face.landmarks, config.size, config.supersample)
+    pose = estimate_head_pose(aligned.to_crop(face.landmarks), config.size)
+    if abs(pose.yaw) > config.max_abs_yaw or abs(pose.pitch) > config.max_abs_pitch:
+        return SkippedFile(name, POSE_OUT_OF_RANGE,
+                           f"estimated yaw {math.degrees(pose.yaw):.1f} deg, pitch {math.degrees(pose.pitch):.1f} "
+                           f"deg; limits +-{math.degrees(config.max_abs_yaw):.0f} / "
+                           f"+-{math.degrees(config.max_abs_pitch):.0f} deg")
+    yaw = float(np.clip(pose.yaw, -config.clamp_abs_yaw, config.clamp_abs_yaw))
+    pitch = float(np.clip(pose.pitch, -config.clamp_abs_pitch, config.clamp_abs_pitch))
+    return aligned, pose, face, yaw, pitch
+
+
+def _save_png(pixels: np.ndarray, path: Path) -> None:
+    Image.fromarray(pixels, "RGB").save(path, compress_level=4)
+
+
+def _accept_existing(photos_dir: Path, tmp_dir: Path, report: PreprocessReport) -> None:
+    entries = read_dataset_json(photos_dir)
+    for name, label in entries:
+        target = tmp_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(photos_dir / name, target)
+        yaw, pitch = yaw_pitch_of(label)
+        report.kept.append(KeptPhoto(source=name, image=name, mirror_image=None, yaw=yaw, pitch=pitch,
+                                     raw_yaw=yaw, raw_pitch=pitch, clamped=False, reprojection_rms_px=None,
+                                     face_score=None, padded=False))
+    write_dataset_json(tmp_dir, entries)
+    report.accepted_existing = True
+
+
+def preprocess_folder(photos_dir: str | Path, out_dir: str | Path,
+                      config: PreprocessConfig | None = None) -> PreprocessReport:
+    """Turn a folder of photos into an EG3D dataset folder (crops, mirrors, dataset.json, report.json).
+
+    A photos_dir that already holds a dataset.json with camera labels is validated and copied as-is. Files
+    that cannot be used are listed in the report with their reason; the rest is still written. Raises
+    FileExistsError for a non-empty out_dir without `config.overwrite`, DatasetError for an invalid existing
+    dataset.json, BackendUnavailable when the chosen backend cannot run.
+    """
+    config = config or PreprocessConfig()
+    photos_dir, out_dir = Path(photos_dir), Path(out_dir)
+    _check_dirs(photos_dir, out_dir, config.overwrite)
+    existing = (photos_dir / DATASET_JSON).is_file()
+    backend = None if existing else make_backend(config.backend, config.insightface_model_dir)
+    report = PreprocessReport(photos_dir=str(photos_dir), out_dir=str(out_dir),
+                              backend="none (existing dataset)" if existing else backend.name,
+                              config=_config_record(config))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        os.chmod(tmp_dir, 0o755)
+        if existing:
+            _accept_existing(photos_dir, tmp_dir, report)
+        else:
+            _build_dataset(photos_dir, tmp_dir, backend, config, report)
+        (tmp_dir / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        _check_dirs(photos_dir, out_dir, config.overwrite)
+        _commit(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return report
+
+
+def _build_dataset(photos_dir: Path, tmp_dir: Path, backend: FaceBackend, config: PreprocessConfig,
+                   report: PreprocessReport) -> None:
+    paths = _list_photos(photos_dir)
+    if config.progress:
+        from tqdm import tqdm
+        paths = tqdm(paths, desc="preprocess", unit="photo")
+    entries = []
+    for path in paths:
+        result = _process_photo(path, backend, config)
+        if isinstance(result, SkippedFile):
+            report.skipped.append(result)
+            continue
+        aligned, pose, face, yaw, pitch = result
+        index = len(report.kept)
+        image_name = f"img{index:08d}.png"
+        label = pose_label(yaw, pitch)
+        _save_png(aligned.image, tmp_dir / image_name)
+        entries.append((image_name, label))
+        mirror_name = None
+        if config.mirror:
+            mirror_name = f"img{index:08d}_mirror.png"
+            _save_png(np.ascontiguousarray(aligned.image[:, ::-1]), tmp_dir / mirror_name)
+            entries.append((mirror_name, mirror_label(label)))
+        report.kept.append(KeptPhoto(source=path.name, image=image_name, mirror_image=mirror_name, yaw=yaw,
+                                     pitch=pitch, raw_yaw=pose.yaw, raw_pitch=pose.pitch,
+                                     clamped=(yaw != pose.yaw or pitch != pose.pitch),
+                                     reprojection_rms_px=pose.rms_px, face_score=face.score,
+                                     padded=aligned.padded))
+    write_dataset_json(tmp_dir, entries)

@@ -1,0 +1,500 @@
+"""Tests of `preprocess`: detection, FFHQ crop, head pose sign conventions, dataset folder in/out, validation.
+
+Real-photo checks use skimage's astronaut (one frontal face); pose conventions are pinned on synthetic
+projections of the 3-D template, where the true rotation is known.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+from scipy.spatial.transform import Rotation
+
+from generator.cameras import lookat_label, mirror_label, yaw_pitch_of
+from preprocess import (
+    BackendUnavailable,
+    DatasetError,
+    DlibBackend,
+    Face,
+    InsightFaceBackend,
+    PreprocessConfig,
+    align_face,
+    detect_flip_averaged,
+    estimate_head_pose,
+    ffhq_quad,
+    keypoints_from_landmarks,
+    load_dataset,
+    make_backend,
+    pose_label,
+    preprocess_folder,
+    read_dataset_json,
+    validate_label,
+    write_dataset_json,
+)
+from preprocess.align import FaceKeypoints
+from preprocess.detect import MIRROR_68, dlib_model_path, mirror_face
+from preprocess.pose import TEMPLATE_68, _FRONTAL, crop_intrinsics, direction_to_yaw_pitch, project
+
+DEG = math.pi / 180
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return skimage.data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def backend() -> DlibBackend:
+    return DlibBackend()
+
+
+def _save(pixels: np.ndarray, path: Path) -> Path:
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _pose_of(image: np.ndarray, backend, flip_average: bool):
+    faces = detect_flip_averaged(backend, image) if flip_average else backend.detect(image)
+    assert len(faces) == 1
+    aligned = align_face(image, faces[0].landmarks)
+    return aligned, estimate_head_pose(aligned.to_crop(faces[0].landmarks), aligned.size)
+
+
+# ---------------------------------------------------------------------------------------------- detection
+
+def test_dlib_models_found_offline():
+    assert dlib_model_path("shape_predictor_68_face_landmarks.dat").stat().st_size > 1_000_000
+
+
+def test_astronaut_one_face_with_68_landmarks(astronaut, backend):
+    faces = backend.detect(astronaut)
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.landmarks.shape == (68, 2)
+    left, top, right, bottom = face.box
+    assert 150 < left < right < 300 and 50 < top < bottom < 200
+    assert face.score > backend.min_score
+
+
+def test_mirror_face_is_an_involution(astronaut, backend):
+    face = backend.detect(astronaut)[0]
+    twice = mirror_face(mirror_face(face, 512), 512)
+    np.testing.assert_allclose(twice.landmarks, face.landmarks)
+    assert np.allclose(twice.box, face.box)
+    assert (MIRROR_68[MIRROR_68] == np.arange(68)).all()
+    once = mirror_face(face, 512)
+    assert once.landmarks[36, 0] < once.landmarks[45, 0]
+
+
+def test_insightface_backend_without_models_says_what_to_do(tmp_path):
+    with pytest.raises(BackendUnavailable, match=r"det_10g\.onnx.*buffalo_l"):
+        InsightFaceBackend(tmp_path)
+    with pytest.raises(BackendUnavailable, match="model_dir"):
+        make_backend("insightface")
+    with pytest.raises(ValueError, match="unknown backend 'mediapipe'"):
+        make_backend("mediapipe")
+
+
+def test_insightface_backend_without_package_says_pip_install(tmp_path):
+    if importlib.util.find_spec("insightface") is not None:
+        pytest.skip("insightface is installed here; the missing-package message cannot be checked")
+    (tmp_path / "det_10g.onnx").write_bytes(b"placeholder")
+    with pytest.raises(BackendUnavailable, match="pip install insightface"):
+        InsightFaceBackend(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- crop
+
+def test_ffhq_quad_constants():
+    keypoints = FaceKeypoints(np.array([100.0, 100.0]), np.array([140.0, 100.0]),
+                              np.array([105.0, 150.0]), np.array([135.0, 150.0]))
+    quad = ffhq_quad(keypoints)
+    half = max(2.0 * 40.0, 1.8 * 50.0)
+    centre = np.array([120.0, 100.0 + 0.1 * 50.0])
+    np.testing.assert_allclose(quad, centre + np.array([[-1, -1], [-1, 1], [1, 1], [1, -1]]) * half)
+
+
+def test_ffhq_quad_removes_roll():
+    base = np.array([[100.0, 100.0], [140.0, 100.0], [105.0, 150.0], [135.0, 150.0]])
+    rot = Rotation.from_euler("z", 25, degrees=True).as_matrix()[:2, :2]
+    turned = base @ rot.T
+    quad = ffhq_quad(FaceKeypoints(*turned))
+    top_edge = quad[3] - quad[0]
+    assert math.degrees(math.atan2(top_edge[1], top_edge[0])) == pytest.approx(25.0, abs=1e-6)
+
+
+def test_keypoints_from_5_and_68_landmarks():
+    lm = np.arange(136, dtype=np.float64).reshape(68, 2)
+    kp = keypoints_from_landmarks(lm)
+    np.testing.assert_allclose(kp.eye_left, lm[36:42].mean(0))
+    np.testing.assert_allclose(kp.mouth_right, lm[54])
+    five = keypoints_from_landmarks(lm[:5])
+    np.testing.assert_allclose(five.mouth_left, lm[3])
+    with pytest.raises(ValueError, match=r"\(68, 2\) or \(5, 2\)"):
+        keypoints_from_landmarks(lm[:10])
+
+
+def test_astronaut_crop_is_512_and_maps_landmarks(astronaut, backend):
+    face = backend.detect(astronaut)[0]
+    aligned = align_face(astronaut, face.landmarks)
+    assert aligned.image.shape == (512, 512, 3) and aligned.image.dtype == np.uint8
+    np.testing.assert_allclose(aligned.to_crop(aligned.quad[[0, 2]]), [[-0.5, -0.5], [511.5, 511.5]], atol=1e-6)
+    crop_lm = aligned.to_crop(face.landmarks)
+    eyes = np.stack([crop_lm[36:42].mean(0), crop_lm[42:48].mean(0)])
+    assert abs(eyes[0, 1] - eyes[1, 1]) < 3.0
+    assert 0.3 * 512 < eyes[:, 1].mean() < 0.5 * 512
+    redetected = backend.detect(aligned.image)
+    assert len(redetected) == 1
+    assert np.abs(redetected[0].landmarks[36:48] - crop_lm[36:48]).mean() < 3.0
+
+
+# ---------------------------------------------------------------------------------------------- pose
+
+def _synthetic_landmarks(head_yaw_deg: float, head_pitch_deg: float) -> np.ndarray:
+    """68-point array whose template points are the projection of the template turned by the given angles.
+
+    head_yaw: rotation about the head's up axis taking the nose towards +x (the face turns to its own left);
+    head_pitch: rotation about x taking the nose down.
+    """
+    index = sorted(TEMPLATE_68)
+    points = np.array([TEMPLATE_68[i] for i in index])
+    points -= points.mean(0)
+    turn = Rotation.from_euler("yx", [head_yaw_deg, head_pitch_deg], degrees=True).as_matrix()
+    uv = project(points, _FRONTAL @ turn, np.array([0.0, 0.0, 110.0]), crop_intrinsics(512))
+    landmarks = np.zeros((68, 2))
+    landmarks[index] = uv
+    return landmarks
+
+
+@pytest.mark.parametrize("head_yaw, head_pitch", [(0, 0), (20, 0), (-35, 5), (10, -12), (50, 0)])
+def test_pnp_recovers_synthetic_pose_and_signs(head_yaw, head_pitch):
+    pose = estimate_head_pose(_synthetic_landmarks(head_yaw, head_pitch), 512)
+    assert pose.rms_px < 1e-3
+    expected = np.array([0.0, 0.0, 1.0]) @ Rotation.from_euler("yx", [head_yaw, head_pitch], degrees=True).as_matrix()
+    yaw, pitch = direction_to_yaw_pitch(expected)
+    assert pose.yaw == pytest.approx(yaw, abs=0.1 * DEG)
+    assert pose.pitch == pytest.approx(pitch, abs=0.1 * DEG)
+    if head_yaw:
+        assert np.sign(pose.yaw) == -np.sign(head_yaw), "face turned to its own left must give negative yaw"
+    if head_pitch:
+        assert np.sign(pose.pitch) == -np.sign(head_pitch), "face tilted down: camera above: negative pitch"
+
+
+def test_pnp_mirrored_landmarks_negate_yaw():
+    landmarks = _synthetic_landmarks(25, 8)
+    mirrored = landmarks[MIRROR_68].copy()
+    mirrored[:, 0] = 511 - mirrored[:, 0]
+    a, b = estimate_head_pose(landmarks, 512), estimate_head_pose(mirrored, 512)
+    assert b.yaw == pytest.approx(-a.yaw, abs=1e-3 * DEG)
+    assert b.pitch == pytest.approx(a.pitch, abs=1e-3 * DEG)
+
+
+@pytest.mark.parametrize("yaw, pitch", [(0.0, 0.0), (0.4, -0.2), (-0.7, 0.3)])
+def test_direction_to_yaw_pitch_inverts_lookat(yaw, pitch):
+    label = lookat_label(yaw, pitch)
+    position = label[:16].reshape(4, 4)[:3, 3].astype(np.float64)
+    assert direction_to_yaw_pitch(position) == pytest.approx((yaw, pitch), abs=1e-5)
+    assert yaw_pitch_of(pose_label(yaw, pitch)) == pytest.approx((yaw, pitch), abs=1e-5)
+
+
+def test_astronaut_label_is_valid_near_frontal_camera(astronaut, backend):
+    _, pose = _pose_of(astronaut, backend, flip_average=True)
+    assert abs(pose.yaw) < 15 * DEG and abs(pose.pitch) < 15 * DEG
+    label = validate_label(pose_label(pose.yaw, pose.pitch).tolist(), "astronaut")
+    assert label.shape == (25,) and label.dtype == np.float32
+    cam2world = label[:16].reshape(4, 4)
+    assert np.linalg.norm(cam2world[:3, 3]) == pytest.approx(2.7, abs=1e-4)
+    assert cam2world[2, 3] > 2.0, "a near-frontal camera sits in front of the face, at +z"
+    np.testing.assert_allclose(label[16:], [4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1], atol=1e-6)
+
+
+def test_astronaut_mirror_gives_opposite_yaw(astronaut, backend):
+    mirrored = np.ascontiguousarray(astronaut[:, ::-1])
+    _, direct = _pose_of(astronaut, backend, flip_average=True)
+    _, flipped = _pose_of(mirrored, backend, flip_average=True)
+    assert flipped.yaw == pytest.approx(-direct.yaw, abs=0.05 * DEG)
+    assert flipped.pitch == pytest.approx(direct.pitch, abs=0.05 * DEG)
+    assert abs(direct.yaw) > 0.5 * DEG
+
+    _, raw_direct = _pose_of(astronaut, backend, flip_average=False)
+    _, raw_flipped = _pose_of(mirrored, backend, flip_average=False)
+    assert np.sign(raw_direct.yaw) == -np.sign(raw_flipped.yaw) == np.sign(direct.yaw)
+    assert abs(abs(raw_direct.yaw) - abs(raw_flipped.yaw)) < 3 * DEG
+
+
+# ---------------------------------------------------------------------------------------------- folders
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory, astronaut):
+    photos = tmp_path_factory.mktemp("photos")
+    _save(astronaut, photos / "astronaut.png")
+    (photos / "corrupt.jpg").write_bytes(np.random.default_rng(0).bytes(5000))
+    _save(skimage.data.coffee(), photos / "coffee.png")
+    out = tmp_path_factory.mktemp("runs") / "dataset"
+    report = preprocess_folder(photos, out, PreprocessConfig())
+    return photos, out, report
+
+
+def test_folder_keeps_astronaut_and_reports_the_rest(mixed_run, astronaut):
+    photos, out, report = mixed_run
+    assert [k.source for k in report.kept] == ["astronaut.png"]
+    reasons = {s.source: s.reason for s in report.skipped}
+    assert reasons == {"corrupt.jpg": "unreadable", "coffee.png": "no_face"}
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dataset.json", "img00000000.png", "img00000000_mirror.png", "report.json"]
+    on_disk = json.loads((out / "report.json").read_text())
+    assert {s["source"]: s["reason"] for s in on_disk["skipped"]} == reasons
+    assert on_disk["kept"][0]["raw_yaw"] == pytest.approx(report.kept[0].raw_yaw)
+    assert on_disk["config"]["backend"] == "dlib" and on_disk["config"]["size"] == 512
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+
+
+def test_folder_dataset_json_labels_and_mirror(mixed_run):
+    _, out, report = mixed_run
+    raw = json.loads((out / "dataset.json").read_text())
+    assert [row[0] for row in raw["labels"]] == ["img00000000.png", "img00000000_mirror.png"]
+    samples = load_dataset(out)
+    assert [s.name for s in samples] == ["img00000000.png", "img00000000_mirror.png"]
+    label, mirrored = samples[0].label, samples[1].label
+    assert label.dtype == np.float32 and label.shape == (25,)
+    np.testing.assert_allclose(mirrored, mirror_label(label), atol=1e-6)
+    kept = report.kept[0]
+    assert yaw_pitch_of(label) == pytest.approx((kept.yaw, kept.pitch), abs=1e-5)
+    assert yaw_pitch_of(mirrored)[0] == pytest.approx(-kept.yaw, abs=1e-5)
+    crop = np.asarray(Image.open(samples[0].path))
+    flip = np.asarray(Image.open(samples[1].path))
+    assert crop.shape == (512, 512, 3)
+    np.testing.assert_array_equal(flip, crop[:, ::-1])
+
+
+def test_photo_and_its_mirror_get_opposite_labels(tmp_path, astronaut):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save(astronaut, photos / "a.png")
+    _save(np.ascontiguousarray(astronaut[:, ::-1]), photos / "b.png")
+    report = preprocess_folder(photos, tmp_path / "out", PreprocessConfig(mirror=False))
+    a, b = report.kept
+    assert b.raw_yaw == pytest.approx(-a.raw_yaw, abs=0.05 * DEG)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "dataset.json", "img00000000.png", "img00000001.png", "report.json"]
+    crop_a = np.asarray(Image.open(tmp_path / "out" / "img00000000.png"), dtype=np.int16)
+    crop_b = np.asarray(Image.open(tmp_path / "out" / "img00000001.png"), dtype=np.int16)
+    assert np.abs(crop_b - crop_a[:, ::-1]).mean() < 1.0
+
+
+def test_two_faces_are_skipped_as_several_faces(tmp_path, astronaut):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    canvas = np.zeros((512, 1024, 3), np.uint8)
+    canvas[:, :512] = astronaut
+    canvas[:, 512:] = astronaut
+    _save(canvas, photos / "two.png")
+    _save(astronaut, photos / "one.png")
+    report = preprocess_folder(photos, tmp_path / "out")
+    assert [k.source for k in report.kept] == ["one.png"]
+    assert [(s.source, s.reason) for s in report.skipped] == [("two.png", "several_faces")]
+    assert "2 faces" in report.skipped[0].detail
+
+
+def test_exif_rotated_phone_photo_is_turned_upright(tmp_path, astronaut):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sideways = Image.fromarray(astronaut).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways.save(photos / "phone.jpg", exif=exif.tobytes(), quality=95)
+    report = preprocess_folder(photos, tmp_path / "out", PreprocessConfig(mirror=False))
+    assert [k.source for k in report.kept] == ["phone.jpg"], report.summary()
+    assert abs(report.kept[0].raw_yaw) < 15 * DEG
+
+
+def test_face_near_the_border_is_padded(astronaut, backend):
+    near_edge = np.ascontiguousarray(astronaut[70:330, 120:330])
+    face = backend.detect(near_edge)[0]
+    aligned = align_face(near_edge, face.landmarks)
+    assert aligned.padded and aligned.image.shape == (512, 512, 3)
+    pose = estimate_head_pose(aligned.to_crop(face.landmarks), 512)
+    assert abs(pose.yaw) < 15 * DEG and abs(pose.pitch) < 15 * DEG
+
+
+def test_truncated_image_is_unreadable(tmp_path, astronaut):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    data = (_save(astronaut, photos / "full.png")).read_bytes()
+    (photos / "full.png").unlink()
+    (photos / "cut.png").write_bytes(data[: len(data) // 2])
+    report = preprocess_folder(photos, tmp_path / "out")
+    assert report.kept == []
+    assert [(s.source, s.reason) for s in report.skipped] == [("cut.png", "unreadable")]
+    assert load_dataset(tmp_path / "out") == []
+
+
+def test_pose_limits_skip_and_clamp(tmp_path, astronaut):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save(astronaut, photos / "a.png")
+    report = preprocess_folder(photos, tmp_path / "skip", PreprocessConfig(max_abs_yaw=0.5 * DEG))
+    assert [s.reason for s in report.skipped] == ["pose_out_of_range"]
+    assert "yaw" in report.skipped[0].detail
+    report = preprocess_folder(photos, tmp_path / "clamp", PreprocessConfig(clamp_abs_yaw=0.5 * DEG))
+    kept = report.kept[0]
+    assert kept.clamped and abs(kept.raw_yaw) > 0.5 * DEG
+    assert kept.yaw == pytest.approx(math.copysign(0.5 * DEG, kept.raw_yaw))
+    assert yaw_pitch_of(load_dataset(tmp_path / "clamp")[0].label)[0] == pytest.approx(kept.yaw, abs=1e-5)
+
+
+class _FivePointBackend:
+    """Wraps dlib and reports only SCRFD-style 5 points, as the insightface detector alone would."""
+
+    name = "five-point"
+
+    def __init__(self, inner: DlibBackend) -> None:
+        self.inner = inner
+
+    def detect(self, image):
+        faces = []
+        for face in self.inner.detect(image):
+            lm = face.landmarks
+            five = np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
+            faces.append(Face(box=face.box, landmarks=five, score=face.score))
+        return faces
+
+
+def test_five_point_backend_path(tmp_path, astronaut, backend):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save(astronaut, photos / "a.png")
+    report = preprocess_folder(photos, tmp_path / "out", PreprocessConfig(backend=_FivePointBackend(backend)))
+    assert report.backend == "five-point"
+    kept = report.kept[0]
+    _, pose68 = _pose_of(astronaut, backend, flip_average=True)
+    assert abs(kept.raw_yaw - pose68.yaw) < 6 * DEG
+    assert len(load_dataset(tmp_path / "out")) == 2
+
+
+# ---------------------------------------------------------------------------------------------- output dir
+
+def test_non_empty_out_dir_is_refused_then_overwritten(tmp_path, astronaut):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save(astronaut, photos / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="not empty.*overwrite"):
+        preprocess_folder(photos, out)
+    assert (out / "keep.txt").read_text() == "precious"
+    preprocess_folder(photos, out, PreprocessConfig(overwrite=True))
+    assert not (out / "keep.txt").exists() and (out / "dataset.json").is_file()
+    with pytest.raises(ValueError, match="outside photos_dir"):
+        preprocess_folder(photos, photos, PreprocessConfig(overwrite=True))
+    assert (photos / "a.png").is_file()
+
+
+class _ExplodingBackend:
+    name = "exploding"
+
+    def detect(self, image):
+        raise RuntimeError("backend crashed")
+
+
+def test_failed_run_leaves_nothing(tmp_path, astronaut):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save(astronaut, photos / "a.png")
+    with pytest.raises(RuntimeError, match="backend crashed"):
+        preprocess_folder(photos, tmp_path / "out", PreprocessConfig(backend=_ExplodingBackend()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+# ---------------------------------------------------------------------------------------------- dataset.json
+
+def _labelled_folder(folder: Path, count: int = 3) -> list[tuple[str, np.ndarray]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(count):
+        name = f"img{i:08d}.png"
+        _save(np.full((8, 8, 3), 40 * i, np.uint8), folder / name)
+        entries.append((name, lookat_label(0.2 * i - 0.2, 0.1 * i)))
+    write_dataset_json(folder, entries)
+    return entries
+
+
+def test_dataset_json_round_trip(tmp_path):
+    entries = _labelled_folder(tmp_path / "ds")
+    raw = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert list(raw) == ["labels"] and len(raw["labels"][0][1]) == 25
+    back = read_dataset_json(tmp_path / "ds")
+    assert [name for name, _ in back] == [name for name, _ in entries]
+    for (_, a), (_, b) in zip(entries, back):
+        np.testing.assert_array_equal(a, b)
+    samples = load_dataset(tmp_path / "ds")
+    assert all(s.path.is_absolute() and s.path.is_file() for s in samples)
+
+
+def test_existing_dataset_is_accepted_as_is(tmp_path):
+    entries = _labelled_folder(tmp_path / "ds")
+    report = preprocess_folder(tmp_path / "ds", tmp_path / "out")
+    assert report.accepted_existing and report.skipped == []
+    copied = load_dataset(tmp_path / "out")
+    assert [s.name for s in copied] == [name for name, _ in entries]
+    np.testing.assert_array_equal(copied[1].label, entries[1][1])
+
+
+def _corrupt(tmp_path: Path, edit) -> Path:
+    folder = tmp_path / "ds"
+    _labelled_folder(folder)
+    data = json.loads((folder / "dataset.json").read_text())
+    edit(data)
+    (folder / "dataset.json").write_text(json.dumps(data))
+    return folder
+
+
+def _set(index: int, value):
+    def edit(data):
+        data["labels"][1][1][index] = value
+    return edit
+
+
+def _rotate_bad(data):
+    data["labels"][1][1][0] = 1.5
+
+
+def _mirror_rotation(data):
+    for k in (0, 4, 8):
+        data["labels"][1][1][k] *= -1
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda d: d["labels"][1].__setitem__(0, "missing.png"), r"labels\[1\] \('missing.png'\): image file not found"),
+    (lambda d: d["labels"][1][1].pop(),
+     r"labels\[1\] \('img00000001.png'\): label must be a list of 25 numbers, got 24"),
+    (_set(5, float("nan")), r"labels\[1\] \('img00000001.png'\): label\[5\] is not finite"),
+    (_set(7, "x"), r"label\[7\] is not a number"),
+    (_set(14, 0.5), r"cam2world bottom row \(label\[12:16\]\) is \[0.0, 0.0, 0.5, 1.0\]"),
+    (_rotate_bad, r"labels\[1\] \('img00000001.png'\): cam2world rotation .* not orthonormal"),
+    (_mirror_rotation, r"reflection"),
+    (_set(24, 2.0), r"intrinsics bottom row \(label\[22:25\]\)"),
+    (lambda d: d["labels"].append(d["labels"][0]), r"labels\[3\] \('img00000000.png'\): file name listed twice"),
+    (lambda d: d["labels"][0].__setitem__(0, "../x.png"), r"labels\[0\]: file name must be a relative path"),
+    (lambda d: d.__setitem__("labels", None), r"'labels' is null"),
+])
+def test_validation_errors_name_file_entry_and_field(tmp_path, edit, pattern):
+    folder = _corrupt(tmp_path, edit)
+    with pytest.raises(DatasetError, match=pattern) as info:
+        load_dataset(folder)
+    assert "dataset.json" in str(info.value)
+
+
+def test_missing_or_broken_dataset_json(tmp_path):
+    with pytest.raises(DatasetError, match="dataset.json: not found"):
+        load_dataset(tmp_path)
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        load_dataset(tmp_path)
