@@ -125,4 +125,19 @@ def build_generator(model: str | os.PathLike | None = None, preset_name: str | N
         return load_model_dir(model)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return TriPlaneGenerator(preset(preset_name)).eval()
+        G = TriPlaneGenerator(preset(preset_name))
+    return calibrate_random_init(G).eval()
+
+
+@torch.no_grad()
+def calibrate_random_init(G: TriPlaneGenerator) -> TriPlaneGenerator:
+    """Make a randomly initialised generator render something in range, like the official fixture does.
+
+    A fresh EG3D has an almost empty volume (raw image ~ -1) and SR toRGB layers that blow the image up to
+    |x| > 3. Raising the decoder's density bias by 3 (as the official fixture does) fills the volume, and
+    scaling the SR toRGB weights by 0.1 keeps the final image close to the upsampled raw render.
+    """
+    G.decoder.net[2].bias[0] += 3.0
+    for block in (G.superresolution.block0, G.superresolution.block1):
+        block.torgb.weight.mul_(0.1)
+    return G
