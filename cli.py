@@ -125,5 +125,9 @@ def preprocess(photos: Path = typer.Argument(..., exists=True, file_okay=False, 
     typer.echo(report.summary())
 
 
+# Commands implemented in their own packages (each imports its heavy dependencies inside the command).
+# registered-commands-begin
+# registered-commands-end
+
 if __name__ == "__main__":
     app()
