@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Personalized 3D face generators (EG3D + LoRA, the My3DGen method): convert, render, "
                        "train, export, serve.")
 
@@ -35,6 +35,9 @@ def convert(pkl: Path = typer.Argument(..., exists=True, dir_okay=False, help="O
 @app.command()
 def render(model: Optional[Path] = typer.Option(None, "--model", help="Model directory (from `convert`)."),
            preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset: tiny | ffhq512-128."),
+           adapter: Optional[Path] = typer.Option(None, "--adapter", help="A person's adapter file."),
+           anchor: Optional[str] = typer.Option(None, help="Render this anchor of the adapter (name or index) "
+                                                           "instead of a seed."),
            seed: int = typer.Option(0, help="Seed of z (numpy RandomState, as official gen_samples.py)."),
            yaw: float = typer.Option(0.0, help="Camera yaw offset from frontal, radians."),
            pitch: float = typer.Option(0.0, help="Camera pitch offset from frontal, radians."),
@@ -46,21 +49,28 @@ def render(model: Optional[Path] = typer.Option(None, "--model", help="Model dir
                                                        "jitter) instead of the deterministic default."),
            depth: bool = typer.Option(False, help="Add depth maps under the images."),
            out: Path = typer.Option(..., "--out", help="PNG file to write.")):
-    """Render one view, or a yaw x pitch grid, of a model or a preset to a PNG."""
+    """Render one view, or a yaw x pitch grid, of a model or a preset (optionally a person's adapter) to a PNG."""
     import torch
+    from generator.adapter_file import load_adapter
     from generator.imaging import save_png
-    from generator.model_dir import build_generator
+    from generator.lora import attach
     from generator.views import camera_batch, latent_from_seed, render_views, views_picture
-    if (model is None) == (preset is None):
-        raise typer.BadParameter("give exactly one of --model DIR or --preset NAME")
-    G = build_generator(model=model, preset_name=preset)
+    G = _source(model, preset)
     yaws = _floats(grid_yaws, "--grid-yaws") if grid_yaws else [yaw]
     pitches = _floats(grid_pitches, "--grid-pitches") if grid_pitches else [pitch]
     views = [(y, p) for p in pitches for y in yaws]
-    z = latent_from_seed(G, seed)
-    with torch.no_grad():
-        ws = G.mapping(z, camera_batch(G, [(0.0, 0.0)]), truncation_psi=truncation,
-                       truncation_cutoff=truncation_cutoff)
+    anchors = None
+    if adapter is not None:
+        person, anchors, _ = load_adapter(adapter, G)
+        attach(G, person)
+    if anchor is not None:
+        if anchors is None:
+            raise typer.BadParameter("--anchor needs an --adapter file that stores anchors")
+        ws = anchors.ws_plus(G.num_ws)[anchors.index(anchor)].unsqueeze(0)
+    else:
+        with torch.no_grad():
+            ws = G.mapping(latent_from_seed(G, seed), camera_batch(G, [(0.0, 0.0)]), truncation_psi=truncation,
+                           truncation_cutoff=truncation_cutoff)
     outs = render_views(G, ws, views, sampling="stochastic" if stochastic else "deterministic",
                         noise_mode="random" if stochastic else "const")
     save_png(views_picture(outs, cols=len(yaws), with_depth=depth), out)
@@ -129,5 +139,15 @@ def preprocess(photos: Path = typer.Argument(..., exists=True, file_okay=False, 
 # registered-commands-begin
 # registered-commands-end
 
+def main() -> None:
+    """Run the CLI; expected failures (bad input files, values, names) print one line instead of a traceback."""
+    try:
+        app()
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        typer.echo(f"error: {message}", err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -40,3 +40,47 @@ def test_render_grid_from_preset_and_model_dir(tmp_path):
 def test_render_needs_exactly_one_source(tmp_path):
     proc = run_cli("render", "--out", tmp_path / "x.png", check=False)
     assert proc.returncode != 0 and "exactly one" in proc.stderr
+
+
+def test_adapters_table_shows_the_paper_budget():
+    out = run_cli("adapters", "--preset", "ffhq512-128").stdout
+    assert "590,096" in out and "LoRA superresolution conv" in out
+    out = run_cli("adapters", "--preset", "ffhq512-128", "--no-decoder").stdout
+    assert "585,839" in out
+
+
+def test_render_person_anchor_matches_python_api(tmp_path):
+    import torch
+    from generator.adapter_file import Anchors, save_adapter
+    from generator.cameras import lookat_label
+    from generator.imaging import to_uint8
+    from generator.lora import PersonAdapter, attach
+    from generator.model_dir import build_generator
+    from generator.views import render_views
+    G = build_generator(preset_name="tiny")
+    person = PersonAdapter.create(G)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in person.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    ws = torch.randn(2, G.w_dim, generator=g)
+    path = save_adapter(tmp_path / "p.safetensors", person, G,
+                        Anchors(ws, torch.from_numpy(np.stack([lookat_label(0, 0)] * 2)), ["front", "side"]))
+    png = tmp_path / "p.png"
+    run_cli("render", "--preset", "tiny", "--adapter", path, "--anchor", "side", "--yaw", 0.3, "--out", png)
+    attach(G, person)
+    expected = to_uint8(render_views(G, ws[1:2].unsqueeze(1).repeat(1, G.num_ws, 1), [(0.3, 0.0)])[0]["image"])
+    assert np.array_equal(np.asarray(Image.open(png)), expected)
+    proc = run_cli("render", "--preset", "tiny", "--adapter", path, "--anchor", "nobody", "--out", png, check=False)
+    assert proc.returncode != 0 and "unknown anchor 'nobody'" in proc.stderr
+
+
+def test_preprocess_command_on_a_real_photo(tmp_path):
+    import skimage.data
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(photos / "astronaut.png")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    proc = run_cli("preprocess", photos, "--out", tmp_path / "data")
+    assert "1 photo(s) kept, 1 skipped" in proc.stdout
+    assert (tmp_path / "data" / "dataset.json").is_file()
