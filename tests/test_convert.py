@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from generator.model_dir import load_model_dir
-from generator.official_pickle import write_official_pickle
+from generator.official_pickle_writer import write_official_pickle
 from tests.test_cli import run_cli
 
 

@@ -22,8 +22,9 @@ import pytest
 import torch
 
 from generator import official_pickle as op
-from generator.official_pickle import (OfficialPickleError, UnsafePickleError, read_official_pickle,
-                                       write_official_pickle)
+from generator import official_pickle_writer as opw
+from generator.official_pickle import OfficialPickleError, UnsafePickleError, read_official_pickle
+from generator.official_pickle_writer import write_official_pickle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -211,7 +212,7 @@ def test_storage_blob_matches_torch_legacy_save(tensor):
         warnings.simplefilter("ignore", UserWarning)
         torch.save(tensor.storage(), buffer, _use_new_zipfile_serialization=False)
     reference = buffer.getvalue()
-    ours = op._legacy_storage_bytes(tensor.reshape(-1), _legacy_key(reference))
+    ours = opw._legacy_storage_bytes(tensor.reshape(-1), _legacy_key(reference))
     assert ours == reference
     parsed = op._parse_legacy_storage(ours).flat
     assert parsed.dtype == tensor.dtype and torch.equal(parsed, tensor.reshape(-1))
@@ -453,7 +454,7 @@ def test_unexpected_persistent_id_is_refused(tmp_path):
 
 
 def test_foreign_global_inside_a_storage_blob_is_refused(tmp_path):
-    blob = op._legacy_storage_bytes(torch.ones(2), "0")
+    blob = opw._legacy_storage_bytes(torch.ones(2), "0")
     assert b"ctorch\nFloatStorage\n" in blob
     evil_blob = blob.replace(b"ctorch\nFloatStorage\n", b"cbuiltins\neval\n")
     path = tmp_path / "blob.pkl"
