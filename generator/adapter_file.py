@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from generator.atomic import atomic_file
-from generator.lora import AdapterPolicy, PersonAdapter, Target, plan
+from generator.lora import AdapterPolicy, PersonAdapter, plan
 from generator.model_dir import weights_fingerprint
 
 FORMAT = "my3dgen-adapter"

@@ -15,13 +15,12 @@ them bit-exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from generator.layers import FullyConnectedLayer, Personalizable, SynthesisLayer, ToRGBLayer
-from generator.stylegan2 import SynthesisBlock
 
 LAYOUTS = ("loralib", "flat")
 PARTS = ("synthesis", "superresolution", "mapping")

@@ -22,7 +22,6 @@ def sample_rays(cam2world: torch.Tensor, intrinsics: torch.Tensor, resolution: i
 
     Returns origins and unit directions, both [N, R*R, 3].
     """
-    n = cam2world.shape[0]
     dtype, device = cam2world.dtype, cam2world.device
     centers = (torch.arange(resolution, dtype=dtype, device=device) + 0.5) / resolution
     v, u = torch.meshgrid(centers, centers, indexing="ij")
