@@ -137,6 +137,7 @@ def preprocess(photos: Path = typer.Argument(..., exists=True, file_okay=False, 
 
 # Commands implemented in their own packages (each imports its heavy dependencies inside the command).
 # registered-commands-begin
+from train.commands import train as _train; app.command(name="train")(_train)  # noqa: E702
 # registered-commands-end
 
 def main() -> None:

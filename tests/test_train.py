@@ -1,0 +1,231 @@
+"""Personalization (paper §3): ground-truth recovery, resume parity, data checks, sample data, the CLI.
+
+The ground truth is train/synthetic.py's G* = tiny preset + a known random rank-4 LoRA change. Training runs
+through the real `Trainer` with the known latent as anchors (inversion is tested in test_projector.py) and
+without the symmetry loss (`--no-sym`); the resume test turns the symmetry loss on with a RANDOM IR-SE50.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from generator.adapter_file import Anchors, load_adapter, read_adapter_meta, save_adapter
+from generator.model_dir import build_generator, save_model_dir, weights_fingerprint
+from perception.identity import IdentityEncoder
+from tests.conftest import REPO
+from tests.test_cli import run_cli
+from train.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from train.config import TrainConfig
+from train.data import TrainingDataError, TrainingSet, load_training_set
+from train.synthetic import (HELDOUT_VIEWS, TRAIN_VIEWS, ground_truth_person, person_latent, render_views,
+                             write_sample_dataset)
+from train.trainer import LOG_FILE, IdentityNetworkRequired, Trainer
+
+SAMPLES = REPO / "samples" / "tiny_person"
+
+
+@pytest.fixture(scope="module")
+def person():
+    G0, truth = ground_truth_person()
+    ws = person_latent(G0)
+    images, cams = render_views(G0, ws, TRAIN_VIEWS, truth)
+    held, held_cams = render_views(G0, ws, HELDOUT_VIEWS, truth)
+    base_held, _ = render_views(G0, ws, HELDOUT_VIEWS)
+    data = TrainingSet(images, cams, [f"view_{i:02d}.png" for i in range(len(images))])
+    return {"G0": G0, "ws": ws, "data": data, "held": held, "base_held": base_held,
+            "anchors": ws[:, 0].expand(len(images), -1).clone()}
+
+
+def _mse(a, b):
+    return float((a - b).square().mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_ground_truth_recovery(person, mode, tmp_path):
+    """Training G0 on 10 views of G* halves (at least) the error on 6 held-out views; the file reproduces it."""
+    import time
+    G0, ws, data = person["G0"], person["ws"], person["data"]
+    base_fp = weights_fingerprint(G0.state_dict())
+    config = TrainConfig(mode=mode, iterations=30, sym=False, checkpoint_every=1000)
+    t0 = time.perf_counter()
+    result = Trainer(G0, data, person["anchors"], config, checkpoint_dir=tmp_path / "ck").run()
+    seconds = time.perf_counter() - t0
+    learned, _ = render_views(G0, ws, HELDOUT_VIEWS, result.adapter)
+    fit, _ = render_views(G0, ws, TRAIN_VIEWS, result.adapter)
+    base_err, learned_err = _mse(person["base_held"], person["held"]), _mse(learned, person["held"])
+    print(f"{mode}: held-out MSE G0 {base_err:.5f} -> learned {learned_err:.5f} "
+          f"(ratio {learned_err / base_err:.3f}); train-view MSE {_mse(fit, data.images):.5f}; "
+          f"{config.iterations} steps in {seconds:.1f} s; {result.adapter.num_parameters():,} parameters")
+    assert learned_err <= 0.5 * base_err
+    assert weights_fingerprint(G0.state_dict()) == base_fp           # the base model never changes
+    if mode == "lora":
+        moved = [float(p.lora_B.detach().abs().max()) for p in result.adapter.lora.values()]
+        assert min(moved) > 0                                       # every LoRA pair learned something
+    else:
+        assert len(result.adapter.lora) == 0 and len(result.adapter.full) > 0
+
+    path = save_adapter(tmp_path / f"{mode}.safetensors", result.adapter, G0,
+                        anchors=Anchors(person["anchors"], data.cameras, data.names), extra={"mode": mode})
+    loaded, anchors, meta = load_adapter(path, G0)
+    again, _ = render_views(G0, ws, HELDOUT_VIEWS, loaded)
+    assert torch.equal(again, learned)                              # bit-exact round trip (fp32 file)
+    assert anchors.names == data.names and torch.equal(anchors.c, data.cameras)
+    assert meta["policy"]["mode"] == mode
+
+
+def _resume_config(**kw):
+    return TrainConfig(iterations=8, batch=2, sym=True, sym_every=4, checkpoint_every=3, stochastic_render=True,
+                       **kw)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return IdentityEncoder.random("ir_se50", seed=0, crop="full")
+
+
+def test_resume_matches_uninterrupted_run(person, encoder, tmp_path, monkeypatch):
+    """8 steps straight == 4 steps, crash (last checkpoint at 3), resume in a fresh generator, to 8.
+
+    Symmetry loss on (random IR-SE50), stochastic rendering (global RNG) and W+ anchors, so every random
+    source and both anchor shapes are exercised."""
+    data, config = person["data"], _resume_config()
+    anchors = person["ws"].expand(len(data), -1, -1).clone()        # W+ anchors [N, num_ws, w_dim]
+    caller_rng = torch.get_rng_state()
+    straight = Trainer(build_generator(preset_name="tiny"), data, anchors, config, tmp_path / "a",
+                       identity=encoder).run()
+
+    original = Trainer._train_step
+
+    def crash_at_step_4(self, step):
+        if step == 4:
+            raise RuntimeError("simulated crash")
+        return original(self, step)
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Trainer(build_generator(preset_name="tiny"), data, anchors, config, tmp_path / "b", identity=encoder).run()
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT_FILE).step == 3
+    assert len((tmp_path / "b" / LOG_FILE).read_text().splitlines()) == 4   # step 4 was logged, not checkpointed
+
+    resumed_trainer = Trainer(build_generator(preset_name="tiny"), data, anchors, config, tmp_path / "b",
+                              identity=encoder)
+    assert resumed_trainer.step == 3
+    resumed = resumed_trainer.run()
+    assert resumed.resumed_from == 3 and resumed.step == straight.step == 8
+    a, b = straight.adapter.state_dict(), resumed.adapter.state_dict()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-6, f"resumed adapter differs from the uninterrupted one by {worst}"
+    log_a = [json.loads(line) for line in (tmp_path / "a" / LOG_FILE).read_text().splitlines()]
+    log_b = [json.loads(line) for line in (tmp_path / "b" / LOG_FILE).read_text().splitlines()]
+    assert [r["step"] for r in log_b] == list(range(1, 9))
+    for ra, rb in zip(log_a, log_b):
+        assert ra.keys() == rb.keys() and abs(ra["loss"] - rb["loss"]) <= 1e-6 * max(1.0, abs(ra["loss"]))
+    assert [r["step"] for r in log_a if "sym" in r] == [1, 5]          # L_sym on steps 0 and 4 (every 4th)
+    assert all(set(r) >= {"step", "loss", "rec", "lpips", "l2", "lpips_raw", "l2_raw", "lr", "seconds"}
+               for r in log_a)
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-6)
+    assert torch.equal(torch.get_rng_state(), caller_rng)            # the caller's RNG is left alone
+
+    with pytest.raises(CheckpointError, match="lr"):
+        Trainer(build_generator(preset_name="tiny"), data, anchors, _resume_config(lr=0.01), tmp_path / "b",
+                identity=encoder)
+    fresh = Trainer(build_generator(preset_name="tiny"), data, anchors, _resume_config(lr=0.01), tmp_path / "b",
+                    identity=encoder, restart=True)
+    assert fresh.step == 0 and not (tmp_path / "b" / LOG_FILE).exists()
+
+
+def test_symmetry_needs_an_identity_network(person):
+    with pytest.raises(IdentityNetworkRequired, match="--id-weights"):
+        Trainer(person["G0"], person["data"], person["anchors"], TrainConfig(sym=True))
+
+
+def test_folder_of_photos_is_refused_with_instructions(tmp_path):
+    shutil.copy(SAMPLES / "view_00.png", tmp_path / "me.png")
+    with pytest.raises(TrainingDataError, match="cli.py preprocess") as err:
+        load_training_set(tmp_path, 128)
+    assert "1 image file" in str(err.value)
+    with pytest.raises(TrainingDataError, match="no such dataset folder"):
+        load_training_set(tmp_path / "missing", 128)
+
+
+def test_loads_the_sample_dataset_at_any_size(tmp_path):
+    data = load_training_set(SAMPLES, 128)
+    assert data.images.shape == (10, 3, 128, 128) and data.cameras.shape == (10, 25)
+    assert data.images.min() >= -1 and data.images.max() <= 1
+    assert data.names == [f"view_{i:02d}.png" for i in range(10)]
+    small = load_training_set(SAMPLES, 64)
+    assert small.images.shape == (10, 3, 64, 64)
+    Image.new("RGB", (64, 48)).save(tmp_path / "wide.png")
+    labels = json.loads((SAMPLES / "dataset.json").read_text())["labels"][:1]
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": [["wide.png", labels[0][1]]]}))
+    with pytest.raises(TrainingDataError, match="square"):
+        load_training_set(tmp_path, 64)
+
+
+def test_sample_data_is_what_the_script_makes(tmp_path):
+    total = sum(p.stat().st_size for p in SAMPLES.iterdir())
+    assert total < 1_500_000
+    out = write_sample_dataset(tmp_path / "again")
+    committed = json.loads((SAMPLES / "dataset.json").read_text())["labels"]
+    made = json.loads((out / "dataset.json").read_text())["labels"]
+    assert [n for n, _ in made] == [n for n, _ in committed]
+    assert np.allclose([l for _, l in made], [l for _, l in committed], atol=1e-6)
+    for name, _ in committed:
+        a = np.asarray(Image.open(SAMPLES / name), dtype=np.int16)
+        b = np.asarray(Image.open(out / name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 2, name                        # float rounding may move a pixel level
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_the_sample_data(tmp_path):
+    out = tmp_path / "person.safetensors"
+    args = ["train", "--preset", "tiny", "--data", SAMPLES, "--out", out, "--iterations", 20,
+            "--inversion-steps", 20, "--batch", 2, "--id-network", "random:ir_se50"]
+    first = run_cli(*args)
+    ckpt = tmp_path / "person_train"
+    G = build_generator(preset_name="tiny")
+    adapter, anchors, meta = load_adapter(out, G)
+    assert anchors.names == [f"view_{i:02d}.png" for i in range(10)]
+    assert anchors.ws.shape == (10, G.w_dim)
+    assert torch.allclose(anchors.c, load_training_set(SAMPLES, 128).cameras)
+    extra = meta["extra"]
+    assert extra["steps"] == 20 and extra["train_config"]["projector"]["steps"] == 20
+    assert set(extra["final_losses"]) >= {"loss", "rec", "sym"} and "RANDOM" in extra["identity_network"]
+    records = [json.loads(line) for line in (ckpt / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 21))
+    preview = np.asarray(Image.open(ckpt / "preview.png"))
+    assert preview.shape == (4 * 128 + 3 * 2, 6 * 128 + 5 * 2, 3)
+    assert len(list((ckpt / "inversions").glob("*.safetensors"))) == 10
+    assert "wrote" in first.stdout and "preview:" in first.stdout
+
+    second = run_cli(*args)                                          # resumes at the end: no inversion, no steps
+    assert "resuming" in second.stdout
+    again, _, _ = load_adapter(out, G)
+    assert all(torch.equal(x, y) for x, y in zip(adapter.state_dict().values(), again.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_cli_with_a_model_dir(tmp_path):
+    model = save_model_dir(build_generator(preset_name="tiny"), tmp_path / "model")
+    refused = run_cli("train", "--model", model, "--data", SAMPLES, "--out", tmp_path / "x.safetensors",
+                      check=False)
+    assert refused.returncode == 2
+    for option in ("--id-weights", "random:ir_se50", "--no-sym"):
+        assert option in refused.stderr
+    raw = tmp_path / "photos"
+    raw.mkdir()
+    shutil.copy(SAMPLES / "view_00.png", raw / "me.png")
+    no_labels = run_cli("train", "--model", model, "--data", raw, "--out", tmp_path / "y.safetensors",
+                        "--no-sym", check=False)
+    assert no_labels.returncode == 2 and "cli.py preprocess" in no_labels.stderr
+    out = tmp_path / "fp16.safetensors"
+    run_cli("train", "--model", model, "--data", SAMPLES, "--out", out, "--no-sym", "--iterations", 3,
+            "--inversion-steps", 3, "--fp16", "--mode", "full", "--no-preview")
+    meta = read_adapter_meta(out)
+    assert meta["dtype"] == "float16" and meta["policy"]["mode"] == "full"
+    assert meta["extra"]["identity_network"] is None
+    load_adapter(out, build_generator(model=model))

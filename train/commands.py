@@ -1,0 +1,153 @@
+"""`cli.py train`: a preprocessed dataset folder -> one person's adapter file (My3DGen §3).
+
+Heavy modules are imported inside the command so that `cli.py --help` stays fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+RANDOM_ID_PREFIX = "random:"
+
+
+def build_identity(id_weights: Optional[Path], id_network: Optional[str], crop: str):
+    """(IdentityEncoder, description) from --id-weights or --id-network random:ARCH; (None, None) if neither."""
+    from perception.identity import ARCHS, IdentityEncoder
+    if id_weights is not None and id_network is not None:
+        raise typer.BadParameter("give either --id-weights PATH or --id-network random:ARCH, not both")
+    if id_weights is not None:
+        if not id_weights.is_file():
+            raise typer.BadParameter(f"--id-weights {id_weights}: no such file")
+        encoder = IdentityEncoder.from_file(id_weights, crop=crop)
+        return encoder, f"{encoder.arch} from {id_weights} (crop {crop})"
+    if id_network is not None:
+        if not id_network.startswith(RANDOM_ID_PREFIX) or id_network[len(RANDOM_ID_PREFIX):] not in ARCHS:
+            raise typer.BadParameter(f"--id-network {id_network!r}: expected random:ARCH with ARCH one of "
+                                     f"{', '.join(ARCHS)} (random weights, smoke tests only); real networks "
+                                     f"are given with --id-weights PATH")
+        arch = id_network[len(RANDOM_ID_PREFIX):]
+        return IdentityEncoder.random(arch, seed=0, crop=crop), f"{arch} with RANDOM weights (smoke test only)"
+    return None, None
+
+
+def train(
+    data: Path = typer.Option(..., "--data", help="Dataset folder made by `cli.py preprocess` (dataset.json with "
+                                                   "camera labels + aligned crops)."),
+    out: Path = typer.Option(..., "--out", help="Adapter file to write (safetensors)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Base model directory (from `cli.py convert`)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset instead of --model "
+                                                                "(tiny | ffhq512-128): demos and smoke tests."),
+    mode: str = typer.Option("lora", help="lora (the paper) | full (full fine-tuning baseline)."),
+    rank: int = typer.Option(4, help="LoRA rank r."),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: the rank, i.e. scale 1)."),
+    iterations: Optional[int] = typer.Option(None, help="Training steps (default 2500; 150 with --preset)."),
+    batch: int = typer.Option(4, help="Photos per step."),
+    lr: float = typer.Option(0.002, help="Adam learning rate of the adapter."),
+    sym: bool = typer.Option(True, "--sym/--no-sym", help="Symmetry loss (paper §3.3); --no-sym is the ablation."),
+    sym_weight: float = typer.Option(4.0, help="lambda_sym."),
+    sym_every: int = typer.Option(4, help="Apply the symmetry loss every N steps."),
+    id_weights: Optional[Path] = typer.Option(None, "--id-weights", help="Identity network for the symmetry "
+                                              "loss: IR-SE50 model_ir_se50.pth, arcface_torch .pth or "
+                                              "insightface w600k_r50.onnx."),
+    id_network: Optional[str] = typer.Option(None, "--id-network", help="random:ir_se50 (or another arch): a "
+                                             "RANDOMLY initialised identity network, for smoke tests only."),
+    id_crop: str = typer.Option("full", help="Face crop of the identity network: full (the authors) | psp | "
+                                             "arcface_ffhq."),
+    lpips_net: str = typer.Option("alex", help="LPIPS trunk of the reconstruction loss: alex (the authors) | vgg."),
+    inversion_steps: Optional[int] = typer.Option(None, help="W-inversion steps per photo (default 500; 100 "
+                                                             "with --preset)."),
+    inversion_lr: float = typer.Option(0.01, help="Peak learning rate of the W inversion."),
+    inversion_batch: int = typer.Option(4, help="Photos inverted together (memory: ~2-3 GB each at 512x512)."),
+    w_plus: bool = typer.Option(False, help="Invert to W+ (one w per layer) instead of W."),
+    stochastic_render: bool = typer.Option(False, help="Render training images with the official stochastic "
+                                                       "depth sampling instead of the deterministic default."),
+    seed: int = typer.Option(0, help="Seed of batch sampling, symmetric poses, LoRA init and inversion noise."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help="Checkpoints, inversion cache, log.jsonl and "
+                                                             "preview.png (default: <out stem>_train/ beside --out)."),
+    checkpoint_every: int = typer.Option(100, help="Checkpoint every N steps."),
+    restart: bool = typer.Option(False, help="Discard an existing checkpoint instead of resuming from it."),
+    fp16: bool = typer.Option(False, help="Store the adapter in float16 (half the file size)."),
+    preview: bool = typer.Option(True, help="Write preview.png (photos / base / personalized / novel views)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+):
+    """Personalize the base model to the person in --data: invert each photo to W, train a LoRA adapter."""
+    import time
+
+    import torch
+
+    from generator.model_dir import build_generator
+    from train.checkpoint import CheckpointError
+    from train.config import DEMO_SCALE, ProjectorConfig, TrainConfig
+    from train.data import TrainingDataError
+    from train.trainer import IdentityNetworkRequired, identity_network_help, personalize
+
+    if (model is None) == (preset is None):
+        raise typer.BadParameter("give exactly one of --model DIR or --preset NAME")
+    defaults = TrainConfig()
+    if preset is not None:
+        applied = []
+        if iterations is None:
+            iterations = DEMO_SCALE["iterations"]
+            applied.append(f"--iterations {iterations}")
+        if inversion_steps is None:
+            inversion_steps = DEMO_SCALE["inversion_steps"]
+            applied.append(f"--inversion-steps {inversion_steps}")
+        if applied:
+            typer.echo(f"--preset {preset} has random weights (demo/smoke test): using demo-scale "
+                       f"{' '.join(applied)} (pass them to change)")
+    iterations = defaults.iterations if iterations is None else iterations
+    inversion_steps = defaults.projector.steps if inversion_steps is None else inversion_steps
+    try:
+        config = TrainConfig(mode=mode, rank=rank, alpha=float(rank if alpha is None else alpha),
+                             iterations=iterations, batch=batch, lr=lr, sym=sym, sym_weight=sym_weight,
+                             sym_every=sym_every, id_crop=id_crop, lpips_net=lpips_net,
+                             stochastic_render=stochastic_render, seed=seed, checkpoint_every=checkpoint_every,
+                             projector=ProjectorConfig(steps=inversion_steps, lr=inversion_lr, w_plus=w_plus)
+                             ).validate()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    identity, identity_name = (None, None)
+    if sym:
+        identity, identity_name = build_identity(id_weights, id_network, id_crop)
+        if identity is None and preset is not None:
+            identity, identity_name = build_identity(None, "random:ir_se50", id_crop)
+            typer.echo("no --id-weights: --preset generators have random weights, so the symmetry loss uses a "
+                       "RANDOM IR-SE50 here (smoke test). With --model this is an error.")
+        if identity is None:
+            typer.echo(f"error: {identity_network_help()}", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"identity network: {identity_name}")
+    elif id_weights is not None or id_network is not None:
+        typer.echo("note: --no-sym given, the identity network is not used")
+
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    G = build_generator(model=model, preset_name=preset).to(dev)
+    policy = config.policy()
+    typer.echo(f"base: {model or preset} ({G.img_resolution}x{G.img_resolution}, raw "
+               f"{G.neural_rendering_resolution}x{G.neural_rendering_resolution}) on {dev}; {policy.mode} "
+               f"rank {policy.rank}; {config.iterations} steps x batch {config.batch}; "
+               f"symmetry {'on' if config.sym else 'off'}")
+    t0 = time.perf_counter()
+    try:
+        result = personalize(G, data, out, config, checkpoint_dir=checkpoint_dir, identity=identity,
+                             dtype=torch.float16 if fp16 else torch.float32, progress=True, restart=restart,
+                             preview=preview, identity_name=identity_name, inversion_batch=inversion_batch,
+                             echo=typer.echo)
+    except (TrainingDataError, CheckpointError, IdentityNetworkRequired) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    total = time.perf_counter() - t0
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.train.losses.items())
+    size = result.adapter_path.stat().st_size
+    typer.echo(f"wrote {result.adapter_path} ({size / 1e6:.2f} MB, {result.train.adapter.num_parameters():,} "
+               f"trainable parameters, {len(result.anchors.names)} anchors)")
+    typer.echo(f"final losses (mean of last steps): {losses}")
+    typer.echo(f"time: inversion {result.inversion_seconds:.1f} s, training {result.train.seconds:.1f} s, "
+               f"total {total:.1f} s")
+    typer.echo(f"log: {result.log_path}")
+    if result.preview_path is not None:
+        typer.echo(f"preview: {result.preview_path}")

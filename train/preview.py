@@ -1,0 +1,65 @@
+"""The picture at the end of training: photos, base-model reconstructions, personalized reconstructions, novel views.
+
+Rows (up to `cols` photos): 1 the training photos; 2 the base model at the photos' anchors and cameras (what
+inversion alone reaches); 3 the personalized model there; 4 the personalized model rendering the first anchor
+from `cols` yaws across [-0.5, 0.5] rad at pitch 0 (views it was not trained on).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from generator.imaging import grid, save_png, to_uint8
+from generator.lora import PersonAdapter, attach, detach
+from generator.views import camera_batch
+from train.data import TrainingSet
+
+
+@torch.no_grad()
+def _render(G, adapter: PersonAdapter | None, ws: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
+    attach(G, adapter)
+    try:
+        return G.synthesis(ws, cams, noise_mode="const")["image"]
+    finally:
+        detach(G)
+
+
+@torch.no_grad()
+def preview_grid(G: torch.nn.Module, adapter: PersonAdapter, data: TrainingSet, anchors_ws: torch.Tensor,
+                 cols: int = 6, tile: int = 256) -> np.ndarray:
+    """The preview as an HWC uint8 array (tiles at most `tile` pixels wide)."""
+    was_training = G.training
+    G.eval()
+    device = next(G.parameters()).device
+    try:
+        k = min(cols, len(data))
+        ws = anchors_ws[:k].to(device)
+        ws = ws if ws.ndim == 3 else ws[:, None, :].expand(-1, G.num_ws, -1)
+        cams = data.cameras[:k].to(device)
+        base = _render(G, None, ws, cams)
+        personal = _render(G, adapter, ws, cams)
+        yaws = np.linspace(-0.5, 0.5, k) if k > 1 else np.zeros(1)
+        novel_cams = camera_batch(G, [(float(y), 0.0) for y in yaws]).to(device)
+        novel = _render(G, adapter, ws[:1].expand(k, -1, -1), novel_cams)
+    finally:
+        G.train(was_training)
+    size = min(tile, G.img_resolution)
+    rows = [data.images[:k], base, personal, novel]
+    tiles = [_resize(to_uint8(img), size) for row in rows for img in row]
+    return grid(tiles, k)
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    if img.shape[0] == size:
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
+
+
+def save_preview(G: torch.nn.Module, adapter: PersonAdapter, data: TrainingSet, anchors_ws: torch.Tensor,
+                 path: str | Path, cols: int = 6) -> Path:
+    """Write the preview grid PNG atomically and return its path."""
+    save_png(preview_grid(G, adapter, data, anchors_ws, cols=cols), path)
+    return Path(path)
