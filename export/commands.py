@@ -1,0 +1,85 @@
+"""`cli.py export` and `cli.py build-engine`: ONNX graphs (merged or keep-LoRA), TensorRT checks and engines."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def export(model: Optional[Path] = typer.Argument(None, help="Model directory (from `convert`)."),
+           preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset instead of MODEL "
+                                                                       "(demos): tiny | ffhq512-128."),
+           adapter: Optional[Path] = typer.Option(None, "--adapter", help="A person's adapter file."),
+           merge_lora: bool = typer.Option(False, "--merge-lora", help="Bake the adapter into the weights: the "
+                                                                       "export serves that person only."),
+           keep_lora: bool = typer.Option(False, "--keep-lora", help="Adapter tensors become graph inputs: one "
+                                                                     "export serves every adapter of this policy."),
+           person: Optional[str] = typer.Option(None, help="Name of the merged person (default: adapter file stem)."),
+           rank: int = typer.Option(4, help="--keep-lora without --adapter: LoRA rank of the policy."),
+           alpha: Optional[float] = typer.Option(None, help="--keep-lora without --adapter: LoRA alpha (default rank)."),
+           layout: str = typer.Option("loralib", help="--keep-lora without --adapter: loralib | flat."),
+           fp16: bool = typer.Option(False, "--fp16", help="float16 weights and tri-planes (compute stays float32 "
+                                                           "in onnxruntime CPU)."),
+           opset: int = typer.Option(18, help="ONNX opset (18..20)."),
+           trt: bool = typer.Option(False, "--trt", help="Also build fp16 TensorRT engines (needs TensorRT)."),
+           trt_check: bool = typer.Option(False, "--trt-check", help="Print the TensorRT operator-support report."),
+           max_batch: int = typer.Option(8, help="Largest batch of the TensorRT engines."),
+           verify: bool = typer.Option(True, help="Compare onnxruntime with eager PyTorch after exporting."),
+           overwrite: bool = typer.Option(False, help="Replace an existing export directory."),
+           out: Path = typer.Option(..., "--out", help="Export directory to write.")):
+    """Export ONNX graphs (mapping, tri-plane synthesis, render + super-resolution) with a manifest."""
+    from export.exporter import ExportError, ExportOptions, export_model
+    from export.manifest import read_manifest
+    from generator.lora import AdapterPolicy
+    if merge_lora and keep_lora:
+        raise ExportError("choose one of --merge-lora and --keep-lora")
+    mode = "merge" if merge_lora else "keep" if keep_lora else "base"
+    policy = None
+    if keep_lora and adapter is None:
+        policy = AdapterPolicy(rank=rank, alpha=float(alpha if alpha is not None else rank), layout=layout)
+    opts = ExportOptions(mode=mode, fp16=fp16, opset=opset, trt=trt, max_batch=max_batch, verify=verify,
+                         person=person, policy=policy, overwrite=overwrite)
+    path = export_model(out, model=model, preset=preset, adapter=adapter, options=opts)
+    m = read_manifest(path)
+    a = m["adapter"]
+    what = {"none": "base model", "merged": f"merged person {a.get('person')!r}",
+            "keep-lora": f"keep-LoRA ({len(a.get('inputs', []))} adapter inputs, rank {a.get('rank')})"}[a["mode"]]
+    typer.echo(f"wrote {path}: {what}, {m['precision']}, opset {m['opset']}")
+    if m.get("verification"):
+        v = m["verification"]
+        diffs = ", ".join(f"{k} {d:.1e}" for k, d in v["max_abs_diff"].items())
+        typer.echo(f"  onnxruntime vs eager PyTorch (max abs diff, tolerance {v['tolerance']}): {diffs}")
+    checks = m["tensorrt"]["check"]
+    typer.echo("  TensorRT op check: " + ", ".join(f"{g} {'OK' if c['ok'] else 'BLOCKED'}" for g, c in checks.items()))
+    if trt_check:
+        _print_reports(path, m)
+
+
+def _print_reports(path: Path, manifest: dict) -> bool:
+    from export.trt_support import check_onnx_for_tensorrt, format_report
+    ok = True
+    for name, g in manifest["graphs"].items():
+        report = check_onnx_for_tensorrt(path / g["file"])
+        typer.echo(format_report(report))
+        ok &= report.ok
+    return ok
+
+
+def build_engine(export_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Export directory."),
+                 check_only: bool = typer.Option(False, "--check-only", help="Only print the operator report."),
+                 max_batch: int = typer.Option(8, help="Largest batch of the engines' optimization profile."),
+                 fp16: bool = typer.Option(True, help="FP16 engines.")):
+    """Print the TensorRT operator-support report of an export's graphs, then build TensorRT engines."""
+    from export.exporter import build_engines
+    from export.manifest import read_manifest, write_manifest
+    m = read_manifest(export_dir)
+    ok = _print_reports(export_dir, m)
+    if not ok:
+        raise ValueError(f"{export_dir}: a graph has operators TensorRT's parser rejects (see the report above)")
+    if check_only:
+        return
+    m["tensorrt"]["engines"] = build_engines(export_dir, max_batch=max_batch, fp16=fp16)
+    write_manifest(export_dir, m)
+    for name, e in m["tensorrt"]["engines"].items():
+        typer.echo(f"built {export_dir / e['file']} ({e['size_bytes'] / 1e6:.1f} MB, {e['build_seconds']} s)")

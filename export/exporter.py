@@ -1,0 +1,456 @@
+"""Export a generator, optionally with a person's adapter, to an export directory of three ONNX graphs.
+
+Modes (export.manifest documents the directory):
+  * base       the base model only;
+  * merge      one person's adapter baked into the weights (generator.lora.merged_state_dict): only they are served;
+  * keep       every LoRA A/B and personal full tensor of an adapter policy is an input of the synthesis and
+               render graphs, W = W0 + scale * B @ A computed in the graph: one graph serves every person whose
+               adapter has the same policy. The mapping network stays frozen (no adapter inputs).
+
+Graphs are exported with torch.onnx's dynamo exporter (opset >= 18: its only target; the TorchScript exporter
+cannot export the FIR filter of generator/ops.py with a dynamic batch), in the deterministic inference mode with
+the non-fused modulated conv, so the batch axis is dynamic. Every export is checked against eager PyTorch on an
+example batch (the manifest records the max abs differences; an fp32 export that misses 1e-3 is refused) and
+against TensorRT's ONNX operator support. The directory appears atomically, complete or not at all.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import json
+import logging
+import os
+import platform
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from export.manifest import (ANCHORS_FILE, BASE_ADAPTER_FILE, FORMAT, FORMAT_VERSION, GRAPH_FILES, io_spec,
+                             sha256_file, trt_check_summary, write_manifest)
+from export.onnx_graphs import AdapterInput, MappingGraph, RenderGraph, SynthesisGraph, graph_of
+from generator.atomic import atomic_dir
+from generator.cameras import FFHQ_FOCAL
+from generator.lora import AdapterPolicy, PersonAdapter, attach, merged_state_dict
+from generator.triplane import TriPlaneGenerator
+from generator.views import camera_batch
+
+MIN_OPSET = 18
+MAX_OPSET = 20
+FP32_TOLERANCE = 1e-3
+"""Max abs difference (images in [-1, 1], depth in scene units) allowed between eager PyTorch and onnxruntime."""
+FP16_TOLERANCE = 5e-2
+"""The same for fp16 exports (float16 weights and tri-planes); recorded, not enforced."""
+EXAMPLE_PSI = 0.7
+RESERVED_NAMES = {"z", "c", "truncation_psi", "ws", "planes", "image", "image_raw", "depth"}
+PERSON_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MODES = ("base", "merge", "keep")
+
+
+class ExportError(ValueError):
+    """An export that cannot be made as asked; the message names the option, file or tensor."""
+
+
+@dataclass
+class ExportOptions:
+    """How to export."""
+
+    mode: str = "base"
+    """'base' (no adapter), 'merge' (bake one adapter in) or 'keep' (adapter tensors are graph inputs)."""
+    fp16: bool = False
+    """Store weights as float16 (cast to float32 in the graph) and pass tri-planes as float16."""
+    opset: int = MIN_OPSET
+    """ONNX opset of the graphs (18..20; the dynamo exporter targets 18+, TensorRT prefers 18 for GridSample)."""
+    trt: bool = False
+    """Also build fp16 TensorRT engines (fails with install instructions where TensorRT is missing)."""
+    max_batch: int = 8
+    """Largest batch of the TensorRT optimization profiles (the ONNX batch axis is unbounded)."""
+    example_batch: int = 2
+    """Batch of the example inputs used for tracing and verification (>= 2, so the batch cannot specialise)."""
+    verify: bool = True
+    """Compare onnxruntime with eager PyTorch on the example batch and record the differences."""
+    person: str | None = None
+    """Name of the merged person (default: the adapter file's stem)."""
+    policy: AdapterPolicy | None = None
+    """Keep-LoRA without an adapter file: the policy whose tensors become inputs (default AdapterPolicy())."""
+    overwrite: bool = False
+    """Replace an existing export directory."""
+    seed: int = 0
+    """Seed of the example inputs."""
+
+    def validate(self, has_adapter: bool) -> "ExportOptions":
+        if self.mode not in MODES:
+            raise ExportError(f"mode={self.mode!r}: expected one of {MODES}")
+        if self.mode == "merge" and not has_adapter:
+            raise ExportError("--merge-lora needs --adapter FILE (the person to bake into the weights)")
+        if self.mode == "base" and has_adapter:
+            raise ExportError("--adapter given: choose --merge-lora (bake it in) or --keep-lora (adapters as inputs)")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ExportError(f"opset={self.opset}: supported {MIN_OPSET}..{MAX_OPSET} (torch.onnx's dynamo exporter "
+                              f"emits opset 18+; TensorRT handles GridSample best at 18)")
+        if self.example_batch < 2:
+            raise ExportError(f"example_batch={self.example_batch}: must be >= 2 so the batch axis stays dynamic")
+        if self.max_batch < 1:
+            raise ExportError(f"max_batch={self.max_batch}: must be >= 1")
+        if self.person is not None and not PERSON_NAME.match(self.person):
+            raise ExportError(f"person={self.person!r}: must match {PERSON_NAME.pattern}")
+        return self
+
+
+def sanitize_names(names: list[str]) -> dict[str, str]:
+    """Adapter tensor name -> graph input name: characters outside [A-Za-z0-9_.] become '_', clashes get a suffix."""
+    out: dict[str, str] = {}
+    used = set(RESERVED_NAMES)
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9_.]", "_", name) or "tensor"
+        cand, k = base, 1
+        while cand in used:
+            cand, k = f"{base}_{k}", k + 1
+        used.add(cand)
+        out[name] = cand
+    return out
+
+
+def adapter_inputs_for(adapter: PersonAdapter) -> list[AdapterInput]:
+    """The graph inputs of a keep-LoRA export, in the adapter's target order (A before B)."""
+    rows = []
+    for t in adapter.targets.values():
+        graph = graph_of(t.key)
+        if graph is None:
+            raise ExportError(f"adapter policy puts {t.key} in the mapping network (parts={adapter.policy.parts}): "
+                              f"keep-LoRA exports leave mapping frozen; use --merge-lora or a policy without "
+                              f"'mapping'")
+        if t.kind == "lora":
+            module = t.key.rsplit(".", 1)[0]
+            rows += [(f"{module}.lora_A", t.key, "lora_A", t.lora_shapes[0], graph),
+                     (f"{module}.lora_B", t.key, "lora_B", t.lora_shapes[1], graph)]
+        else:
+            rows.append((t.key, t.key, "full", t.shape, graph))
+    names = sanitize_names([r[0] for r in rows])
+    return [AdapterInput(names[r[0]], r[0], r[1], r[2], tuple(int(s) for s in r[3]), r[4]) for r in rows]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's progress prints and warnings; re-raise with its output on failure."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield
+    except Exception as e:
+        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}\n{buf.getvalue()[-2000:]}") from e
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: list[str],
+                  output_names: list[str], dynamic_shapes: tuple, opset: int) -> None:
+    module.eval()
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=input_names,
+                                    output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
+                                    external_data=False, optimize=True)
+        program.save(str(path), external_data=False)
+    model = onnx.load(str(path), load_external_data=False)
+    _name_batch_axis(model)
+    onnx.save(model, str(path))
+    got = {o.domain: o.version for o in model.opset_import}.get("", None)
+    if got != opset:
+        raise ExportError(f"{path.name}: the exporter produced opset {got}, not the requested {opset}")
+    names = [i.name for i in model.graph.input]
+    if names != input_names:
+        raise ExportError(f"{path.name}: graph inputs {names[:6]}... differ from the requested {input_names[:6]}...")
+
+
+def _name_batch_axis(model: onnx.ModelProto, name: str = "batch") -> None:
+    """Call the dynamic axis 0 of the graph inputs `name` everywhere (the exporter may call it e.g. 's97')."""
+    g = model.graph
+    symbols = {i.type.tensor_type.shape.dim[0].dim_param for i in g.input
+               if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
+    for info in list(g.input) + list(g.output) + list(g.value_info):
+        for d in info.type.tensor_type.shape.dim:
+            if d.dim_param in symbols:
+                d.dim_param = name
+
+
+def convert_weights_fp16(path: Path, min_elements: int = 16) -> int:
+    """Store float32 initializers as float16 followed by a Cast to float32; returns how many were converted.
+
+    Initializers outside float16's finite range (or smaller than `min_elements`) stay float32.
+    """
+    model = onnx.load(str(path))
+    graph = model.graph
+    keep, casts, converted = [], [], 0
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            keep.append(init)
+            continue
+        arr = numpy_helper.to_array(init)
+        if not np.all(np.abs(arr) < 65000):
+            keep.append(init)
+            continue
+        half = numpy_helper.from_array(arr.astype(np.float16), name=f"{init.name}__fp16")
+        keep.append(half)
+        casts.append(onnx.helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
+                                           name=f"{init.name}__cast"))
+        converted += 1
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return converted
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _max_diff(a: np.ndarray, b: torch.Tensor) -> float:
+    return float(np.abs(a.astype(np.float32) - b.detach().float().numpy()).max())
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__}
+    for mod in ("onnxruntime", "onnxscript"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = "not installed"
+    return out
+
+
+def _verification_adapter(adapter: PersonAdapter, seed: int) -> PersonAdapter:
+    """A copy of `adapter` whose LoRA B and full tensors are perturbed, so verification exercises every input."""
+    ad = copy.deepcopy(adapter)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for pair in ad.lora.values():
+            pair.lora_B.add_(torch.randn(pair.lora_B.shape, generator=g) * 0.02)
+        for p in ad.full.values():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    return ad
+
+
+def _save_numpy(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    from safetensors.numpy import save_file
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path: str | os.PathLike | None = None,
+                     options: ExportOptions | None = None, source: dict[str, Any] | None = None) -> Path:
+    """Export G (and the adapter at `adapter_path`, per options.mode) to the directory `out`; returns it."""
+    from generator.adapter_file import AdapterFileError, base_fingerprint, load_adapter
+
+    opts = (options or ExportOptions()).validate(adapter_path is not None)
+    if opts.trt:
+        from export.tensorrt_build import import_tensorrt
+        import_tensorrt()  # fail before any work: "TensorRT is not installed ..." with install steps
+    G = G.eval()
+    fingerprint = base_fingerprint(G)
+    adapter = anchors = meta = None
+    if adapter_path is not None:
+        try:
+            adapter, anchors, meta = load_adapter(adapter_path, G)
+        except AdapterFileError as e:
+            raise ExportError(str(e)) from None
+    if opts.mode == "keep" and adapter is None:
+        adapter = PersonAdapter.create(G, opts.policy or AdapterPolicy())
+    person = None
+    if opts.mode == "merge":
+        person = opts.person or Path(adapter_path).stem
+        if not PERSON_NAME.match(person):
+            raise ExportError(f"person name {person!r} (from the adapter file name) must match "
+                              f"{PERSON_NAME.pattern}: pass --person NAME")
+
+    inputs = adapter_inputs_for(adapter) if opts.mode == "keep" else []
+    scale = adapter.policy.scale if opts.mode == "keep" else 1.0
+    verify_adapter = None
+    if opts.mode == "keep":
+        verify_adapter = _verification_adapter(adapter, opts.seed) if adapter_path is None else adapter
+    elif opts.mode == "merge":
+        verify_adapter = adapter
+
+    # Private copies: wrappers install routes and an export renderer on theirs; references use the eager path.
+    Gx = copy.deepcopy(G)
+    if opts.mode == "merge":
+        Gx.load_state_dict(merged_state_dict(G, adapter))
+    Gref = copy.deepcopy(G)
+    if verify_adapter is not None:
+        attach(Gref, verify_adapter)
+
+    gen = torch.Generator().manual_seed(opts.seed)
+    b = opts.example_batch
+    z = torch.randn(b, G.z_dim, generator=gen)
+    views = [(0.3 * ((i % 3) - 1) + 0.05 * i, 0.1 * ((i % 2) * 2 - 1)) for i in range(b)]
+    c = camera_batch(G, views)
+    psi = torch.tensor([EXAMPLE_PSI])
+    with torch.no_grad():
+        ws = Gref.mapping(z, c, truncation_psi=EXAMPLE_PSI)
+        planes_ref = Gref.planes(ws, noise_mode="const", fused_modconv=False)
+        ref = Gref.render_planes(planes_ref, ws, c, sampling="deterministic", fused_modconv=False) \
+            if opts.verify else None
+    planes_dtype = torch.float16 if opts.fp16 else torch.float32
+    file_tensors = {k: v.detach() for k, v in (verify_adapter or adapter).file_tensors().items()} if inputs else {}
+    syn_in = [i for i in inputs if i.graph == "synthesis"]
+    ren_in = [i for i in inputs if i.graph == "render"]
+    batch = torch.export.Dim("batch", min=1, max=1024)
+
+    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
+        paths = {name: tmp / f for name, f in GRAPH_FILES.items()}
+        _export_graph(MappingGraph(Gx), (z, c, psi), paths["mapping"], ["z", "c", "truncation_psi"], ["ws"],
+                      ({0: batch}, {0: batch}, None), opts.opset)
+        _export_graph(SynthesisGraph(Gx, syn_in, scale, planes_dtype),
+                      (ws, [file_tensors[i.tensor_name] for i in syn_in]), paths["synthesis"],
+                      ["ws"] + [i.input_name for i in syn_in], ["planes"], ({0: batch}, [None] * len(syn_in)),
+                      opts.opset)
+        _export_graph(RenderGraph(Gx, ren_in, scale),
+                      (planes_ref.to(planes_dtype), ws, c, [file_tensors[i.tensor_name] for i in ren_in]),
+                      paths["render"], ["planes", "ws", "c"] + [i.input_name for i in ren_in],
+                      ["image", "image_raw", "depth"], ({0: batch}, {0: batch}, {0: batch}, [None] * len(ren_in)),
+                      opts.opset)
+        if opts.fp16:
+            for p in paths.values():
+                convert_weights_fp16(p)
+
+        verification = None
+        if opts.verify:
+            verification = _verify(paths, z, c, ws, ref, planes_ref, file_tensors, syn_in, ren_in, opts)
+
+        adapter_section = _adapter_section(opts, G, adapter, anchors, meta, adapter_path, person, inputs, tmp)
+        graphs = {}
+        for name, p in paths.items():
+            gin, gout = io_spec(p)
+            graphs[name] = {"file": p.name, "sha256": sha256_file(p), "inputs": gin, "outputs": gout,
+                            "adapter_inputs": [i.input_name for i in inputs if i.graph == name]}
+        checks = {name: trt_check_summary(p) for name, p in paths.items()}
+        cfg = G.cfg
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "graphs": graphs,
+            "generator": cfg.to_dict(),
+            "model": {"num_ws": G.num_ws, "w_dim": G.w_dim, "z_dim": G.z_dim, "c_dim": G.c_dim,
+                      "img_resolution": G.img_resolution,
+                      "neural_rendering_resolution": G.neural_rendering_resolution,
+                      "triplane_shape": [3, cfg.plane_features, cfg.triplane_resolution, cfg.triplane_resolution]},
+            "camera": {"radius": cfg.rendering.avg_camera_radius, "pivot": list(cfg.rendering.avg_camera_pivot),
+                       "focal": FFHQ_FOCAL},
+            "rendering_mode": {"noise_mode": "const", "sampling": "deterministic", "fused_modconv": False,
+                               "truncation": "psi is the mapping graph input 'truncation_psi' [1]; "
+                                             "truncation_cutoff None (every w is truncated)"},
+            "base_fingerprint": fingerprint,
+            "source": source or {},
+            "adapter": adapter_section,
+            "precision": "fp16" if opts.fp16 else "fp32",
+            "opset": opts.opset,
+            "versions": _versions(),
+            "verification": verification,
+            "tensorrt": {"check": checks, "engines": None},
+        }
+        if opts.trt:
+            manifest["tensorrt"]["engines"] = build_engines(tmp, max_batch=opts.max_batch)
+        write_manifest(tmp, manifest)
+        for f in tmp.iterdir():  # temp files are created private; an export is meant to be read by servers
+            os.chmod(f, 0o644)
+        os.chmod(tmp, 0o755)
+    return Path(out)
+
+
+def _verify(paths, z, c, ws, ref, planes_ref, file_tensors, syn_in, ren_in, opts) -> dict[str, Any]:
+    """Run the three graphs with onnxruntime on the example batch and compare with eager PyTorch."""
+    feeds_syn = {i.input_name: file_tensors[i.tensor_name].numpy() for i in syn_in}
+    feeds_ren = {i.input_name: file_tensors[i.tensor_name].numpy() for i in ren_in}
+    ws_o = _ort_session(paths["mapping"]).run(None, {"z": z.numpy(), "c": c.numpy(),
+                                                     "truncation_psi": np.array([EXAMPLE_PSI], np.float32)})[0]
+    planes_o = _ort_session(paths["synthesis"]).run(None, {"ws": ws.numpy(), **feeds_syn})[0]
+    image, image_raw, depth = _ort_session(paths["render"]).run(
+        None, {"planes": planes_o, "ws": ws.numpy(), "c": c.numpy(), **feeds_ren})
+    diffs = {"ws": _max_diff(ws_o, ws), "planes": _max_diff(planes_o, planes_ref), "image": _max_diff(image, ref["image"]),
+             "image_raw": _max_diff(image_raw, ref["image_raw"]), "depth": _max_diff(depth, ref["image_depth"])}
+    tol = FP16_TOLERANCE if opts.fp16 else FP32_TOLERANCE
+    passed = all(v <= tol for v in diffs.values())
+    if not passed and not opts.fp16:
+        raise ExportError(f"onnxruntime differs from eager PyTorch by more than {tol}: {diffs}")
+    return {"batch": int(z.shape[0]), "reference": "eager PyTorch (adapter attached, not merged)",
+            "max_abs_diff": diffs, "tolerance": tol, "passed": passed}
+
+
+def _adapter_section(opts, G, adapter, anchors, meta, adapter_path, person, inputs, tmp: Path) -> dict[str, Any]:
+    if opts.mode == "base":
+        return {"mode": "none"}
+    if opts.mode == "merge":
+        section = {"mode": "merged", "person": person, "adapter_sha256": sha256_file(adapter_path),
+                   "adapter_base_fingerprint": meta["base_fingerprint"], "policy": meta["policy"],
+                   "anchors_file": None, "anchor_names": []}
+        if anchors is not None:
+            _save_numpy(tmp / ANCHORS_FILE, {"anchors.ws": anchors.ws.float().numpy(),
+                                             "anchors.c": anchors.c.float().numpy()},
+                        {"names": json.dumps(anchors.names), "person": person})
+            section.update(anchors_file=ANCHORS_FILE, anchor_names=list(anchors.names))
+        return section
+    policy = adapter.policy
+    base = dict(G.named_parameters())
+    values = {}
+    for i in inputs:
+        if i.role == "full":
+            values[i.input_name] = base[i.target_key].detach().float().numpy()
+        else:
+            values[i.input_name] = np.zeros(i.shape, np.float32)
+    _save_numpy(tmp / BASE_ADAPTER_FILE, values, {"what": "base-model values of the keep-LoRA inputs (LoRA B = 0)"})
+    return {
+        "mode": "keep-lora",
+        "policy": dataclasses.asdict(policy),
+        "rank": policy.rank, "alpha": policy.alpha, "layout": policy.layout, "scale": policy.scale,
+        "targets": [[t.key, t.kind, list(t.shape)] for t in adapter.targets.values()],
+        "inputs": [{"input": i.input_name, "tensor": i.tensor_name, "target": i.target_key, "role": i.role,
+                    "shape": list(i.shape), "graph": i.graph, "dtype": "float32"} for i in inputs],
+        "base_values_file": BASE_ADAPTER_FILE,
+        "example_adapter_sha256": sha256_file(adapter_path) if adapter_path is not None else None,
+    }
+
+
+def build_engines(export_dir: str | os.PathLike, max_batch: int = 8, fp16: bool = True) -> dict[str, Any]:
+    """Build a TensorRT engine per graph (adapter tensors stay engine inputs); raises where TensorRT is missing."""
+    from export.tensorrt_build import build_engine, import_tensorrt
+    import_tensorrt()
+    export_dir = Path(export_dir)
+    engines = {}
+    for name, f in GRAPH_FILES.items():
+        info = build_engine(export_dir / f, export_dir / f"{name}.engine", fp16=fp16, max_batch=max_batch)
+        engines[name] = {"file": f"{name}.engine", "fp16": info.fp16, "tensorrt_version": info.tensorrt_version,
+                         "max_batch": max_batch, "size_bytes": info.size_bytes,
+                         "build_seconds": round(info.build_seconds, 2)}
+    return engines
+
+
+def export_model(out: str | os.PathLike, model: str | os.PathLike | None = None, preset: str | None = None,
+                 adapter: str | os.PathLike | None = None, options: ExportOptions | None = None) -> Path:
+    """`cli.py export`: a model directory (or a random-weight preset, seed 0) -> export directory."""
+    from generator.model_dir import build_generator
+    if (model is None) == (preset is None):
+        raise ExportError("give exactly one of a model directory or --preset NAME")
+    G = build_generator(model=model, preset_name=preset)
+    source = {"model_dir": str(model)} if model is not None else {"preset": preset, "seed": 0,
+                                                                 "weights": "random init (calibrated)"}
+    return export_generator(G, out, adapter_path=adapter, options=options, source=source)

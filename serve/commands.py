@@ -1,0 +1,143 @@
+"""CLI commands `package`, `serve` and `people add|remove|list` (registered on cli.py's app by `register`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+people_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="Add, remove or list the people (adapter files) of a packaged model; a running "
+                              "server picks the change up at its next request.")
+
+
+def package(export_dir: Path = typer.Argument(..., exists=True, file_okay=False,
+                                              help="Export folder (from `cli.py export`)."),
+            name: str = typer.Option(..., "--name", help="Model name: /predictions/NAME, NAME.mar."),
+            model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder."),
+            workers: int = typer.Option(1, help="TorchServe min/max workers."),
+            batch_size: int = typer.Option(1, help="TorchServe batchSize."),
+            max_batch_delay_ms: int = typer.Option(50, help="TorchServe maxBatchDelay (ms)."),
+            response_timeout: int = typer.Option(60, help="TorchServe responseTimeout (s); a worker silent for "
+                                                          "longer is restarted."),
+            device: str = typer.Option("cpu", help="TorchServe deviceType: cpu | gpu."),
+            default_budget_ms: Optional[float] = typer.Option(None, help="Deadline of requests without budget_ms "
+                                                                         "(default: 80% of the response timeout)."),
+            max_frames: int = typer.Option(16, help="Most frames per interpolation request."),
+            providers: str = typer.Option("auto", help="onnxruntime providers: auto or comma-separated names."),
+            threads: Optional[int] = typer.Option(None, help="onnxruntime threads per worker (default: all cores)."),
+            archive_format: str = typer.Option("default", help="default (.mar zip) | zip-store | no-archive."),
+            overwrite: bool = typer.Option(False, help="Replace an existing archive."),
+            check: bool = typer.Option(True, help="Load the export with the runtime before packaging.")):
+    """Package an exported model as MODEL_STORE/NAME.mar (handler + runtime + graphs + model-config.yaml)."""
+    from serve.package import PackageConfig, package_model
+    cfg = PackageConfig(name=name, model_store=model_store, min_workers=workers, max_workers=workers,
+                        batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
+                        response_timeout_s=response_timeout, device=device, default_budget_ms=default_budget_ms,
+                        max_frames=max_frames, providers=providers, threads=threads, archive_format=archive_format,
+                        overwrite=overwrite, check=check)
+    try:
+        path = package_model(export_dir, cfg)
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+        raise typer.BadParameter(str(e)) from None
+    size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    typer.echo(f"wrote {path} ({size / 1e6:.1f} MB); people go in {model_store / 'people' / name}/ "
+               f"(`cli.py people add {name} PERSON ADAPTER`)")
+
+
+def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder."),
+          models: str = typer.Option("all", "--models", help="Comma-separated model names, or all."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address of every listener. Anything but "
+                                                               "loopback exposes the server to the network."),
+          port_offset: int = typer.Option(0, "--port-offset", help="Added to every default port "
+                                                                   "(8080/8081/8082, gRPC 7070/7071)."),
+          enable_model_api: bool = typer.Option(False, "--enable-model-api",
+                                                help="Allow registering/deleting models over HTTP (local model "
+                                                     "store archives only)."),
+          run_dir: Path = typer.Option(Path("logs/torchserve"), "--run-dir",
+                                       help="Folder for config, pid, key file and logs."),
+          token_expiration_min: int = typer.Option(60, help="Lifetime of the API keys in minutes."),
+          stop: bool = typer.Option(False, "--stop", help="Stop the server started from --run-dir and wait."),
+          foreground: bool = typer.Option(False, "--foreground", help="Stay attached; Ctrl-C stops the server."),
+          timeout: float = typer.Option(300.0, help="Seconds to wait for the models to be ready.")):
+    """Start TorchServe on the model store with a generated config (loopback, token auth on, model API off)."""
+    from serve.server import ServeConfig, ServerError, curl_example, start_server, stop_server
+    if stop:
+        try:
+            stopped = stop_server(run_dir)
+        except ServerError as e:
+            raise typer.BadParameter(str(e)) from None
+        typer.echo("TorchServe stopped." if stopped else f"no TorchServe running from {run_dir}")
+        return
+    names = "all" if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
+    cfg = ServeConfig(model_store=model_store, models=names, host=host, port_offset=port_offset,
+                      enable_model_api=enable_model_api, run_dir=run_dir, token_expiration_min=token_expiration_min)
+    try:
+        info = start_server(cfg, wait=True, timeout_s=timeout)
+    except (ServerError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(f"TorchServe pid {info.pid} serving {', '.join(info.models)} at {info.inference_url} "
+               f"(management {info.management_url}, model API {'on' if enable_model_api else 'off'}, "
+               f"metrics {info.metrics_url})")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"WARNING: listening on {host}: reachable from other machines; keep the key file secret.")
+    typer.echo(f"API keys (Authorization: Bearer <inference key>): {info.key_file}")
+    typer.echo(f"logs: {info.run_dir / 'logs'}\nexample:\n{curl_example(info, info.models[0])}")
+    typer.echo(f"stop: cli.py serve --stop --run-dir {info.run_dir}")
+    if foreground:
+        import time
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            stop_server(run_dir)
+            typer.echo("TorchServe stopped.")
+
+
+@people_app.command("add")
+def people_add(name: str = typer.Argument(..., help="Model name (its NAME.mar is in the store)."),
+               person: str = typer.Argument(..., help="Person name (A-Z a-z 0-9 _ -, up to 64)."),
+               adapter_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Adapter .safetensors."),
+               model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder."),
+               overwrite: bool = typer.Option(False, help="Replace an existing person."),
+               check: bool = typer.Option(True, help="Load and render the adapter against the packaged model "
+                                                     "first.")):
+    """Add a person to a packaged model (no server restart)."""
+    from serve.package import add_person
+    try:
+        dest = add_person(model_store, name, person, adapter_file, overwrite=overwrite, check=check)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(f"added {person} -> {dest}")
+
+
+@people_app.command("remove")
+def people_remove(name: str = typer.Argument(..., help="Model name."),
+                  person: str = typer.Argument(..., help="Person name."),
+                  model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder.")):
+    """Remove a person from a packaged model (no server restart)."""
+    from serve.package import remove_person
+    try:
+        removed = remove_person(model_store, name, person)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(f"removed {person}" if removed else f"{person}: not a person of {name}")
+
+
+@people_app.command("list")
+def people_list(name: str = typer.Argument(..., help="Model name."),
+                model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder.")):
+    """List the people of a packaged model."""
+    from serve.package import list_people
+    try:
+        names = list_people(model_store, name)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo("\n".join(names) if names else f"(no people for {name})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `package`, `serve` and the `people` group to the main CLI."""
+    app.command(name="package")(package)
+    app.command(name="serve")(serve)
+    app.add_typer(people_app, name="people")

@@ -1,0 +1,348 @@
+"""TorchServe handler: novel views, interpolations and the list of people of one exported model, over HTTP.
+
+Runs inside a TorchServe worker from the extracted `.mar`, which ships this file, `serve/requests.py` and the
+torch-free `runtime` package next to the exported graphs (`export/`). It imports only the standard library, numpy,
+PIL, `serve.requests` and `runtime`.
+
+Responses (see model_store/README.md):
+- image ops, `"response": "image"` (default): the PNG/JPEG bytes with their Content-Type; per-stage timings in a
+  standard `Server-Timing` header (`mapping;dur=0.41, synthesis;dur=12.3, ...`, milliseconds), the tri-plane cache
+  outcome in `X-My3DGen-Cache`; an interpolation with `frames` returns one horizontal strip of `frames` square
+  images side by side without gaps (`X-My3DGen-Frames`, `X-My3DGen-Frame-Size` say how to cut it).
+- `"response": "json"`: `{"image": base64}` or `{"frames": [base64, ...]}` plus `timings`, `cache_hit`, sizes.
+- errors: a JSON object `{"error", "field", "status", "type"}` with a 4xx/5xx status. Every exception is caught
+  and mapped here, so no request can take a worker down.
+
+People are adapter files `<people_root>/<model name>/<person>.safetensors`; the runtime rescans that folder on
+each listing, so people added or removed by `cli.py people add/remove` are served without a restart. The people
+root comes from the environment variable MY3DGEN_PEOPLE_ROOT (set by `cli.py serve`) or the model config's
+`handler.people_root`.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+from serve.requests import (NAME_RE, Interpolate, Limits, NovelView, Output, People, PersonInfo, RequestError,
+                            parse_request)
+
+logger = logging.getLogger(__name__)
+
+PEOPLE_ROOT_ENV = "MY3DGEN_PEOPLE_ROOT"
+"""Environment variable naming the folder that holds one `<model name>/` folder of adapters per model."""
+
+
+@dataclass
+class HandlerConfig:
+    """The `handler:` section of the packaged model-config.yaml."""
+
+    export_subdir: str = "export"
+    """Folder inside the extracted archive holding the exported graphs (what `runtime.Runtime` loads)."""
+    people_root: Optional[str] = None
+    """Absolute folder of people folders; the environment variable MY3DGEN_PEOPLE_ROOT wins over it."""
+    default_budget_ms: Optional[float] = None
+    """Deadline for requests that give no `budget_ms` (None: none)."""
+    max_budget_ms: float = 50_000.0
+    """Largest `budget_ms` a request may ask for; keep it under responseTimeout (a timed-out worker is killed)."""
+    max_frames: int = 16
+    """Most frames per interpolation request (the runtime's own limit applies too)."""
+    providers: Any = "auto"
+    """onnxruntime providers for the runtime: "auto" or a list of provider names."""
+    plane_cache_size: int = 64
+    """Tri-plane cache entries per worker."""
+    adapter_cache_size: int = 16
+    """Loaded adapters kept per worker."""
+    threads: Optional[int] = None
+    """onnxruntime intra-op threads per worker (None: onnxruntime's default, all cores; with several workers on
+    one machine, cores / workers avoids oversubscription)."""
+    jpeg_quality: int = 90
+    """JPEG quality when a request gives none."""
+    warmup: bool = True
+    """Render once at start-up, so the first request is not slowed by lazy initialization and the budget
+    estimates are primed."""
+
+    @classmethod
+    def from_dict(cls, raw: Optional[dict]) -> "HandlerConfig":
+        raw = dict(raw or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"model-config.yaml handler section: unknown key(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        return cls(**raw)
+
+
+def encode(pixels: np.ndarray, output: Output, default_quality: int = 90) -> bytes:
+    """HWC uint8 -> PNG or JPEG bytes (JPEG quality: the request's, else `default_quality`)."""
+    img = Image.fromarray(pixels)
+    buf = io.BytesIO()
+    if output.format == "png":
+        img.save(buf, format="PNG")
+    else:
+        img.save(buf, format="JPEG", quality=output.quality if output.quality is not None else default_quality)
+    return buf.getvalue()
+
+
+def resize(pixels: np.ndarray, size: Optional[int]) -> np.ndarray:
+    """Square HWC uint8 resized to size x size (unchanged when size is None or already the size)."""
+    if size is None or pixels.shape[0] == size:
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.LANCZOS))
+
+
+def strip(frames: list) -> np.ndarray:
+    """Square HWC uint8 frames side by side, no gaps: frame i is columns [i*S, (i+1)*S)."""
+    return np.concatenate(frames, axis=1)
+
+
+def server_timing(timings: dict) -> str:
+    """A `Server-Timing` header value: `name;dur=ms` items (stage names are plain tokens)."""
+    return ", ".join(f"{k};dur={v:.3f}" for k, v in timings.items())
+
+
+class Service:
+    """One model's request handling: validation, runtime calls, encoding, error mapping."""
+
+    def __init__(self, runtime: Any, model_name: str, cfg: HandlerConfig, people_dir: Optional[Path],
+                 image_size: int):
+        from runtime import errors as rterr
+        self.rt = runtime
+        self.model_name = model_name
+        self.cfg = cfg
+        self.people_dir = people_dir
+        self.errors = rterr
+        lim = dict(getattr(runtime, "limits", {}) or {})
+        self.limits = Limits(max_abs_yaw=float(lim.get("max_abs_yaw", 0.8)),
+                             max_abs_pitch=float(lim.get("max_abs_pitch", 0.5)),
+                             max_frames=int(min(cfg.max_frames, lim.get("max_frames", cfg.max_frames))),
+                             image_size=int(image_size),
+                             default_budget_ms=cfg.default_budget_ms,
+                             max_budget_ms=float(cfg.max_budget_ms))
+
+    @classmethod
+    def from_context(cls, context: Any) -> "Service":
+        """Build from TorchServe's context: the extracted archive folder, the model name and model-config."""
+        from runtime import Runtime
+        props = context.system_properties
+        model_dir = Path(props["model_dir"])
+        yaml_cfg = getattr(context, "model_yaml_config", None) or {}
+        cfg = HandlerConfig.from_dict(yaml_cfg.get("handler"))
+        model_name = str(getattr(context, "model_name", "") or "")
+        if not NAME_RE.match(model_name):
+            raise ValueError(f"model name {model_name!r} is not a valid name (1-64 of A-Z a-z 0-9 _ -)")
+        root = os.environ.get(PEOPLE_ROOT_ENV) or cfg.people_root
+        people_dir = None
+        if root:
+            people_dir = Path(root).resolve() / model_name
+            people_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            logger.warning("no people folder (%s unset and no handler.people_root): serving the base model only",
+                           PEOPLE_ROOT_ENV)
+        export_dir = (model_dir / cfg.export_subdir).resolve()
+        if not export_dir.is_dir():
+            raise FileNotFoundError(f"{export_dir}: the archive has no exported model folder "
+                                    f"'{cfg.export_subdir}' (package it with `cli.py package`)")
+        rt = Runtime(export_dir, people_dir=people_dir, providers=cfg.providers,
+                     plane_cache_size=cfg.plane_cache_size, adapter_cache_size=cfg.adapter_cache_size,
+                     threads=cfg.threads)
+        size = cls._image_size(rt, export_dir)
+        if cfg.warmup:
+            rt.warmup()
+        logger.info("my3dgen handler ready: model %s, export %s, people %s, image %dx%d", model_name, export_dir,
+                    people_dir, size, size)
+        return cls(rt, model_name, cfg, people_dir, size)
+
+    @staticmethod
+    def _image_size(rt: Any, export_dir: Path) -> int:
+        """The model's output resolution: from the runtime when it says, else the export's manifest."""
+        size = getattr(rt, "image_size", None) or (getattr(rt, "limits", {}) or {}).get("image_size")
+        if size:
+            return int(size)
+        manifest = json.loads((export_dir / "manifest.json").read_text())
+        return int(manifest["model"]["img_resolution"])
+
+    # ---------------------------------------------------------------- request handling
+    def handle_one(self, raw: Any, idx: int, context: Any) -> Any:
+        """One request -> response body; sets status, content type and headers on `context` for index `idx`."""
+        t0 = time.perf_counter()
+        try:
+            req = parse_request(raw, self.limits)
+            t_parse = (time.perf_counter() - t0) * 1000
+            return self._dispatch(req, idx, context, t0, t_parse)
+        except RequestError as e:
+            return self._error(context, idx, e)
+        except self.errors.RuntimeErrorBase as e:
+            return self._error(context, idx, self._map_runtime_error(e, raw))
+        except MemoryError:
+            logger.error("out of memory in request %d", idx, exc_info=True)
+            return self._error(context, idx, RequestError(507, "body", "out of memory", "out_of_resources"))
+        except Exception as e:  # noqa: BLE001 - the worker must survive any request
+            ref = uuid.uuid4().hex[:12]
+            logger.error("internal error %s in request %d: %s", ref, idx, e, exc_info=True)
+            return self._error(context, idx, RequestError(500, "body", f"internal error (reference {ref}: "
+                                                                       f"{type(e).__name__})", "internal"))
+
+    def _dispatch(self, req: Any, idx: int, context: Any, t0: float, t_parse: float) -> Any:
+        if isinstance(req, People):
+            return self._json(context, idx, {"model": self.model_name, "people": sorted(self.rt.people())})
+        if isinstance(req, PersonInfo):
+            self._check_person(req.person)
+            info = self.rt.person_info(req.person)
+            return self._json(context, idx, {"model": self.model_name, "person": req.person,
+                                             "info": json.loads(json.dumps(info, default=str))})
+        if req.person is not None:
+            self._check_person(req.person)
+        if isinstance(req, NovelView):
+            results = [self.rt.novel_view(req.person, anchor=req.anchor, latent=req.latent, yaw=req.yaw,
+                                          pitch=req.pitch, budget_ms=req.budget_ms)]
+        else:
+            results = self._interpolate(req, t0)
+        return self._images(context, idx, req, results, t0, t_parse)
+
+    def _interpolate(self, req: Interpolate, t0: float) -> list:
+        results = []
+        for t in req.ts:
+            budget = None
+            if req.budget_ms is not None:
+                budget = req.budget_ms - (time.perf_counter() - t0) * 1000
+                if budget <= 0:
+                    raise RequestError(504, "budget_ms", f"budget_ms={req.budget_ms:g} exhausted after "
+                                                         f"{len(results)} of {len(req.ts)} frames",
+                                       "budget_exceeded")
+            results.append(self.rt.interpolate(req.person, req.a, req.b, t, yaw=req.yaw, pitch=req.pitch,
+                                               budget_ms=budget))
+        return results
+
+    def _check_person(self, person: str) -> None:
+        """404 before the runtime touches anything when the person's adapter file does not exist (one stat call,
+        not a folder listing, so the cost does not grow with the number of people)."""
+        if self.people_dir is not None:
+            known = (self.people_dir / f"{person}.safetensors").is_file()
+        else:
+            known = person in self.rt.people()
+        if not known:
+            raise RequestError(404, "person", f"unknown person {person!r} for model {self.model_name!r}",
+                               "unknown_person")
+
+    def _images(self, context: Any, idx: int, req: Any, results: list, t0: float, t_parse: float) -> Any:
+        t_enc = time.perf_counter()
+        out = req.output
+        frames = [resize(r.to_uint8(), out.size) for r in results]  # the runtime's own uint8 rounding
+        size = frames[0].shape[0]
+        timings = {"parse": t_parse}
+        for r in results:
+            for k, v in (r.timings or {}).items():
+                timings[k] = timings.get(k, 0.0) + float(v)
+        hits = sum(bool(getattr(r, "cache_hit", False)) for r in results)
+        cache = "hit" if hits == len(results) else "miss" if hits == 0 else f"partial-{hits}/{len(results)}"
+        if out.response == "json":
+            encoded = [base64.b64encode(encode(f, out, self.cfg.jpeg_quality)).decode("ascii") for f in frames]
+            timings["encode"] = (time.perf_counter() - t_enc) * 1000
+            timings["handler"] = (time.perf_counter() - t0) * 1000
+            body = {"model": self.model_name, "person": req.person, "format": out.format, "width": size,
+                    "height": size, "timings": timings, "cache_hit": hits == len(results)}
+            if isinstance(req, Interpolate) and req.frames:
+                body.update(frames=encoded, ts=list(req.ts))
+            else:
+                body["image"] = encoded[0]
+            return self._json(context, idx, body)
+        data = encode(strip(frames) if len(frames) > 1 else frames[0], out, self.cfg.jpeg_quality)
+        timings["encode"] = (time.perf_counter() - t_enc) * 1000
+        timings["handler"] = (time.perf_counter() - t0) * 1000
+        context.set_response_status(200, "OK", idx=idx)
+        context.set_response_content_type(idx, out.content_type)
+        context.set_response_header(idx, "Server-Timing", server_timing(timings))
+        context.set_response_header(idx, "X-My3DGen-Cache", cache)
+        context.set_response_header(idx, "X-My3DGen-Frames", str(len(frames)))
+        context.set_response_header(idx, "X-My3DGen-Frame-Size", str(size))
+        return data
+
+    # ---------------------------------------------------------------- responses and errors
+    @staticmethod
+    def _json(context: Any, idx: int, body: dict, status: int = 200, phrase: str = "OK") -> str:
+        context.set_response_status(status, phrase, idx=idx)
+        context.set_response_content_type(idx, "application/json")
+        return json.dumps(body)
+
+    def _error(self, context: Any, idx: int, e: RequestError) -> str:
+        logger.info("request %d refused: %d %s (%s)", idx, e.status, e.field, e.message)
+        return self._json(context, idx, e.to_dict(), e.status, _PHRASES.get(e.status, "Error"))
+
+    def _map_runtime_error(self, e: Exception, raw: Any) -> RequestError:
+        err = self.errors
+        msg = _strip_paths(str(e) or type(e).__name__, self.people_dir)
+        field = getattr(e, "field", None)
+        if isinstance(e, err.UnknownPerson):
+            return RequestError(404, "person", msg, "unknown_person")
+        if isinstance(e, err.AdapterInvalid):
+            person = _field_of(raw, "person")
+            name = f"people/{self.model_name}/{person}.safetensors" if isinstance(person, str) else "adapter file"
+            reason = _strip_paths(str(getattr(e, "reason", "") or msg), self.people_dir)
+            return RequestError(422, "person", f"{name}: {reason}", "adapter_invalid")
+        if isinstance(e, err.BudgetExceeded):
+            if getattr(e, "before_running", True):
+                return RequestError(503, "budget_ms", msg, "budget_exceeded")
+            return RequestError(504, "budget_ms", msg, "budget_exceeded")
+        if isinstance(e, err.InvalidRequest):
+            return RequestError(400, field or _guess_field(msg, raw), msg)
+        return RequestError(500, "body", msg, "runtime_error")
+
+
+_PHRASES = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 422: "Unprocessable Entity",
+            500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout",
+            507: "Insufficient Storage"}
+
+
+def _field_of(raw: Any, name: str) -> Any:
+    try:
+        body = raw if isinstance(raw, dict) else json.loads(bytes(raw).decode("utf-8") if isinstance(
+            raw, (bytes, bytearray)) else raw)
+        return body.get(name) if isinstance(body, dict) else None
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return None
+
+
+def _guess_field(message: str, raw: Any) -> str:
+    """The request field a runtime InvalidRequest message talks about (the first field name it mentions)."""
+    body_fields = ("anchor", "latent", "yaw", "pitch", "frames", "person", "budget_ms", "a", "b", "t", "size")
+    words = [w.strip("'\"`:,.()[]=") for w in message.replace("=", " ").split()]
+    for w in words:
+        if w in body_fields:
+            return w
+    return "body"
+
+
+def _strip_paths(message: str, people_dir: Optional[Path]) -> str:
+    """Keep server folder names out of error messages sent to clients."""
+    if people_dir is not None:
+        message = message.replace(str(people_dir) + os.sep, "").replace(str(people_dir), "")
+    return message
+
+
+_SERVICE: Optional[Service] = None
+
+
+def handle(data: Optional[list], context: Any) -> Optional[list]:
+    """TorchServe entry point: `handle(None, context)` initializes; otherwise one response per request."""
+    global _SERVICE
+    if _SERVICE is None:
+        _SERVICE = Service.from_context(context)
+    if data is None:
+        return None
+    out = []
+    for idx, item in enumerate(data):
+        raw = item.get("body") if isinstance(item, dict) and item.get("body") is not None else (
+            item.get("data") if isinstance(item, dict) else None)
+        out.append(_SERVICE.handle_one(raw, idx, context))
+    return out

@@ -1,0 +1,234 @@
+"""Request validation of the serving endpoint: every bad request is a RequestError with the right status and field."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from serve.requests import (Interpolate, Limits, NovelView, People, PersonInfo, RequestError, decode_body,
+                            parse_request, validate_name)
+
+LIM = Limits(max_abs_yaw=0.8, max_abs_pitch=0.5, max_frames=8, image_size=128, default_budget_ms=5000.0,
+             max_budget_ms=20000.0)
+
+
+def bad(raw, status, field):
+    with pytest.raises(RequestError) as e:
+        parse_request(raw, LIM)
+    assert (e.value.status, e.value.field) == (status, field), e.value.message
+    body = e.value.to_dict()
+    assert body["field"] == field and body["status"] == status and body["error"]
+    return e.value.message
+
+
+def test_novel_view_defaults_and_types():
+    r = parse_request({"op": "novel_view", "person": "alice", "anchor": "img_01.png"}, LIM)
+    assert isinstance(r, NovelView)
+    assert (r.person, r.anchor, r.latent, r.yaw, r.pitch) == ("alice", "img_01.png", None, 0.0, 0.0)
+    assert r.budget_ms == 5000.0 and r.output.format == "png" and r.output.response == "image"
+    assert r.output.size is None and r.output.content_type == "image/png"
+    r = parse_request(b'{"op": "novel_view", "person": "a_b-9", "anchor": 2, "yaw": -0.8, "pitch": 0.5, '
+                      b'"format": "jpg", "quality": 70, "size": 64, "budget_ms": 250, "response": "json"}', LIM)
+    assert r.anchor == 2 and r.yaw == -0.8 and r.pitch == 0.5
+    assert (r.output.format, r.output.quality, r.output.size, r.output.response) == ("jpeg", 70, 64, "json")
+    assert r.budget_ms == 250.0
+
+
+def test_latent_shapes():
+    r = parse_request({"op": "novel_view", "latent": [0.5] * 16}, LIM)
+    assert r.person is None and r.latent.shape == (16,) and r.latent.dtype == np.float32
+    r = parse_request({"op": "novel_view", "person": "p", "latent": [[1, 2, 3], [4, 5, 6]]}, LIM)
+    np.testing.assert_array_equal(r.latent, np.arange(1, 7, dtype=np.float32).reshape(2, 3))
+    assert "latent[1]" in bad({"op": "novel_view", "latent": [[1, 2], [3]]}, 400, "latent")
+    assert "latent[0][1]" in bad({"op": "novel_view", "latent": [[1, "x"]]}, 400, "latent")
+    assert "latent[2]" in bad({"op": "novel_view", "latent": [1, 2, True]}, 400, "latent")
+    bad({"op": "novel_view", "latent": []}, 400, "latent")
+    bad({"op": "novel_view", "latent": {"a": 1}}, 400, "latent")
+    bad({"op": "novel_view", "latent": [float("nan")]}, 400, "latent")
+    bad({"op": "novel_view", "latent": [0.0] * (LIM.max_latent_values + 1)}, 413, "latent")
+    bad(b'{"op": "novel_view", "latent": [NaN]}', 400, "body")  # JSON's non-standard constants are refused
+
+
+def test_interpolate():
+    r = parse_request({"op": "interpolate", "person": "p", "a": 0, "b": "x", "t": 0.25}, LIM)
+    assert isinstance(r, Interpolate) and r.ts == (0.25,) and not r.frames
+    r = parse_request({"op": "interpolate", "person": "p", "a": 0, "b": 1, "frames": 5}, LIM)
+    assert r.frames and r.ts == (0.0, 0.25, 0.5, 0.75, 1.0)
+    r = parse_request({"op": "interpolate", "person": "p", "a": 0, "b": 1, "frames": 3.0}, LIM)
+    assert len(r.ts) == 3
+    bad({"op": "interpolate", "person": "p", "a": 0, "b": 1, "frames": 9}, 400, "frames")
+    bad({"op": "interpolate", "person": "p", "a": 0, "b": 1, "frames": 1}, 400, "frames")
+    bad({"op": "interpolate", "person": "p", "a": 0, "b": 1, "frames": 2.5}, 400, "frames")
+    bad({"op": "interpolate", "person": "p", "a": 0, "b": 1, "t": 0.5, "frames": 3}, 400, "frames")
+    bad({"op": "interpolate", "person": "p", "a": 0, "b": 1}, 400, "t")
+    bad({"op": "interpolate", "person": "p", "a": 0, "b": 1, "t": 1.5}, 400, "t")
+    bad({"op": "interpolate", "person": "p", "b": 1, "t": 0.5}, 400, "a")
+    bad({"op": "interpolate", "person": "p", "a": 0, "b": [1], "t": 0.5}, 400, "b")
+    bad({"op": "interpolate", "a": 0, "b": 1, "t": 0.5}, 400, "person")
+    bad({"op": "interpolate", "person": "p", "a": -1, "b": 1, "t": 0.5}, 400, "a")
+
+
+def test_people_and_person_ops():
+    assert isinstance(parse_request({"op": "people"}, LIM), People)
+    assert parse_request('{"op": "person", "person": "bob"}', LIM) == PersonInfo("bob")
+    bad({"op": "people", "person": "x"}, 400, "person")  # no fields beyond op
+    bad({"op": "person"}, 400, "person")
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"   ", b"\xff\xfe{}", "[1, 2]", b"42", None, 3.5,
+                                 b'{"op": "people"', '"just a string"'])
+def test_malformed_bodies_name_the_body(raw):
+    bad(raw, 400, "body")
+
+
+def test_body_too_large():
+    bad(b" " * (LIM.max_body_bytes + 1), 413, "body")
+
+
+def test_op_and_unknown_fields():
+    bad({}, 400, "op")
+    bad({"op": "explode"}, 400, "op")
+    bad({"op": ["people"]}, 400, "op")
+    assert "yaww" in bad({"op": "novel_view", "person": "p", "anchor": 0, "yaww": 0.3}, 400, "yaww")
+
+
+@pytest.mark.parametrize("field,value", [("yaw", 0.81), ("yaw", -5), ("pitch", 0.51), ("yaw", "0.3"),
+                                         ("pitch", True), ("yaw", float("inf"))])
+def test_angles_outside_limits(field, value):
+    msg = bad({"op": "novel_view", "person": "p", "anchor": 0, field: value}, 400, field)
+    assert field in msg
+
+
+@pytest.mark.parametrize("name", ["../x", "..", "/etc/passwd", "a/b", "a\\b", "x\x00y", "", "a" * 65, "é",
+                                  "a b", "a.safetensors", 7, None, ["a"]])
+def test_person_names_that_could_address_files_are_refused(name):
+    body = {"op": "novel_view", "person": name, "anchor": 0}
+    if name is None:  # a null person means the base model, which has no anchors
+        bad(body, 400, "person")
+        return
+    bad(body, 400, "person")
+    bad({"op": "person", "person": name}, 400, "person")
+    with pytest.raises(RequestError):
+        validate_name(name)
+
+
+def test_valid_names():
+    for name in ("a", "A-b_9", "x" * 64, "0"):
+        assert validate_name(name) == name
+
+
+def test_output_fields():
+    base = {"op": "novel_view", "person": "p", "anchor": 0}
+    bad({**base, "format": "gif"}, 400, "format")
+    bad({**base, "size": 129}, 400, "size")
+    bad({**base, "size": 4}, 400, "size")
+    bad({**base, "size": "64"}, 400, "size")
+    bad({**base, "quality": 80}, 400, "quality")  # png has no quality
+    bad({**base, "format": "jpeg", "quality": 0}, 400, "quality")
+    bad({**base, "response": "xml"}, 400, "response")
+    bad({**base, "budget_ms": 0}, 400, "budget_ms")
+    bad({**base, "budget_ms": 20001}, 400, "budget_ms")
+    bad({**base, "budget_ms": "fast"}, 400, "budget_ms")
+
+
+def test_anchor_and_latent_exclusive():
+    bad({"op": "novel_view", "person": "p"}, 400, "anchor")
+    bad({"op": "novel_view", "person": "p", "anchor": 0, "latent": [1.0]}, 400, "latent")
+    bad({"op": "novel_view", "anchor": 0}, 400, "person")
+    bad({"op": "novel_view", "person": "p", "anchor": "bad\x01name"}, 400, "anchor")
+    bad({"op": "novel_view", "person": "p", "anchor": True}, 400, "anchor")
+
+
+def test_decode_body_passes_dicts_through():
+    d = {"op": "people"}
+    assert decode_body(d) is d
+    assert decode_body(bytearray(b'{"op": "people"}')) == d
+
+
+def test_random_garbage_only_ever_raises_request_errors():
+    """Fuzz: random JSON-ish values in every field never escape as anything but a RequestError."""
+    rng = random.Random(0)
+    values = [None, True, False, 0, -1, 1, 2, 0.5, -0.9, 1e308, float("nan"), "", "x", "../x", "\x00", [], [1],
+              [[1]], [[1, 2], [3]], {}, {"a": 1}, "png", "jpeg", "image", "json", 64, 8, 10 ** 20]
+    keys = ["op", "person", "anchor", "latent", "yaw", "pitch", "format", "size", "quality", "budget_ms",
+            "response", "a", "b", "t", "frames", "zzz"]
+    ops = ["novel_view", "interpolate", "people", "person", "x", None, 3]
+    for _ in range(3000):
+        body = {"op": rng.choice(ops)}
+        for k in rng.sample(keys, rng.randint(0, 6)):
+            body[k] = rng.choice(values)
+        raw = body if rng.random() < 0.5 else json.dumps(body, allow_nan=True).encode()
+        try:
+            parse_request(raw, LIM)
+        except RequestError as e:
+            assert 400 <= e.status < 500 and isinstance(e.field, str) and e.message
+
+
+# ---------------------------------------------------------------- the generated TorchServe config (no server)
+def _props(text: str) -> dict:
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_generated_config_has_safe_defaults(tmp_path):
+    from serve.server import DEFAULT_PORTS, ServeConfig, config_properties
+    props = _props(config_properties(ServeConfig(), ["a", "b"], tmp_path))
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:"), (key, props[key])
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert props["inference_address"].endswith(f":{DEFAULT_PORTS['inference']}")
+    assert props["disable_token_authorization"] == "false"
+    assert props["enable_model_api"] == "false"
+    assert props["install_py_dep_per_model"] == "false"
+    assert props["enable_envvars_config"] == "false"
+    assert props["allowed_urls"].startswith(f"file://{tmp_path}/") and "http" not in props["allowed_urls"][4:]
+    assert props["load_models"] == "a=a,b=b"  # no .mar files here: archived folders
+    props = _props(config_properties(ServeConfig(host="10.0.0.5", port_offset=100, enable_model_api=True), ["a"],
+                                     tmp_path))
+    assert props["inference_address"] == f"http://10.0.0.5:{DEFAULT_PORTS['inference'] + 100}"
+    assert props["grpc_management_port"] == str(DEFAULT_PORTS["grpc_management"] + 100)
+    assert props["enable_model_api"] == "true"
+
+
+def test_ports_are_checked():
+    from serve.server import ServeConfig
+    with pytest.raises(ValueError, match="inference"):
+        ServeConfig(port_offset=60000).resolved_ports()
+    with pytest.raises(ValueError, match="bogus"):
+        ServeConfig(ports={"bogus": 1}).resolved_ports()
+
+
+def test_package_config_is_checked():
+    from serve.package import PackageConfig
+    for bad_cfg in (PackageConfig(name="../x"), PackageConfig(name="people"), PackageConfig(name="a", min_workers=2),
+                    PackageConfig(name="a", archive_format="tgz"), PackageConfig(name="a", default_budget_ms=60_000)):
+        with pytest.raises(ValueError):
+            bad_cfg.validate()
+    cfg = PackageConfig(name="a", response_timeout_s=10).validate().model_config()
+    assert cfg["responseTimeout"] == 10 and cfg["handler"]["max_budget_ms"] == 8000.0
+
+
+def test_people_names_are_checked(tmp_path):
+    from serve.package import add_person, remove_person
+    src = tmp_path / "x.safetensors"
+    src.write_bytes(b"x")
+    for name in ("../x", "/abs", "a\x00", ""):
+        with pytest.raises(ValueError):
+            add_person(tmp_path, "m", name, src, check=False)
+        with pytest.raises(ValueError):
+            remove_person(tmp_path, "m", name)
+    with pytest.raises(ValueError):
+        add_person(tmp_path, "../m", "p", src, check=False)
+    assert add_person(tmp_path, "m", "p", src, check=False) == tmp_path.resolve() / "people" / "m" / "p.safetensors"
+    assert remove_person(tmp_path, "m", "p") and not remove_person(tmp_path, "m", "p")
+
+
+def test_benchmark_section_replaces_only_its_section(tmp_path):
+    from bench.serve_load import SECTION, write_section
+    doc = tmp_path / "B.md"
+    write_section(doc, SECTION + "\nfirst\n")
+    assert doc.read_text() == "# Benchmarks\n\n" + SECTION + "\nfirst\n"
+    doc.write_text("# B\n\n## A\na\n\n" + SECTION + "\nold\n\n## C\nc\n")
+    write_section(doc, SECTION + "\nnew\n")
+    assert doc.read_text() == "# B\n\n## A\na\n\n" + SECTION + "\nnew\n\n## C\nc\n"
