@@ -138,6 +138,7 @@ def preprocess(photos: Path = typer.Argument(..., exists=True, file_okay=False, 
 # Commands implemented in their own packages (each imports its heavy dependencies inside the command).
 # registered-commands-begin
 from serve.commands import register as _register_serve; _register_serve(app)  # package, serve, people
+from evaluation.commands import invert as _invert, eval_command as _eval; app.command(name="invert")(_invert); app.command(name="eval")(_eval)  # noqa: E702
 from export.commands import export as _export, build_engine as _build_engine; app.command(name="export")(_export); app.command(name="build-engine")(_build_engine)  # noqa: E702
 from train.commands import train as _train; app.command(name="train")(_train)  # noqa: E702
 # registered-commands-end

@@ -1,0 +1,250 @@
+"""`cli.py invert` (PTI of one photo) and `cli.py eval` (the paper's protocol over several models).
+
+Heavy modules are imported inside the commands so `cli.py --help` stays fast.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+QUICK = {"pairs": 2, "views": 4, "weights": 3, "latent_steps": 30, "tune_steps": 20, "anchor_steps": 30,
+         "max_test_photos": 2, "inversion_yaws": (-0.35, 0.0, 0.35), "inversion_pitches": (0.0,)}
+"""`eval --quick`: a smoke-sized run (CI, trying the command); options given explicitly still win."""
+
+NOVEL_YAWS = (-0.35, -0.175, 0.0, 0.175, 0.35)
+NOVEL_PITCHES = (-0.25, 0.0, 0.25)
+
+
+def _command_line() -> str:
+    return "python cli.py " + shlex.join(sys.argv[1:])
+
+
+def _generator(model: Optional[Path], preset: Optional[str]):
+    from generator.model_dir import build_generator
+    if (model is None) == (preset is None):
+        raise typer.BadParameter("give exactly one of --model DIR or --preset NAME")
+    return build_generator(model=model, preset_name=preset)
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter(f"{name} is empty")
+    return values
+
+
+def _photo_camera(photo: Path, camera_from: Optional[Path], yaw: Optional[float], pitch: Optional[float], G):
+    """The photo's 25-d camera: its dataset.json label, or a look-at camera from --yaw/--pitch."""
+    import numpy as np
+    import torch
+    from generator.views import camera_batch
+    from preprocess import read_dataset_json
+    if yaw is not None or pitch is not None:
+        if camera_from is not None:
+            raise typer.BadParameter("give either --camera-from or --yaw/--pitch, not both")
+        return camera_batch(G, [(yaw or 0.0, pitch or 0.0)])[0], f"look-at yaw {yaw or 0.0} pitch {pitch or 0.0}"
+    source = camera_from
+    if source is None and (photo.parent / "dataset.json").is_file():
+        source = photo.parent
+    if source is None:
+        raise typer.BadParameter(f"no camera for {photo}: there is no dataset.json beside it; give --camera-from "
+                                 f"DATASET (a folder or dataset.json from `cli.py preprocess`) or --yaw/--pitch")
+    folder = source.parent if source.is_file() else source
+    entries = dict(read_dataset_json(folder))
+    try:
+        rel = photo.resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        rel = photo.name
+    if rel not in entries:
+        raise typer.BadParameter(f"{folder / 'dataset.json'} has no label for {rel!r} "
+                                 f"({len(entries)} entries, e.g. {', '.join(list(entries)[:3])})")
+    return torch.from_numpy(np.asarray(entries[rel], dtype=np.float32)), f"{folder / 'dataset.json'}: {rel}"
+
+
+def invert(photo: Path = typer.Argument(..., exists=True, dir_okay=False, help="Aligned square photo (a crop "
+                                                                               "from `cli.py preprocess`)."),
+           model: Optional[Path] = typer.Option(None, "--model", help="Model directory."),
+           preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset: tiny | ffhq512-128."),
+           adapter: Optional[Path] = typer.Option(None, "--adapter", exists=True, dir_okay=False,
+                                                  help="Start from this person's adapter (a tuned copy is saved; "
+                                                       "the file itself is not changed)."),
+           camera_from: Optional[Path] = typer.Option(None, "--camera-from", exists=True,
+                                                      help="Dataset folder or dataset.json holding the photo's "
+                                                           "camera (default: the dataset.json beside the photo)."),
+           yaw: Optional[float] = typer.Option(None, help="Camera yaw from frontal, radians (instead of a label)."),
+           pitch: Optional[float] = typer.Option(None, help="Camera pitch from frontal, radians."),
+           latent_steps: int = typer.Option(600, help="Stage 1: W projector steps (paper: 600)."),
+           tune_steps: int = typer.Option(350, help="Stage 2: generator tuning steps (paper: 350)."),
+           tune: str = typer.Option("full", help="full: tune all synthesis/SR/decoder weights (PTI); adapter: tune "
+                                                 "a copy of the person's adapter (a LoRA person stays small)."),
+           lpips_threshold: float = typer.Option(0.0, help="Stop tuning once LPIPS <= this (PTI's code: 0.06); "
+                                                           "0 runs every tuning step (My3DGen: 350)."),
+           seed: int = typer.Option(0, help="Seed of the projector noise (and of a fresh LoRA adapter)."),
+           out: Path = typer.Option(..., "--out", help="Output folder.")):
+    """PTI-invert one photo: reconstruction.png, comparison.png, novel_views.png, pti_adapter.safetensors."""
+    import json
+    from evaluation.metrics import ImageMetrics
+    from evaluation.protocol import render_poses
+    from evaluation.pti import PTIConfig, frozen, pti_invert, save_pti_adapter
+    from generator.adapter_file import load_adapter
+    from generator.atomic import atomic_file
+    from generator.imaging import grid, save_png, to_uint8
+    from generator.lora import attach, detach
+    from preprocess import load_photo
+    from train.data import image_to_tensor
+
+    G = _generator(model, preset)
+    image = image_to_tensor(load_photo(photo), G.img_resolution, str(photo))
+    c, camera_source = _photo_camera(photo, camera_from, yaw, pitch, G)
+    person = load_adapter(adapter, G)[0] if adapter is not None else None
+    config = PTIConfig(latent_steps=latent_steps, tune_steps=tune_steps, tune=tune, seed=seed,
+                       lpips_threshold=lpips_threshold if lpips_threshold > 0 else None).validate()
+    typer.echo(f"PTI of {photo.name} (camera: {camera_source}): {latent_steps} latent + {tune_steps} tuning steps")
+    from tqdm import tqdm
+    bars = []
+
+    def progress(stage, step, total, values):
+        if not bars:  # created at the first tuning step, after the projector's own bar is gone
+            bars.append(tqdm(total=total, desc="PTI tuning", dynamic_ncols=True, leave=False))
+        bars[0].update(1)
+        bars[0].set_postfix(lpips=f"{values['lpips']:.4f}", refresh=False)
+
+    try:
+        result = pti_invert(G, image, c, person=person, config=config, progress=progress, projector_progress=True)
+    finally:
+        for bar in bars:
+            bar.close()
+    out.mkdir(parents=True, exist_ok=True)
+    save_png(to_uint8(result.image), out / "reconstruction.png")
+    save_png(grid([to_uint8(image), to_uint8(result.image_latent), to_uint8(result.image)], cols=3),
+             out / "comparison.png")
+    poses = [(y, p) for p in NOVEL_PITCHES for y in NOVEL_YAWS]
+    with frozen(G):
+        attach(G, result.adapter)
+        try:
+            views = render_poses(G, result.ws, poses)
+        finally:
+            detach(G)
+    save_png(grid([to_uint8(v) for v in views], cols=len(NOVEL_YAWS)), out / "novel_views.png")
+    path = save_pti_adapter(out / "pti_adapter.safetensors", result, G, name=photo.name, config=config,
+                            source_adapter=str(adapter) if adapter else None)
+    metrics = ImageMetrics()
+    numbers = {"photo": str(photo), "camera": camera_source,
+               "lpips_latent_only": float(metrics.lpips(result.image_latent[None], image[None])[0]),
+               "lpips": float(metrics.lpips(result.image[None], image[None])[0]),
+               "dists": float(metrics.dists(result.image[None], image[None])[0]),
+               "tune_steps_run": result.tune_steps_run, "seconds": result.seconds, "notes": result.notes}
+    with atomic_file(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(numbers, indent=2) + "\n")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"LPIPS {numbers['lpips_latent_only']:.4f} after the latent stage -> {numbers['lpips']:.4f} after "
+               f"{result.tune_steps_run} tuning steps (DISTS {numbers['dists']:.4f})")
+    typer.echo(f"wrote {out}/reconstruction.png, comparison.png (photo | latent only | PTI), novel_views.png, "
+               f"metrics.json and {path}")
+
+
+def eval_command(
+        model: Optional[Path] = typer.Option(None, "--model", help="Model directory."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset: tiny | ffhq512-128."),
+        test_data: Path = typer.Option(..., "--test-data", exists=True, file_okay=False,
+                                       help="Dataset folder of held-out test photos (dataset.json + crops)."),
+        reference_data: Path = typer.Option(..., "--reference-data", exists=True, file_okay=False,
+                                            help="Dataset folder of the person's training photos: the ID "
+                                                 "reference set and the training anchors."),
+        models: List[str] = typer.Option(..., "--models", "-m",
+                                         help="NAME=ADAPTER_FILE or NAME=pretrained; repeat (or comma-separate) "
+                                              "for each table row, in order."),
+        identity: str = typer.Option("dlib", help="Identity backend: dlib | arcface:PATH | random:ARCH[:SEED] "
+                                                  "(random = smoke test only, labelled so)."),
+        identity_crop: str = typer.Option("full", help="Face crop for ArcFace-family networks: full | psp | "
+                                                       "arcface_ffhq."),
+        pairs: Optional[int] = typer.Option(None, help="Anchor pairs per synthesis table (paper: 10)."),
+        views: Optional[int] = typer.Option(None, help="Random views per interpolation weight (paper: 20)."),
+        weights: Optional[int] = typer.Option(None, help="Interpolation weights in [0, 1] (paper: 10)."),
+        seed: int = typer.Option(0, help="Seed of pairs, poses and projector noise."),
+        latent_steps: Optional[int] = typer.Option(None, help="PTI stage 1 steps (paper: 600)."),
+        tune_steps: Optional[int] = typer.Option(None, help="PTI stage 2 steps (paper: 350)."),
+        anchor_steps: Optional[int] = typer.Option(None, help="Projector steps for training anchors an adapter "
+                                                              "does not store (paper: 500)."),
+        tune: str = typer.Option("full", help="PTI tuning: full | adapter."),
+        lpips_threshold: float = typer.Option(0.0, help="PTI early stop once LPIPS <= this (PTI's code: 0.06); 0 "
+                                                        "runs every tuning step (My3DGen: 350)."),
+        max_test_photos: Optional[int] = typer.Option(None, help="Use only the first N test photos."),
+        inversion_yaws: Optional[str] = typer.Option(None, help="Inversion ID poses: comma-separated yaws."),
+        inversion_pitches: Optional[str] = typer.Option(None, help="Inversion ID poses: comma-separated pitches."),
+        cross_view: bool = typer.Option(False, "--cross-view", help="Also score each inversion at the other test "
+                                        "photos' cameras (only for test photos of one unchanging scene, e.g. the "
+                                        "synthetic ground truth; not in the paper)."),
+        quick: bool = typer.Option(False, "--quick", help="Smoke-sized run (2 pairs, 4 views, 3 weights, 30+20 "
+                                                          "PTI steps, 2 test photos); explicit options win."),
+        cache_dir: Optional[Path] = typer.Option(None, help="Cache of W projections (default OUT/projections); "
+                                                            "reused when model, photo, settings and seed match."),
+        markdown: Optional[Path] = typer.Option(None, help="Write the markdown here instead of OUT/eval.md."),
+        plot: Optional[Path] = typer.Option(None, help="Write the plot here instead of OUT/id_vs_t.png."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON here instead of "
+                                                                     "OUT/eval.json."),
+        inversions_png: Optional[Path] = typer.Option(None, "--inversions-png", help="Write the reconstructions "
+                                                      "picture here instead of OUT/inversions.png."),
+        title: str = typer.Option("Evaluation (My3DGen §4.1 protocol)", help="Markdown title."),
+        preamble: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                                help="Markdown file inserted after the command line."),
+        out: Path = typer.Option(..., "--out", help="Output folder.")):
+    """The paper's evaluation (§4.1): Tables 1-3 as markdown, all raw numbers as JSON, Figure 3 as a PNG."""
+    from evaluation.identity_score import make_identity_backend
+    from evaluation.protocol import EvalConfig, ModelSpec, Protocol, load_photos
+    from evaluation.pti import PTIConfig
+    from evaluation.report import plot_id_vs_t, write_json, write_report
+    from generator.imaging import grid, save_png, to_uint8
+
+    def pick(value, key, default):
+        if value is not None:
+            return value
+        return QUICK[key] if quick else default
+
+    specs = [ModelSpec.parse(item) for entry in models for item in entry.split(",") if item.strip()]
+    G = _generator(model, preset)
+    pti = PTIConfig(latent_steps=pick(latent_steps, "latent_steps", 600),
+                    tune_steps=pick(tune_steps, "tune_steps", 350),
+                    tune=tune, seed=seed, lpips_threshold=lpips_threshold if lpips_threshold > 0 else None)
+    config = EvalConfig(
+        pairs=pick(pairs, "pairs", 10), views=pick(views, "views", 20), weights=pick(weights, "weights", 10),
+        seed=seed, anchor_steps=pick(anchor_steps, "anchor_steps", 500),
+        max_test_photos=pick(max_test_photos, "max_test_photos", None),
+        inversion_yaws=_floats(inversion_yaws, "--inversion-yaws") if inversion_yaws else
+        pick(None, "inversion_yaws", EvalConfig.inversion_yaws),
+        inversion_pitches=_floats(inversion_pitches, "--inversion-pitches") if inversion_pitches else
+        pick(None, "inversion_pitches", EvalConfig.inversion_pitches),
+        cross_view=cross_view, pti=pti).validate()
+    backend = make_identity_backend(identity, crop=identity_crop)
+    test = load_photos(test_data, G.img_resolution)
+    reference = load_photos(reference_data, G.img_resolution)
+    out.mkdir(parents=True, exist_ok=True)
+    protocol = Protocol(G, test, reference, backend, config, cache_dir=cache_dir or out / "projections",
+                        log=typer.echo)
+    if protocol.scorer.reference_no_face:
+        typer.echo(f"note: no face found in {len(protocol.scorer.reference_no_face)} reference photo(s); they are "
+                   f"not used as references: {', '.join(protocol.scorer.reference_no_face)}")
+    typer.echo(f"{len(specs)} model(s), {len(protocol.test)} test photo(s), {len(reference)} reference photo(s), "
+               f"identity: {backend.label}")
+    result = protocol.run(specs)
+    command = _command_line()
+    md_path = markdown or out / "eval.md"
+    plot_path = plot_id_vs_t(result, plot or out / "id_vs_t.png")
+    json_path = write_json(result, json_out or out / "eval.json", command=command)
+    recon_path = inversions_png or out / "inversions.png"
+    tiles = []
+    for i in range(len(protocol.test)):
+        tiles.append(to_uint8(protocol.test.images[i]))
+        tiles += [to_uint8(protocol.reconstructions[s.name][i]) for s in specs]
+    save_png(grid(tiles, cols=1 + len(specs)), recon_path)
+    write_report(result, md_path, plot_path, json_path, recon_path, command, title,
+                 preamble.read_text() if preamble else None)
+    typer.echo(f"wrote {md_path}, {json_path}, {plot_path}, {recon_path} ({result['seconds']:.0f} s)")

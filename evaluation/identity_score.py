@@ -1,0 +1,187 @@
+"""ID score (paper §4.1, after MyStyle): cosine similarity of a render to its NEAREST reference photo.
+
+For each rendered image, identity features are compared with the features of every photo of the person's
+reference set D_p; the score is the largest cosine similarity (and `nearest` says which reference gave it).
+
+Backends (`make_identity_backend(spec)`):
+
+* ``arcface:PATH`` - a face-recognition network you bring (`model_ir_se50.pth`, arcface_torch `.pth`,
+  insightface `.onnx`), via `perception.identity.IdentityEncoder.from_file`. This is the paper's ID score.
+* ``dlib`` - dlib's 128-d face descriptor (offline, not differentiable). It detects faces itself: a render or a
+  reference in which it finds no face has no score. Such images are counted and reported
+  (`ScoreBatch.no_face`, `summarize`), never silently left out of a mean.
+* ``random:ARCH[:SEED]`` - a randomly initialised network of that architecture (`IdentityEncoder.random`). It
+  measures nothing about identity: random convolutional features respond to colours, layout and texture. It
+  exists so the protocol can run end to end where no face-recognition weights exist (CI, the synthetic
+  ground-truth setup), and its table header says "smoke test only".
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CROPS = ("full", "psp", "arcface_ffhq")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+class IdentityBackend:
+    """Images -> unit-length identity features, or None for an image where the backend finds no face."""
+
+    spec: str
+    """The spec it was made from (e.g. 'dlib', 'random:ir_se50:0')."""
+    label: str
+    """Column header in tables, e.g. 'ID (ArcFace ir_se50)' or 'ID (random-init ir_se50, smoke test only)'."""
+    smoke_test: bool
+    """True when the features carry no identity information (random networks)."""
+
+    def features(self, images: torch.Tensor) -> list[np.ndarray | None]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+
+class EncoderBackend(IdentityBackend):
+    """An `IdentityEncoder` (ArcFace-family network): always returns a feature (it has no face detector)."""
+
+    def __init__(self, encoder, spec: str, label: str, smoke_test: bool, source: dict | None = None,
+                 batch_size: int = 16):
+        self.encoder, self.spec, self.label, self.smoke_test = encoder, spec, label, smoke_test
+        self.source = source or {}
+        self.batch_size = batch_size
+
+    def features(self, images: torch.Tensor) -> list[np.ndarray | None]:
+        feats = self.encoder.embed(images.detach().float().cpu(), batch_size=self.batch_size)
+        return [f.astype(np.float64) for f in feats]
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "label": self.label, "network": self.encoder.arch, "crop": self.encoder.crop.name,
+                "smoke_test": self.smoke_test, **self.source}
+
+
+class DlibBackend(IdentityBackend):
+    """dlib's face descriptor; None where its HOG detector finds no face."""
+
+    def __init__(self, descriptor=None):
+        from perception.identity import DlibFaceDescriptor
+        self.descriptor = descriptor or DlibFaceDescriptor()
+        self.spec, self.label, self.smoke_test = "dlib", "ID (dlib face descriptor)", False
+
+    def features(self, images: torch.Tensor) -> list[np.ndarray | None]:
+        out = []
+        for d in self.descriptor.descriptors(images.detach().float().cpu()):
+            out.append(None if d is None else (d / np.linalg.norm(d)).astype(np.float64))
+        return out
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "label": self.label, "network": "dlib_face_recognition_resnet_model_v1",
+                "detector": "dlib HOG frontal face detector", "smoke_test": False}
+
+
+def make_identity_backend(spec: str, crop: str = "full") -> IdentityBackend:
+    """'dlib' | 'arcface:PATH' | 'random:ARCH[:SEED]'.
+
+    `crop` (ArcFace-family networks): 'full' pools the whole render to 112x112 as MyStyle's ID score and the
+    My3DGen authors' code do; 'psp' / 'arcface_ffhq' use the face boxes of `perception.identity`.
+    """
+    from perception.identity import ARCHS, IdentityEncoder
+    if crop not in CROPS:
+        raise ValueError(f"identity crop {crop!r}: expected one of {CROPS}")
+    kind, _, rest = spec.partition(":")
+    if kind == "dlib" and not rest:
+        return DlibBackend()
+    if kind == "arcface" and rest:
+        path = Path(rest)
+        if not path.is_file():
+            raise FileNotFoundError(f"--identity {spec}: weights file not found: {path}")
+        encoder = IdentityEncoder.from_file(path, crop=crop)
+        return EncoderBackend(encoder, spec, f"ID (ArcFace {encoder.arch})", smoke_test=False,
+                              source={"weights": path.name, "weights_sha256": _sha256(path)})
+    if kind == "random" and rest:
+        arch, _, seed = rest.partition(":")
+        if arch not in ARCHS:
+            raise ValueError(f"--identity {spec}: unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+        try:
+            seed_value = int(seed) if seed else 0
+        except ValueError:
+            raise ValueError(f"--identity {spec}: seed {seed!r} is not an integer") from None
+        encoder = IdentityEncoder.random(arch, seed=seed_value, crop=crop)
+        return EncoderBackend(encoder, f"random:{arch}:{seed_value}",
+                              f"ID (random-init {arch}, smoke test only)", smoke_test=True,
+                              source={"weights": f"random init, seed {seed_value}"})
+    raise ValueError(f"--identity {spec!r}: expected 'dlib', 'arcface:PATH' or 'random:ARCH[:SEED]'")
+
+
+@dataclass
+class ScoreBatch:
+    """ID scores of a batch of renders against the reference set."""
+
+    scores: np.ndarray
+    """[N] float64: cosine similarity to the nearest reference; NaN where the backend found no face."""
+    nearest: np.ndarray
+    """[N] int: index (into the scored references) of the nearest reference; -1 where no face."""
+
+    @property
+    def no_face(self) -> int:
+        return int(np.isnan(self.scores).sum())
+
+
+def nearest_reference(features: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity of each row of `features` [N, D] to its nearest row of `references` [R, D]."""
+    a = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    b = references / np.maximum(np.linalg.norm(references, axis=1, keepdims=True), 1e-12)
+    sims = a @ b.T
+    nearest = sims.argmax(axis=1)
+    return sims[np.arange(len(a)), nearest], nearest
+
+
+class IdentityScorer:
+    """A backend plus the features of one person's reference photos; `score(renders)` -> `ScoreBatch`.
+
+    Reference photos in which the backend finds no face cannot serve as references: they are listed in
+    `reference_no_face` (names) and reported; if none is left, construction fails.
+    """
+
+    def __init__(self, backend: IdentityBackend, reference_images: torch.Tensor,
+                 reference_names: list[str] | None = None):
+        names = reference_names or [f"reference{i}" for i in range(len(reference_images))]
+        if len(names) != len(reference_images):
+            raise ValueError(f"{len(names)} reference names for {len(reference_images)} reference images")
+        feats = backend.features(reference_images)
+        self.backend = backend
+        self.reference_names = [n for n, f in zip(names, feats) if f is not None]
+        self.reference_no_face = [n for n, f in zip(names, feats) if f is None]
+        if not self.reference_names:
+            raise ValueError(f"identity backend {backend.spec!r} found no face in any of the {len(names)} "
+                             f"reference photos; it cannot score this person")
+        self.references = np.stack([f for f in feats if f is not None])
+
+    def score(self, images: torch.Tensor) -> ScoreBatch:
+        feats = self.backend.features(images)
+        scores = np.full(len(feats), np.nan)
+        nearest = np.full(len(feats), -1, dtype=np.int64)
+        found = [i for i, f in enumerate(feats) if f is not None]
+        if found:
+            s, n = nearest_reference(np.stack([feats[i] for i in found]), self.references)
+            scores[found], nearest[found] = s, n
+        return ScoreBatch(scores, nearest)
+
+
+def summarize(scores) -> dict:
+    """Mean/std over the renders that got a score, with how many renders had no face (never hidden)."""
+    values = np.asarray(scores, dtype=np.float64).ravel()
+    ok = values[~np.isnan(values)]
+    return {"mean": float(ok.mean()) if ok.size else float("nan"),
+            "std": float(ok.std()) if ok.size else float("nan"),
+            "n_scored": int(ok.size), "n_no_face": int(values.size - ok.size)}
