@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 from perception import weights as W
 from perception.dists import DISTS, L2Pooling, dists_weights_available
 from perception.vgg import VGG16Features
+from tests.test_lpips import golden_pair, textured_image as lpips_textured_image
 
 pytestmark = pytest.mark.skipif(
     not dists_weights_available(),
@@ -22,21 +22,9 @@ pytestmark = pytest.mark.skipif(
 DISTS_REFERENCE_GOLDEN = {(48, 64): 0.24303120374679565, (64, 64): 0.24047040939331055}
 
 
-def golden_pair(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two fixed smooth RGB images in [-1, 1], float32, [3, h, w] (same closed form as in test_lpips.py)."""
-    yy, xx = np.meshgrid(np.linspace(0.0, 1.0, h), np.linspace(0.0, 1.0, w), indexing="ij")
-    ref = 0.9 * np.stack([np.sin(6.0 * xx + 2.0 * yy), np.cos(5.0 * yy - 3.0 * xx * yy), np.sin(9.0 * xx * yy + 1.0)])
-    ripple = np.sin(23.0 * xx + 17.0 * yy ** 2)[None] * np.array([0.3, -0.3, 0.15])[:, None, None]
-    dist = np.clip(ref + ripple, -1.0, 1.0)
-    return ref.astype(np.float32), dist.astype(np.float32)
-
-
 def textured_image(size: int = 48) -> torch.Tensor:
-    """[1, 3, size, size] image in [0, 1] with smooth colour and sharp checker edges."""
-    ref, _ = golden_pair(size, size)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    checker = (((yy // 4 + xx // 4) % 2) * 2 - 1).float()
-    return ((0.5 * torch.from_numpy(ref)[None] + 0.4 * checker).clamp(-1, 1) + 1) / 2
+    """[1, 3, size, size] image in [0, 1]: test_lpips' textured image, rescaled for DISTS."""
+    return (lpips_textured_image(size) + 1) / 2
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
