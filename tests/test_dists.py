@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from perception import weights as W
 from perception.dists import DISTS, L2Pooling, dists_weights_available
 from perception.vgg import VGG16Features
-from tests.test_lpips import golden_pair, textured_image as lpips_textured_image
+from tests.test_lpips import gaussian_blur, golden_pair, textured_image as lpips_textured_image
 
 pytestmark = pytest.mark.skipif(
     not dists_weights_available(),
@@ -25,15 +24,6 @@ DISTS_REFERENCE_GOLDEN = {(48, 64): 0.24303120374679565, (64, 64): 0.24047040939
 def textured_image(size: int = 48) -> torch.Tensor:
     """[1, 3, size, size] image in [0, 1]: test_lpips' textured image, rescaled for DISTS."""
     return (lpips_textured_image(size) + 1) / 2
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = int(3 * sigma + 0.5)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    k = k / k.sum()
-    kernel = (k[:, None] * k[None, :]).expand(x.shape[1], 1, -1, -1)
-    return F.conv2d(F.pad(x, (radius,) * 4, mode="reflect"), kernel, groups=x.shape[1])
 
 
 @pytest.fixture(scope="module")

@@ -45,26 +45,12 @@ FOREIGN_PACKAGES = ("training", "torch_utils", "dnnlib")
 # Helpers
 
 
-def _fixture_dir() -> Path:
-    """The eg3d_official_small fixture: $MY3DGEN_FIXTURES (the folder or its parent), else <repo>/../shared/fixtures."""
-    candidates = []
-    if os.environ.get("MY3DGEN_FIXTURES"):
-        env = Path(os.environ["MY3DGEN_FIXTURES"])
-        candidates += [env, env / "eg3d_official_small"]
-    candidates.append(REPO.parent / "shared" / "fixtures" / "eg3d_official_small")
-    for folder in candidates:
-        if (folder / "small_G_ema.safetensors").is_file() and (folder / "small_init_kwargs.json").is_file():
-            return folder
-    pytest.skip(f"eg3d_official_small fixture not found (looked in {', '.join(map(str, candidates))}); "
-                "set MY3DGEN_FIXTURES to the folder holding small_G_ema.safetensors")
-
-
 @pytest.fixture(scope="module")
-def fixture_weights():
+def fixture_weights(official_dir):
     """(state_dict, init_kwargs, rendering_kwargs, neural_rendering_resolution) of the official small generator."""
     from safetensors.torch import load_file
 
-    folder = _fixture_dir()
+    folder = official_dir
     meta = json.loads((folder / "small_init_kwargs.json").read_text())
     extra = meta["attributes_not_in_init_kwargs"]
     return (load_file(folder / "small_G_ema.safetensors"), meta["init_kwargs"], extra["rendering_kwargs"],
