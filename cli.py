@@ -1,24 +1,45 @@
-"""my3dgen command line: convert, render, (personalize, export, serve). Each command is also a Python API."""
+"""my3dgen command line. Each command is also a Python API; this file only assembles them.
+
+Every command is a plain function with typer-annotated parameters, written in the package it belongs to
+(`train/commands.py`, `export/commands.py`, ...; the commands of `generator/`, whose `__init__` imports torch, are
+written below), and registered in one place: the `COMMANDS` table. Command modules import their heavy
+dependencies inside the function, so `cli.py --help` stays fast.
+
+Errors: an expected failure (a bad input file, value or name: `EXPECTED_ERRORS`) prints one line `error: ...` and
+exits with code 2; anything else is a bug and keeps its traceback. `--debug` (or `MY3DGEN_DEBUG=1`) shows the
+traceback of expected failures too.
+"""
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Personalized 3D face generators (EG3D + LoRA, the My3DGen method): convert, render, "
-                       "train, export, serve.")
+from cli_options import ModelDir, PresetName, build_model_source, parse_floats
+from evaluation import commands as evaluation_commands
+from export import commands as export_commands
+from formats.errors import FormatError
+from preprocess import commands as preprocess_commands
+from serve import commands as serve_commands
+from train import commands as train_commands
+from train import many_command as train_many_command
+from web import commands as web_commands
+
+DEBUG_ENV = "MY3DGEN_DEBUG"
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (FormatError, ValueError, OSError)
+"""Exceptions that mean bad input (a file not in its format, a bad value or name, a missing or unreadable file),
+not a bug: shown as one line, exit code 2. A KeyError, TypeError, ... is a bug and keeps its traceback."""
+EXPECTED_ERRORS_BY_MODULE = {"serve.server": "ServerError", "export.tensorrt_build": "TensorRTBuildError",
+                             "runtime.trt": "TensorRTUnavailable", "preprocess.detect": "BackendUnavailable",
+                             "runtime.errors": "RuntimeErrorBase"}
+"""Other expected errors (missing optional software, the runtime's deliberate refusals); each is looked up only
+once its module is imported, so cli.py imports none of them."""
 
 
-def _floats(text: str, name: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {text!r}") from None
-
-
-@app.command()
 def convert(pkl: Path = typer.Argument(..., exists=True, dir_okay=False, help="Official EG3D network pickle."),
             out: Path = typer.Option(..., "--out", help="Model directory to write."),
             overwrite: bool = typer.Option(False, help="Replace an existing model directory.")):
@@ -32,9 +53,27 @@ def convert(pkl: Path = typer.Argument(..., exists=True, dir_okay=False, help="O
                f"fingerprint {raw['fingerprint'][:23]}...)")
 
 
-@app.command()
-def render(model: Optional[Path] = typer.Option(None, "--model", help="Model directory (from `convert`)."),
-           preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset: tiny | ffhq512-128."),
+def _subject(G, adapter: Optional[Path], anchor: Optional[str], seed: int, truncation: float,
+             truncation_cutoff: Optional[int]):
+    """Attach --adapter to G (if given) and return (ws [1, num_ws, w_dim] of --anchor or of --seed, its anchors)."""
+    import torch
+    from generator.adapter_file import load_adapter
+    from generator.lora import attach
+    from generator.views import anchor_latent, camera_batch, latent_from_seed
+    anchors = None
+    if adapter is not None:
+        person, anchors, _ = load_adapter(adapter, G)
+        attach(G, person)
+    if anchor is not None:
+        if anchors is None:
+            raise typer.BadParameter("--anchor needs an --adapter file that stores anchors")
+        return anchor_latent(G, anchors, anchor)[0], anchors
+    with torch.no_grad():
+        return G.mapping(latent_from_seed(G, seed), camera_batch(G, [(0.0, 0.0)]), truncation_psi=truncation,
+                         truncation_cutoff=truncation_cutoff), anchors
+
+
+def render(model: ModelDir = None, preset: PresetName = None,
            adapter: Optional[Path] = typer.Option(None, "--adapter", help="A person's adapter file."),
            anchor: Optional[str] = typer.Option(None, help="Render this anchor of the adapter (name or index) "
                                                            "instead of a seed."),
@@ -48,45 +87,71 @@ def render(model: Optional[Path] = typer.Option(None, "--model", help="Model dir
            stochastic: bool = typer.Option(False, help="Official stochastic sampling (random noise and depth "
                                                        "jitter) instead of the deterministic default."),
            depth: bool = typer.Option(False, help="Add depth maps under the images."),
-           out: Path = typer.Option(..., "--out", help="PNG file to write.")):
-    """Render one view, or a yaw x pitch grid, of a model or a preset (optionally a person's adapter) to a PNG."""
-    import torch
-    from generator.adapter_file import load_adapter
+           video: Optional[str] = typer.Option(None, help="turntable (EG3D's orbit) | interpolate (from --anchor "
+                                                          "to --to): a video (.mp4, or .gif) instead of a PNG."),
+           to: Optional[str] = typer.Option(None, "--to", help="--video interpolate: the second anchor."),
+           frames: int = typer.Option(60, help="--video: number of frames."),
+           fps: float = typer.Option(30.0, help="--video: frames per second."),
+           size: Optional[int] = typer.Option(None, help="--video: frame side in pixels (default: the model's)."),
+           precision: str = typer.Option("fp32", help="fp32 (exact, the default) | bf16: autocast on CPUs with "
+                                                      "AVX512-BF16/AMX, ~3x faster there, image within ~1e-2."),
+           compile_model: bool = typer.Option(False, "--compile", help="torch.compile the renderer and "
+                                              "super-resolution: faster views, but the first call compiles for "
+                                              "1-2 min (cached in $TORCHINDUCTOR_CACHE_DIR)."),
+           out: Path = typer.Option(..., "--out", help="PNG file to write (.mp4 or .gif with --video).")):
+    """Render one view, or a yaw x pitch grid, of a model or a preset (optionally a person's adapter) to a PNG;
+    or a turntable or interpolation video."""
+    from generator.precision import PRECISIONS, inference_precision
+    if precision not in PRECISIONS:
+        raise typer.BadParameter(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if video is not None and precision != "fp32":
+        raise typer.BadParameter("--precision bf16 renders still images only (videos are fp32)")
     from generator.imaging import save_png
-    from generator.lora import attach
-    from generator.views import camera_batch, latent_from_seed, render_views, views_picture
-    G = _source(model, preset)
-    yaws = _floats(grid_yaws, "--grid-yaws") if grid_yaws else [yaw]
-    pitches = _floats(grid_pitches, "--grid-pitches") if grid_pitches else [pitch]
+    from generator.views import render_views, views_picture
+    G = build_model_source(model, preset)
+    yaws = parse_floats(grid_yaws, "--grid-yaws") if grid_yaws else (yaw,)
+    pitches = parse_floats(grid_pitches, "--grid-pitches") if grid_pitches else (pitch,)
     views = [(y, p) for p in pitches for y in yaws]
-    anchors = None
-    if adapter is not None:
-        person, anchors, _ = load_adapter(adapter, G)
-        attach(G, person)
-    if anchor is not None:
-        if anchors is None:
-            raise typer.BadParameter("--anchor needs an --adapter file that stores anchors")
-        ws = anchors.ws_plus(G.num_ws)[anchors.index(anchor)].unsqueeze(0)
-    else:
-        with torch.no_grad():
-            ws = G.mapping(latent_from_seed(G, seed), camera_batch(G, [(0.0, 0.0)]), truncation_psi=truncation,
-                           truncation_cutoff=truncation_cutoff)
-    outs = render_views(G, ws, views, sampling="stochastic" if stochastic else "deterministic",
-                        noise_mode="random" if stochastic else "const")
+    if not all(math.isfinite(v) for view in views for v in view):
+        raise typer.BadParameter(f"yaw/pitch must be finite numbers, got {views}")
+    ws, anchors = _subject(G, adapter, anchor, seed, truncation, truncation_cutoff)
+    if compile_model:
+        G.compile_for_inference()
+    if video is not None:
+        from generator.video import render_video_command
+        typer.echo(render_video_command(G, video, ws, anchors, anchor, to, out, frames, fps, size,
+                                        grid=bool(grid_yaws or grid_pitches or depth or stochastic)))
+        return
+    with inference_precision(precision):
+        outs = render_views(G, ws, views, sampling="stochastic" if stochastic else "deterministic",
+                            noise_mode="random" if stochastic else "const")
+    outs = [{k: v.float() for k, v in o.items()} for o in outs]
     save_png(views_picture(outs, cols=len(yaws), with_depth=depth), out)
     typer.echo(f"wrote {out} ({len(views)} view(s), {G.img_resolution}x{G.img_resolution} each)")
 
 
-def _source(model: Optional[Path], preset: Optional[str]):
-    from generator.model_dir import build_generator
-    if (model is None) == (preset is None):
-        raise typer.BadParameter("give exactly one of --model DIR or --preset NAME")
-    return build_generator(model=model, preset_name=preset)
+def mesh(model: ModelDir = None, preset: PresetName = None,
+         adapter: Optional[Path] = typer.Option(None, "--adapter", help="A person's adapter file."),
+         anchor: Optional[str] = typer.Option(None, help="Mesh this anchor of the adapter (name or index) "
+                                                         "instead of a seed."),
+         seed: int = typer.Option(0, help="Seed of z (numpy RandomState, as official gen_samples.py)."),
+         truncation: float = typer.Option(0.7, help="Truncation psi."),
+         truncation_cutoff: Optional[int] = typer.Option(None, help="Truncate only the first N ws."),
+         resolution: int = typer.Option(128, help="Density grid side N (N^3 samples; EG3D uses 512)."),
+         level: float = typer.Option(10.0, help="Iso-level on the raw density (EG3D's is 10)."),
+         trim: float = typer.Option(30 / 256, help="Border fraction of the box cut off (EG3D: 30/256)."),
+         chunk: int = typer.Option(1 << 18, help="Points per decoder call (bounds memory)."),
+         mrc: Optional[Path] = typer.Option(None, "--mrc", help="Also write the density volume as EG3D's .mrc."),
+         out: Path = typer.Option(..., "--out", help="Mesh to write: .ply or .obj, with vertex colours.")):
+    """The density field on a cube grid over the tri-plane box, marching cubes, a coloured .ply/.obj mesh."""
+    from generator.mesh import MeshConfig, write_mesh_files
+    G = build_model_source(model, preset)
+    ws, _ = _subject(G, adapter, anchor, seed, truncation, truncation_cutoff)
+    cfg = MeshConfig(resolution=resolution, level=level, trim=trim, chunk=chunk)
+    typer.echo(write_mesh_files(G, ws, out, mrc, cfg))
 
 
-@app.command()
-def adapters(model: Optional[Path] = typer.Option(None, "--model", help="Model directory."),
-             preset: Optional[str] = typer.Option(None, "--preset", help="Preset: tiny | ffhq512-128."),
+def adapters(model: ModelDir = None, preset: PresetName = None,
              rank: int = typer.Option(4, help="LoRA rank r."),
              alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: rank, i.e. scale 1)."),
              layout: str = typer.Option("loralib", help="loralib (paper budget) | flat (PEFT convention)."),
@@ -104,7 +169,7 @@ def adapters(model: Optional[Path] = typer.Option(None, "--model", help="Model d
         meta["targets"] = f"{len(meta['targets'])} tensors"
         typer.echo(json.dumps(meta, indent=2))
         return
-    G = _source(model, preset)
+    G = build_model_source(model, preset)
     policy = AdapterPolicy(rank=rank, alpha=float(alpha if alpha is not None else rank), layout=layout,
                            train_decoder=decoder, train_biases=biases, mode=mode,
                            parts=("synthesis", "superresolution") + (("mapping",) if mapping else ()))
@@ -119,39 +184,95 @@ def adapters(model: Optional[Path] = typer.Option(None, "--model", help="Model d
                f"({base / total:.1f}x fewer than the {base:,d} of the generator)")
 
 
-@app.command()
-def preprocess(photos: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of photos."),
-               out: Path = typer.Option(..., "--out", help="Dataset folder to write."),
-               backend: str = typer.Option("dlib", help="dlib (offline) | insightface (models you provide)."),
-               insightface_models: Optional[Path] = typer.Option(None, help="Folder with det_10g.onnx etc."),
-               mirror: bool = typer.Option(True, help="Also write mirrored crops with mirrored cameras."),
-               size: int = typer.Option(512, help="Crop size."),
-               overwrite: bool = typer.Option(False, help="Replace an existing dataset folder.")):
-    """Photos -> aligned crops + EG3D camera labels (dataset.json); skipped photos are listed in report.json."""
-    from preprocess import PreprocessConfig, preprocess_folder
-    cfg = PreprocessConfig(backend=backend, insightface_model_dir=insightface_models, mirror=mirror, size=size,
-                           overwrite=overwrite)
-    report = preprocess_folder(photos, out, cfg)
-    typer.echo(report.summary())
+COMMANDS: tuple[tuple[str, Callable], ...] = (
+    ("convert", convert),
+    ("render", render),
+    ("mesh", mesh),
+    ("adapters", adapters),
+    ("preprocess", preprocess_commands.preprocess),
+    ("train", train_commands.train),
+    ("train-many", train_many_command.train_many),
+    ("invert", evaluation_commands.invert),
+    ("eval", evaluation_commands.eval_command),
+    ("export", export_commands.export),
+    ("build-engine", export_commands.build_engine),
+    ("package", serve_commands.package),
+    ("people add", serve_commands.people_add),
+    ("people remove", serve_commands.people_remove),
+    ("people list", serve_commands.people_list),
+    ("serve", serve_commands.serve),
+    ("web", web_commands.web),
+)
+"""Every command of the CLI: "NAME" or "GROUP NAME" -> the function that implements it, in `--help` order."""
+
+GROUPS = {"people": "Add, remove or list the people (adapter files) of a packaged model; a running server picks "
+                    "the change up at its next request."}
+"""Help text of each command group named in COMMANDS."""
 
 
-# Commands implemented in their own packages (each imports its heavy dependencies inside the command).
-# registered-commands-begin
-from serve.commands import register as _register_serve; _register_serve(app)  # package, serve, people
-from evaluation.commands import invert as _invert, eval_command as _eval; app.command(name="invert")(_invert); app.command(name="eval")(_eval)  # noqa: E702
-from export.commands import export as _export, build_engine as _build_engine; app.command(name="export")(_export); app.command(name="build-engine")(_build_engine)  # noqa: E702
-from train.commands import train as _train; app.command(name="train")(_train)  # noqa: E702
-# registered-commands-end
+class _Settings:
+    """Options of the whole command line, set by the root callback before a command runs."""
+
+    debug = False
+
+
+def _root_options(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
+                                             help=f"Show the traceback of every error (also {DEBUG_ENV}=1).")):
+    """Personalized 3D face generators (EG3D + LoRA, the My3DGen method): convert, render, train, export, serve."""
+    _Settings.debug = debug
+
+
+def build_app() -> typer.Typer:
+    """The typer application with every command of COMMANDS (groups created on first use)."""
+    root = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+    root.callback()(_root_options)
+    groups: dict[str, typer.Typer] = {}
+    for path, function in COMMANDS:
+        *group, name = path.split()
+        parent = root
+        if group:
+            if group[0] not in groups:
+                groups[group[0]] = typer.Typer(add_completion=False, no_args_is_help=True, help=GROUPS[group[0]])
+                root.add_typer(groups[group[0]], name=group[0])
+            parent = groups[group[0]]
+        parent.command(name=name)(function)
+    return root
+
+
+app = build_app()
+
+
+def is_expected(error: BaseException) -> bool:
+    """True when `error` reports bad input (EXPECTED_ERRORS or EXPECTED_ERRORS_BY_MODULE), not a bug."""
+    if isinstance(error, EXPECTED_ERRORS):
+        return True
+    for module, name in EXPECTED_ERRORS_BY_MODULE.items():
+        error_type = getattr(sys.modules.get(module), name, None)
+        if error_type is not None and isinstance(error, error_type):
+            return True
+    return False
+
 
 def main() -> None:
-    """Run the CLI; expected failures (bad input files, values, names) print one line instead of a traceback."""
+    """Run the CLI in this process: expected failures print one line and exit 2; bugs (and --debug) keep their
+    traceback."""
     try:
         app()
-    except (ValueError, KeyError, OSError, RuntimeError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        typer.echo(f"error: {message}", err=True)
+    except Exception as e:
+        if _Settings.debug or not is_expected(e):
+            raise
+        typer.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The program's entry point (`python cli.py`, the `my3dgen` script): re-execute once under jemalloc/tcmalloc
+    when installed (MY3DGEN_ALLOCATOR=system opts out; launch/allocator.py), then `main()`. Only an entry point
+    may re-execute the process: `main()` is also called inside other programs (tests)."""
+    from launch.allocator import preload
+    preload()
     main()
+
+
+if __name__ == "__main__":
+    entry()

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from formats.atomic import write_text
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "BENCHMARKS.md"
 SERVING_HEADING = "## Serving latency (TorchServe)"
@@ -99,7 +101,7 @@ def bench_model(name: str, reps: int, threads: int, work: Path, log) -> ModelRep
     from generator.model_dir import build_generator
     from generator.views import camera_batch
     from runtime import Runtime
-    from runtime.adapters import read_adapter
+    from formats.adapter_file import read_adapter
 
     torch.set_num_threads(threads)
     rep = ModelReport(name, reps)
@@ -347,15 +349,67 @@ def render_markdown(reports: list[ModelReport], threads: int, command: str, star
     return "\n".join(out)
 
 
-def serving_section(doc: Path) -> str:
-    """The existing '## Serving latency (TorchServe)' section of `doc` (up to the next '## ' heading), or a stub."""
+SPEED_HEADING = "## CPU speed: allocator, formulation, precision (issue 16)"
+
+
+def speed_section(model: str, reps: int, threads: str, work: Path, log) -> str:
+    """The bench.speed matrix as a markdown section, with the machine load before and after it."""
+    from bench.speed import ALLOCATORS, FORMULATIONS, markdown, run_matrix
+    from launch.allocator import DEFAULT_MALLOC_CONF
+    load0 = os.getloadavg()[0]
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cells = run_matrix(model, reps, tuple(int(t) for t in threads.split(",")), ALLOCATORS, FORMULATIONS, work, log)
+    load1 = os.getloadavg()[0]
+    lines = [SPEED_HEADING, "",
+             f"`python -m bench.run --speed-only --speed-model {model} --reps {reps}` on {started}; load average "
+             f"{load0:.1f} before and {load1:.1f} after (2-core machine: above ~2.5 other work inflates every "
+             f"number). Median of {reps} after one warm-up, batch 1, one process per row (bench/speed.py), rows "
+             "interleaved. *previous*: bench/reference_renderer.py (all rays at once, coarse colours marched, "
+             "colours gathered after the depth sort) with NCHW activations; *fast*: the product path (rays in "
+             "chunks of 256, densities-only coarse march, colour as one matmul, channels_last); *fast-bf16*: the "
+             "product path under `--precision bf16` (super-resolution in bf16; mapping, backbone, decoder and "
+             "march fp32); *onnxruntime*: the 'base' export, CPUExecutionProvider. Both eager formulations share "
+             "the in-place bias/activation and contiguous conv-transpose weights. Stage columns: backbone = "
+             "tri-planes, render = rays to features, SR = super-resolution (ms). Max image diff: against "
+             "*previous* under the same allocator and threads. Peak RSS: the process's maximum resident set.", "",
+             "Settings (launch/allocator.py): `cli.py`, `python -m runtime`, the TorchServe workers and `bench/` "
+             "re-execute themselves once with jemalloc preloaded when `libjemalloc.so.2` is installed (Debian: "
+             "`apt-get install -y libjemalloc2`; tcmalloc is the fallback), with `MALLOC_CONF=" + DEFAULT_MALLOC_CONF
+             + "` unless MALLOC_CONF is set; `MY3DGEN_ALLOCATOR=system` opts out. Outputs are bit-identical "
+             "(tests/test_allocator.py). `cli.py render --precision bf16` is fast only where oneDNN has native "
+             "bf16 (AMX; AVX512-BF16 helps less; elsewhere it is emulated and slower than fp32). "
+             "`cli.py render --compile` (TriPlaneGenerator.compile_for_inference) compiles the per-chunk renderer "
+             "and the super-resolution with inductor: its first call took ~2 min for `tiny` on this 2-core "
+             "machine under load (then 3-4x faster views for tiny), cached in $TORCHINDUCTOR_CACHE_DIR "
+             "(default /tmp/torchinductor_$USER); off by default.", ""]
+    return "\n".join(lines + markdown(cells)) + "\n"
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """`text` with the section under `heading` (up to the next '## ') replaced by `section` (appended if absent)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == heading:
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+            return "\n".join(lines[:i]) + "\n" + section + ("\n" + "\n".join(lines[end:]) if end < len(lines)
+                                                             else "")
+    return text.rstrip() + "\n\n" + section
+
+
+def section_of(doc: Path, heading: str) -> str | None:
+    """The section of `doc` under `heading` (up to the next '## ' heading), or None."""
     if doc.is_file():
         lines = doc.read_text().splitlines()
         for i, line in enumerate(lines):
-            if line.strip() == SERVING_HEADING:
+            if line.strip() == heading:
                 end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
                 return "\n".join(lines[i:end]).rstrip() + "\n"
-    return f"{SERVING_HEADING}\n\n(Filled by the serving benchmark.)\n"
+    return None
+
+
+def serving_section(doc: Path) -> str:
+    """The existing '## Serving latency (TorchServe)' section of `doc`, or a stub."""
+    return section_of(doc, SERVING_HEADING) or f"{SERVING_HEADING}\n\n(Filled by the serving benchmark.)\n"
 
 
 def print_tables(reports: list[ModelReport]) -> None:
@@ -377,16 +431,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads for torch and onnxruntime (default 1: reproducible on shared CI machines)")
     ap.add_argument("--out", type=Path, default=None, help=f"markdown to write (default {DOC.relative_to(REPO)})")
     ap.add_argument("--keep-work", type=Path, default=None, help="keep the exports in this folder")
+    ap.add_argument("--speed", action="store_true", help="also run the CPU speed matrix (bench/speed.py)")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="run only the CPU speed matrix and replace its section of the markdown")
+    ap.add_argument("--speed-model", default="ffhq512-128", help="model of the speed matrix (default ffhq512-128)")
+    ap.add_argument("--speed-threads", default="1,2", help="thread counts of the speed matrix (default 1,2)")
     args = ap.parse_args(argv)
+    from launch.allocator import preload
+    preload()  # the product's allocator (jemalloc when installed); the speed matrix picks its own per row
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.speed_only:
+        out = args.out or DOC
+        with tempfile.TemporaryDirectory(prefix="my3dgen-speed-") as work:
+            section = speed_section(args.speed_model, args.reps or 3, args.speed_threads, Path(work), log)
+        print(section)
+        write_text(out, replace_section(out.read_text() if out.is_file() else "# Benchmarks\n", SPEED_HEADING,
+                                        section))
+        print(f"wrote {out}")
+        return 0
     models = [("tiny", args.reps or 20)] + ([] if args.quick else [("ffhq512-128", args.reps or 3)])
     out = args.out if args.out is not None else (None if args.quick else DOC)
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="my3dgen-bench-")) if args.keep_work is None else args.keep_work
     work.mkdir(parents=True, exist_ok=True)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    speed = None
     try:
         reports = [bench_model(name, reps, args.threads, work, log) for name, reps in models]
+        if args.speed:
+            speed = speed_section(args.speed_model, args.reps or 3, args.speed_threads, work / "speed", log)
     finally:
         if args.keep_work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -395,11 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m bench.run" + (" --quick" if args.quick else "") + (
             f" --reps {args.reps}" if args.reps else "") + (f" --threads {args.threads}" if args.threads != 1 else "")
         text = render_markdown(reports, args.threads, command, started, time.perf_counter() - t0)
-        text += "\n" + serving_section(out if out.is_file() else DOC)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        previous = out if out.is_file() else DOC
+        speed = speed or section_of(previous, SPEED_HEADING)  # without --speed the last measured matrix is kept
+        if speed is not None:
+            text += "\n" + speed
+        text += "\n" + serving_section(previous)
+        write_text(out, text)
         print(f"\nwrote {out}")
     return 0
 

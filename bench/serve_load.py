@@ -28,6 +28,8 @@ from typing import Optional
 
 import numpy as np
 
+from formats.atomic import write_text
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -186,11 +188,7 @@ def write_section(path: str | os.PathLike, text: str) -> Path:
         end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
         tail = "".join(lines[end:])
         new = "".join(lines[:start]) + text.rstrip("\n") + "\n" + ("\n" + tail if tail else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, new)
 
 
 # ---------------------------------------------------------------- a self-contained tiny model store

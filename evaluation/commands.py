@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 
+from cli_options import ModelDir, PresetName, build_model_source, parse_floats
+
 QUICK = {"pairs": 2, "views": 4, "weights": 3, "latent_steps": 30, "tune_steps": 20, "anchor_steps": 30,
          "max_test_photos": 2, "inversion_yaws": (-0.35, 0.0, 0.35), "inversion_pitches": (0.0,)}
 """`eval --quick`: a smoke-sized run (CI, trying the command); options given explicitly still win."""
@@ -21,23 +23,6 @@ NOVEL_PITCHES = (-0.25, 0.0, 0.25)
 
 def _command_line() -> str:
     return "python cli.py " + shlex.join(sys.argv[1:])
-
-
-def _generator(model: Optional[Path], preset: Optional[str]):
-    from generator.model_dir import build_generator
-    if (model is None) == (preset is None):
-        raise typer.BadParameter("give exactly one of --model DIR or --preset NAME")
-    return build_generator(model=model, preset_name=preset)
-
-
-def _floats(text: str, name: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise typer.BadParameter(f"{name} is empty")
-    return values
 
 
 def _photo_camera(photo: Path, camera_from: Optional[Path], yaw: Optional[float], pitch: Optional[float], G):
@@ -70,8 +55,7 @@ def _photo_camera(photo: Path, camera_from: Optional[Path], yaw: Optional[float]
 
 def invert(photo: Path = typer.Argument(..., exists=True, dir_okay=False, help="Aligned square photo (a crop "
                                                                                "from `cli.py preprocess`)."),
-           model: Optional[Path] = typer.Option(None, "--model", help="Model directory."),
-           preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset: tiny | ffhq512-128."),
+           model: ModelDir = None, preset: PresetName = None,
            adapter: Optional[Path] = typer.Option(None, "--adapter", exists=True, dir_okay=False,
                                                   help="Start from this person's adapter (a tuned copy is saved; "
                                                        "the file itself is not changed)."),
@@ -84,8 +68,9 @@ def invert(photo: Path = typer.Argument(..., exists=True, dir_okay=False, help="
            tune_steps: int = typer.Option(350, help="Stage 2: generator tuning steps (paper: 350)."),
            tune: str = typer.Option("full", help="full: tune all synthesis/SR/decoder weights (PTI); adapter: tune "
                                                  "a copy of the person's adapter (a LoRA person stays small)."),
-           lpips_threshold: float = typer.Option(0.0, help="Stop tuning once LPIPS <= this (PTI's code: 0.06); "
-                                                           "0 runs every tuning step (My3DGen: 350)."),
+           lpips_threshold: float = typer.Option(0.0, "--pti-stop-lpips", "--lpips-threshold",
+                                                 help="Stop tuning once LPIPS <= this (PTI as the EG3D port runs "
+                                                      "it: 0.06); 0 runs every tuning step (My3DGen: 350)."),
            seed: int = typer.Option(0, help="Seed of the projector noise (and of a fresh LoRA adapter)."),
            out: Path = typer.Option(..., "--out", help="Output folder.")):
     """PTI-invert one photo: reconstruction.png, comparison.png, novel_views.png, pti_adapter.safetensors."""
@@ -94,13 +79,13 @@ def invert(photo: Path = typer.Argument(..., exists=True, dir_okay=False, help="
     from evaluation.protocol import render_poses
     from evaluation.pti import PTIConfig, frozen, pti_invert, save_pti_adapter
     from generator.adapter_file import load_adapter
-    from generator.atomic import atomic_file
+    from formats.atomic import atomic_file
     from generator.imaging import grid, save_png, to_uint8
     from generator.lora import attach, detach
     from preprocess import load_photo
     from train.data import image_to_tensor
 
-    G = _generator(model, preset)
+    G = build_model_source(model, preset)
     image = image_to_tensor(load_photo(photo), G.img_resolution, str(photo))
     c, camera_source = _photo_camera(photo, camera_from, yaw, pitch, G)
     person = load_adapter(adapter, G)[0] if adapter is not None else None
@@ -152,8 +137,7 @@ def invert(photo: Path = typer.Argument(..., exists=True, dir_okay=False, help="
 
 
 def eval_command(
-        model: Optional[Path] = typer.Option(None, "--model", help="Model directory."),
-        preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset: tiny | ffhq512-128."),
+        model: ModelDir = None, preset: PresetName = None,
         test_data: Path = typer.Option(..., "--test-data", exists=True, file_okay=False,
                                        help="Dataset folder of held-out test photos (dataset.json + crops)."),
         reference_data: Path = typer.Option(..., "--reference-data", exists=True, file_okay=False,
@@ -162,8 +146,10 @@ def eval_command(
         models: List[str] = typer.Option(..., "--models", "-m",
                                          help="NAME=ADAPTER_FILE or NAME=pretrained; repeat (or comma-separate) "
                                               "for each table row, in order."),
-        identity: str = typer.Option("dlib", help="Identity backend: dlib | arcface:PATH | random:ARCH[:SEED] "
-                                                  "(random = smoke test only, labelled so)."),
+        identity: str = typer.Option(..., "--identity", help="Identity backend of the ID scores, required (no "
+                                     "default picks one for you): arcface:PATH (ArcFace weights you bring: the "
+                                     "paper's score) | heads (the built-in head world's identity network) | dlib "
+                                     "(labelled 'not ArcFace') | random:ARCH[:SEED] (smoke test only)."),
         identity_crop: str = typer.Option("full", help="Face crop for ArcFace-family networks: full | psp | "
                                                        "arcface_ffhq."),
         pairs: Optional[int] = typer.Option(None, help="Anchor pairs per synthesis table (paper: 10)."),
@@ -175,8 +161,9 @@ def eval_command(
         anchor_steps: Optional[int] = typer.Option(None, help="Projector steps for training anchors an adapter "
                                                               "does not store (paper: 500)."),
         tune: str = typer.Option("full", help="PTI tuning: full | adapter."),
-        lpips_threshold: float = typer.Option(0.0, help="PTI early stop once LPIPS <= this (PTI's code: 0.06); 0 "
-                                                        "runs every tuning step (My3DGen: 350)."),
+        lpips_threshold: float = typer.Option(0.0, "--pti-stop-lpips", "--lpips-threshold",
+                                              help="PTI early stop once LPIPS <= this (PTI as the EG3D port runs it: "
+                                                   "0.06); 0 runs every tuning step (My3DGen: 350)."),
         max_test_photos: Optional[int] = typer.Option(None, help="Use only the first N test photos."),
         inversion_yaws: Optional[str] = typer.Option(None, help="Inversion ID poses: comma-separated yaws."),
         inversion_pitches: Optional[str] = typer.Option(None, help="Inversion ID poses: comma-separated pitches."),
@@ -198,7 +185,7 @@ def eval_command(
                                                 help="Markdown file inserted after the command line."),
         out: Path = typer.Option(..., "--out", help="Output folder.")):
     """The paper's evaluation (§4.1): Tables 1-3 as markdown, all raw numbers as JSON, Figure 3 as a PNG."""
-    from evaluation.identity_score import make_identity_backend
+    from evaluation.identity_score import IdentityBackendUnavailable, make_identity_backend
     from evaluation.protocol import EvalConfig, ModelSpec, Protocol, load_photos
     from evaluation.pti import PTIConfig
     from evaluation.report import plot_id_vs_t, write_json, write_report
@@ -210,7 +197,7 @@ def eval_command(
         return QUICK[key] if quick else default
 
     specs = [ModelSpec.parse(item) for entry in models for item in entry.split(",") if item.strip()]
-    G = _generator(model, preset)
+    G = build_model_source(model, preset)
     pti = PTIConfig(latent_steps=pick(latent_steps, "latent_steps", 600),
                     tune_steps=pick(tune_steps, "tune_steps", 350),
                     tune=tune, seed=seed, lpips_threshold=lpips_threshold if lpips_threshold > 0 else None)
@@ -218,12 +205,15 @@ def eval_command(
         pairs=pick(pairs, "pairs", 10), views=pick(views, "views", 20), weights=pick(weights, "weights", 10),
         seed=seed, anchor_steps=pick(anchor_steps, "anchor_steps", 500),
         max_test_photos=pick(max_test_photos, "max_test_photos", None),
-        inversion_yaws=_floats(inversion_yaws, "--inversion-yaws") if inversion_yaws else
+        inversion_yaws=parse_floats(inversion_yaws, "--inversion-yaws") if inversion_yaws else
         pick(None, "inversion_yaws", EvalConfig.inversion_yaws),
-        inversion_pitches=_floats(inversion_pitches, "--inversion-pitches") if inversion_pitches else
+        inversion_pitches=parse_floats(inversion_pitches, "--inversion-pitches") if inversion_pitches else
         pick(None, "inversion_pitches", EvalConfig.inversion_pitches),
         cross_view=cross_view, pti=pti).validate()
-    backend = make_identity_backend(identity, crop=identity_crop)
+    try:
+        backend = make_identity_backend(identity, crop=identity_crop)
+    except (ValueError, FileNotFoundError, IdentityBackendUnavailable) as e:
+        raise typer.BadParameter(str(e), param_hint="--identity") from None
     test = load_photos(test_data, G.img_resolution)
     reference = load_photos(reference_data, G.img_resolution)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,21 +3,27 @@
 For each rendered image, identity features are compared with the features of every photo of the person's
 reference set D_p; the score is the largest cosine similarity (and `nearest` says which reference gave it).
 
-Backends (`make_identity_backend(spec)`):
+Backends (`make_identity_backend(spec)`); there is no default - a table always says which one made it:
 
 * ``arcface:PATH`` - a face-recognition network you bring (`model_ir_se50.pth`, arcface_torch `.pth`,
   insightface `.onnx`), via `perception.identity.IdentityEncoder.from_file`. This is the paper's ID score.
-* ``dlib`` - dlib's 128-d face descriptor (offline, not differentiable). It detects faces itself: a render or a
+* ``heads`` - the identity network of the built-in procedural head world (`perception.heads_identity`, trained
+  on that world's people): meaningful for the built-in model and its photos, not comparable with ArcFace.
+* ``dlib`` - dlib's 128-d face descriptor (offline, not differentiable), labelled "not ArcFace" everywhere: its
+  similarities are on another scale than the paper's ArcFace scores. It detects faces itself: a render or a
   reference in which it finds no face has no score. Such images are counted and reported
   (`ScoreBatch.no_face`, `summarize`), never silently left out of a mean.
 * ``random:ARCH[:SEED]`` - a randomly initialised network of that architecture (`IdentityEncoder.random`). It
   measures nothing about identity: random convolutional features respond to colours, layout and texture. It
   exists so the protocol can run end to end where no face-recognition weights exist (CI, the synthetic
   ground-truth setup), and its table header says "smoke test only".
+
+Every image is clamped to [-1, 1] before any backend sees it (a generator can overshoot; a saved PNG cannot).
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +31,8 @@ import numpy as np
 import torch
 
 CROPS = ("full", "psp", "arcface_ffhq")
+SPECS = "arcface:PATH | heads | dlib"
+"""The identity backends a paper-style table may name (plus random:ARCH[:SEED] for smoke tests)."""
 
 
 def _sha256(path: Path) -> str:
@@ -44,6 +52,8 @@ class IdentityBackend:
     """Column header in tables, e.g. 'ID (ArcFace ir_se50)' or 'ID (random-init ir_se50, smoke test only)'."""
     smoke_test: bool
     """True when the features carry no identity information (random networks)."""
+    arcface: bool = False
+    """True for ArcFace-family weights the user brought: the only backend whose numbers compare with the paper's."""
 
     def features(self, images: torch.Tensor) -> list[np.ndarray | None]:
         raise NotImplementedError
@@ -56,8 +66,9 @@ class EncoderBackend(IdentityBackend):
     """An `IdentityEncoder` (ArcFace-family network): always returns a feature (it has no face detector)."""
 
     def __init__(self, encoder, spec: str, label: str, smoke_test: bool, source: dict | None = None,
-                 batch_size: int = 16):
+                 batch_size: int = 16, arcface: bool = False):
         self.encoder, self.spec, self.label, self.smoke_test = encoder, spec, label, smoke_test
+        self.arcface = arcface
         self.source = source or {}
         self.batch_size = batch_size
 
@@ -67,7 +78,27 @@ class EncoderBackend(IdentityBackend):
 
     def describe(self) -> dict:
         return {"spec": self.spec, "label": self.label, "network": self.encoder.arch, "crop": self.encoder.crop.name,
-                "smoke_test": self.smoke_test, **self.source}
+                "smoke_test": self.smoke_test, "arcface": self.arcface, **self.source}
+
+
+class HeadsBackend(IdentityBackend):
+    """The built-in head world's identity network (images in [-1, 1] -> L2-normalised embeddings)."""
+
+    def __init__(self, network, weights: Path, batch_size: int = 16):
+        self.network, self.weights, self.batch_size = network.eval(), Path(weights), batch_size
+        self.spec, self.label, self.smoke_test = "heads", "ID (built-in heads identity network, not ArcFace)", False
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> list[np.ndarray | None]:
+        x = images.detach().float().cpu()
+        out = [self.network(x[i:i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)]
+        feats = torch.cat(out).double().numpy() if out else np.zeros((0, 0))
+        return [f / max(np.linalg.norm(f), 1e-12) for f in feats]
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "label": self.label, "network": "perception.heads_identity",
+                "weights": self.weights.name, "weights_sha256": _sha256(self.weights) if self.weights.is_file()
+                else None, "smoke_test": False, "arcface": False}
 
 
 class DlibBackend(IdentityBackend):
@@ -76,7 +107,7 @@ class DlibBackend(IdentityBackend):
     def __init__(self, descriptor=None):
         from perception.identity import DlibFaceDescriptor
         self.descriptor = descriptor or DlibFaceDescriptor()
-        self.spec, self.label, self.smoke_test = "dlib", "ID (dlib face descriptor)", False
+        self.spec, self.label, self.smoke_test = "dlib", "ID (dlib face descriptor, not ArcFace)", False
 
     def features(self, images: torch.Tensor) -> list[np.ndarray | None]:
         out = []
@@ -86,28 +117,53 @@ class DlibBackend(IdentityBackend):
 
     def describe(self) -> dict:
         return {"spec": self.spec, "label": self.label, "network": "dlib_face_recognition_resnet_model_v1",
-                "detector": "dlib HOG frontal face detector", "smoke_test": False}
+                "detector": "dlib HOG frontal face detector", "smoke_test": False, "arcface": False}
 
 
-def make_identity_backend(spec: str, crop: str = "full") -> IdentityBackend:
-    """'dlib' | 'arcface:PATH' | 'random:ARCH[:SEED]'.
+class IdentityBackendUnavailable(RuntimeError):
+    """A named backend cannot be built here; the one-line message says why and what to do."""
+
+
+def _heads_backend(path: Path | None = None) -> HeadsBackend:
+    """The built-in world's identity network, imported lazily (it is built by the head-world pipeline)."""
+    try:  # import_module goes through sys.modules (an attribute of the perception package would not)
+        heads_identity = importlib.import_module("perception.heads_identity")
+    except ImportError as exc:
+        raise IdentityBackendUnavailable(
+            f"--identity heads: the built-in head world's identity network is not available here "
+            f"(perception.heads_identity cannot be imported: {exc}); use --identity arcface:PATH or dlib") from None
+    weights = Path(path) if path is not None else Path(heads_identity.HEADS_IDENTITY_WEIGHTS)
+    if not weights.is_file():
+        raise IdentityBackendUnavailable(
+            f"--identity heads: the built-in head world's identity weights are missing ({weights}); build them "
+            f"first or use --identity arcface:PATH or dlib")
+    return HeadsBackend(heads_identity.load_heads_identity(weights), weights)
+
+
+def make_identity_backend(spec: str | None, crop: str = "full") -> IdentityBackend:
+    """'arcface:PATH' | 'heads' | 'dlib' | 'random:ARCH[:SEED]' (smoke tests); None or '' is refused.
 
     `crop` (ArcFace-family networks): 'full' pools the whole render to 112x112 as MyStyle's ID score and the
     My3DGen authors' code do; 'psp' / 'arcface_ffhq' use the face boxes of `perception.identity`.
     """
     from perception.identity import ARCHS, IdentityEncoder
+    if not spec:
+        raise ValueError(f"no identity backend named: give --identity {SPECS} (an ID score is only meaningful "
+                         f"with the network named beside it)")
     if crop not in CROPS:
         raise ValueError(f"identity crop {crop!r}: expected one of {CROPS}")
     kind, _, rest = spec.partition(":")
     if kind == "dlib" and not rest:
         return DlibBackend()
+    if kind == "heads" and not rest:
+        return _heads_backend()
     if kind == "arcface" and rest:
         path = Path(rest)
         if not path.is_file():
             raise FileNotFoundError(f"--identity {spec}: weights file not found: {path}")
         encoder = IdentityEncoder.from_file(path, crop=crop)
         return EncoderBackend(encoder, spec, f"ID (ArcFace {encoder.arch})", smoke_test=False,
-                              source={"weights": path.name, "weights_sha256": _sha256(path)})
+                              source={"weights": path.name, "weights_sha256": _sha256(path)}, arcface=True)
     if kind == "random" and rest:
         arch, _, seed = rest.partition(":")
         if arch not in ARCHS:
@@ -120,7 +176,7 @@ def make_identity_backend(spec: str, crop: str = "full") -> IdentityBackend:
         return EncoderBackend(encoder, f"random:{arch}:{seed_value}",
                               f"ID (random-init {arch}, smoke test only)", smoke_test=True,
                               source={"weights": f"random init, seed {seed_value}"})
-    raise ValueError(f"--identity {spec!r}: expected 'dlib', 'arcface:PATH' or 'random:ARCH[:SEED]'")
+    raise ValueError(f"--identity {spec!r}: expected {SPECS} (or random:ARCH[:SEED] for smoke tests)")
 
 
 @dataclass
@@ -158,7 +214,7 @@ class IdentityScorer:
         names = reference_names or [f"reference{i}" for i in range(len(reference_images))]
         if len(names) != len(reference_images):
             raise ValueError(f"{len(names)} reference names for {len(reference_images)} reference images")
-        feats = backend.features(reference_images)
+        feats = backend.features(reference_images.clamp(-1.0, 1.0))
         self.backend = backend
         self.reference_names = [n for n, f in zip(names, feats) if f is not None]
         self.reference_no_face = [n for n, f in zip(names, feats) if f is None]
@@ -168,7 +224,8 @@ class IdentityScorer:
         self.references = np.stack([f for f in feats if f is not None])
 
     def score(self, images: torch.Tensor) -> ScoreBatch:
-        feats = self.backend.features(images)
+        """Scores of images [N, 3, H, W] (clamped to [-1, 1] first) against the references."""
+        feats = self.backend.features(images.clamp(-1.0, 1.0))
         scores = np.full(len(feats), np.nan)
         nearest = np.full(len(feats), -1, dtype=np.int64)
         found = [i for i, f in enumerate(feats) if f is not None]

@@ -10,8 +10,11 @@ reproduce the photo at its camera, with PTI's losses and hyper-parameters (danie
 
     loss = l2_lambda * MSE(G(w, c), x) + lpips_lambda * LPIPS_alex(G(w, c), x),   Adam lr 3e-4,
 
-optionally stopping early when the LPIPS term falls to `lpips_threshold` (PTI's code does, at 0.06 in the EG3D
-port and 0.07 in PTI; off by default because My3DGen §3.4 states 350 tuning iterations). PTI's
+optionally stopping early when the LPIPS term falls to `lpips_threshold` (`--pti-stop-lpips`; PTI's code does:
+`LPIPS_value_threshold = 0.06` in the EG3D port oneThousand1000/EG3D-projector `eg3d/projector/PTI/configs/
+hyperparameters.py`, 0.07 in danielroich/PTI's `configs/hyperparameters.py`, checked there; the loop stops
+before the step whose loss is at or under it. Off by default because My3DGen §3.4 states 350 tuning
+iterations). PTI's
 locality regularisation (keep renders of nearby latents unchanged) is available and off by default, as in the
 EG3D port.
 
@@ -37,6 +40,8 @@ import torch.nn.functional as F
 from generator.lora import AdapterPolicy, PersonAdapter, attach, detach
 
 TUNE_MODES = ("full", "adapter")
+EG3D_PTI_STOP_LPIPS = 0.06
+"""The early-stop LPIPS of PTI as ported to EG3D (EG3D-projector's LPIPS_value_threshold)."""
 
 
 @dataclass
@@ -89,6 +94,8 @@ class PTIConfig:
             raise ValueError(f"PTI lr={self.lr}: must be > 0")
         if self.tune not in TUNE_MODES:
             raise ValueError(f"PTI tune={self.tune!r}: expected one of {TUNE_MODES}")
+        if self.lpips_threshold is not None and not self.lpips_threshold > 0:
+            raise ValueError(f"PTI lpips_threshold={self.lpips_threshold}: must be > 0 (None: no early stop)")
         if self.lpips_net not in ("alex", "vgg"):
             raise ValueError(f"PTI lpips_net={self.lpips_net!r}: expected 'alex' or 'vgg'")
         if "steps" in self.projector:

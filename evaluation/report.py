@@ -5,8 +5,11 @@ training / test anchors): ID, Params. Rows are the models in the order given; th
 are read from each adapter file's metadata (the trainer records its configuration there), '?' when absent.
 
 Every report states what is needed to reproduce it: the command, seeds, sample counts, the identity backend,
-the base model fingerprint and each adapter file's sha256. A randomly initialised identity network is named
-as such in the column header and explained in the text, never presented as an identity measure.
+the base model fingerprint and each adapter file's sha256. A result without a named identity backend is refused
+(`IdentityBackendMissing`). The backend's label heads every ID column (dlib's and the built-in world's say
+"not ArcFace"), a line under the title names it and says whether the numbers compare with the paper's ArcFace
+scores, and a randomly initialised identity network is explained in the text, never presented as an identity
+measure.
 """
 from __future__ import annotations
 
@@ -17,9 +20,34 @@ from pathlib import Path
 
 import numpy as np
 
-from generator.atomic import atomic_file
+from formats.atomic import atomic_file
 
 CHECK, DASH, UNKNOWN = "✓", "-", "?"
+
+
+class IdentityBackendMissing(ValueError):
+    """A result to report does not name the identity backend its ID scores came from."""
+
+
+def require_identity(result: dict) -> dict:
+    """The result's identity backend description; refuses a result that does not name one."""
+    ident = result.get("identity") if isinstance(result, dict) else None
+    if not isinstance(ident, dict) or not ident.get("spec") or not ident.get("label"):
+        raise IdentityBackendMissing("this result names no identity backend (result['identity'] with 'spec' and "
+                                     "'label'); an ID table without its backend cannot be read: rerun eval with "
+                                     "--identity arcface:PATH | heads | dlib")
+    return ident
+
+
+def identity_line(ident: dict) -> str:
+    """One sentence naming the backend and whether its numbers compare with the paper's ArcFace scores."""
+    if ident.get("arcface"):
+        note = "ArcFace weights: comparable in kind with the paper's ID scores"
+    elif ident.get("smoke_test"):
+        note = "random weights: a smoke test, not an identity measure"
+    else:
+        note = "not ArcFace: these ID numbers are on another scale and not comparable with the paper's"
+    return f"**Identity backend:** {ident['label']} (`--identity {ident['spec']}`; {note})."
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -107,16 +135,18 @@ def smoke_test_note(result: dict) -> str:
             f"({ident.get('weights')}). Its features respond to colours, layout and texture, not to who a face "
             f"belongs to, so its 'ID score' only shows that the protocol runs end to end (renders are produced, "
             f"embedded, matched to the nearest reference, averaged) and how close renders are to the reference "
-            f"photos in a random feature space. Real ID scores need ArcFace weights (`--identity "
-            f"arcface:model_ir_se50.pth`) or dlib on real faces (`--identity dlib`).")
+            f"photos in a random feature space. Paper-comparable ID scores need ArcFace weights (`--identity "
+            f"arcface:model_ir_se50.pth`); `--identity heads` (the built-in world's identity network) and "
+            f"`--identity dlib` measure identity on other scales (not ArcFace).")
 
 
 def render_markdown(result: dict, command: str | None = None, plot_path: str | None = None,
                     json_path: str | None = None, inversions_path: str | None = None,
                     title: str = "Evaluation (My3DGen §4.1 protocol)", preamble: str | None = None) -> str:
-    cfg, pti, ident = result["config"], result["config"]["pti"], result["identity"]
+    ident = require_identity(result)
+    cfg, pti = result["config"], result["config"]["pti"]
     counts = _counts(result)
-    out = [f"# {title}", ""]
+    out = [f"# {title}", "", identity_line(ident), ""]
     if command:
         out += ["Produced by:", "", "```", command, "```", ""]
     if preamble:
@@ -266,7 +296,9 @@ def jsonable(value):
 
 
 def write_json(result: dict, path: str | os.PathLike, command: str | None = None) -> Path:
-    """All raw numbers, strict JSON (a mean over no scored render is null)."""
+    """All raw numbers, strict JSON (a mean over no scored render is null); refuses a result without a backend."""
+    if "models" in result:
+        require_identity(result)
     with atomic_file(path) as tmp:
         Path(tmp).write_text(json.dumps(jsonable({"command": command, **result}), indent=1, allow_nan=False) + "\n")
     return Path(path)

@@ -6,10 +6,12 @@ from typing import Optional
 
 import typer
 
+from cli_options import ModelDir, PresetName, one_model_source
 
-def export(model: Optional[Path] = typer.Argument(None, help="Model directory (from `convert`)."),
-           preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset instead of MODEL "
-                                                                       "(demos): tiny | ffhq512-128."),
+
+def export(model: ModelDir = None, preset: PresetName = None,
+           legacy_model: Optional[Path] = typer.Argument(None, hidden=True, metavar="MODEL_DIR",
+                                                       help="Deprecated: use --model."),
            adapter: Optional[Path] = typer.Option(None, "--adapter", help="A person's adapter file."),
            merge_lora: bool = typer.Option(False, "--merge-lora", help="Bake the adapter into the weights: the "
                                                                        "export serves that person only."),
@@ -32,6 +34,12 @@ def export(model: Optional[Path] = typer.Argument(None, help="Model directory (f
     from export.exporter import ExportError, ExportOptions, export_model
     from export.manifest import read_manifest
     from generator.lora import AdapterPolicy
+    if legacy_model is not None:
+        if model is not None:
+            raise typer.BadParameter("give the model directory once, as --model DIR")
+        typer.echo("warning: `export MODEL_DIR` is deprecated; use `export --model MODEL_DIR`", err=True)
+        model = legacy_model
+    one_model_source(model, preset)
     if merge_lora and keep_lora:
         raise ExportError("choose one of --merge-lora and --keep-lora")
     mode = "merge" if merge_lora else "keep" if keep_lora else "base"
@@ -69,8 +77,16 @@ def _print_reports(path: Path, manifest: dict) -> bool:
 def build_engine(export_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Export directory."),
                  check_only: bool = typer.Option(False, "--check-only", help="Only print the operator report."),
                  max_batch: int = typer.Option(8, help="Largest batch of the engines' optimization profile."),
-                 fp16: bool = typer.Option(True, help="FP16 engines.")):
-    """Print the TensorRT operator-support report of an export's graphs, then build TensorRT engines."""
+                 fp16: bool = typer.Option(True, help="FP16 engines: TensorRT 10.x enables FP16 kernels on any "
+                                                      "graph; 11.x (strongly typed only) needs graphs that compute "
+                                                      "in FP16, so --no-fp16 builds FP32 engines there."),
+                 refittable: bool = typer.Option(False, "--refittable", help="Refittable engines: other merged "
+                                                 "people's exports can then reuse them with --refit-from."),
+                 refit_from: Optional[Path] = typer.Option(None, "--refit-from", exists=True, file_okay=False,
+                                                           help="Instead of building, refit the refittable engines "
+                                                                "of this export (same model, another merged person) "
+                                                                "with this export's weights: seconds, not minutes.")):
+    """Print the TensorRT operator-support report of an export's graphs, then build (or refit) TensorRT engines."""
     from export.exporter import build_engines
     from export.manifest import read_manifest, write_manifest
     m = read_manifest(export_dir)
@@ -79,7 +95,15 @@ def build_engine(export_dir: Path = typer.Argument(..., exists=True, file_okay=F
         raise ValueError(f"{export_dir}: a graph has operators TensorRT's parser rejects (see the report above)")
     if check_only:
         return
-    m["tensorrt"]["engines"] = build_engines(export_dir, max_batch=max_batch, fp16=fp16)
+    if refit_from is not None:
+        from export.tensorrt_build import refit_engines_from
+        source = read_manifest(refit_from)["tensorrt"]["engines"]
+        if not source:
+            raise ValueError(f"{refit_from}: has no TensorRT engines to refit (build them with --refittable first)")
+        m["tensorrt"]["engines"] = refit_engines_from(refit_from, source, export_dir, m["graphs"])
+    else:
+        m["tensorrt"]["engines"] = build_engines(export_dir, max_batch=max_batch, fp16=fp16, refit=refittable)
     write_manifest(export_dir, m)
+    verb = "refitted" if refit_from is not None else "built"
     for name, e in m["tensorrt"]["engines"].items():
-        typer.echo(f"built {export_dir / e['file']} ({e['size_bytes'] / 1e6:.1f} MB, {e['build_seconds']} s)")
+        typer.echo(f"{verb} {export_dir / e['file']} ({e['size_bytes'] / 1e6:.1f} MB, {e['build_seconds']} s)")

@@ -1,8 +1,8 @@
 """Export a generator, optionally with a person's adapter, to an export directory of three ONNX graphs.
 
-Modes (export.manifest documents the directory):
+Modes (formats.export_manifest documents the directory):
   * base       the base model only;
-  * merge      one person's adapter baked into the weights (generator.lora.merged_state_dict): only they are served;
+  * merge      one person's adapter merged into G's weights while tracing (restored after): only they are served;
   * keep       every LoRA A/B and personal full tensor of an adapter policy is an input of the synthesis and
                render graphs, W = W0 + scale * B @ A computed in the graph: one graph serves every person whose
                adapter has the same policy. The mapping network stays frozen (no adapter inputs).
@@ -34,12 +34,16 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from export.manifest import (ANCHORS_FILE, BASE_ADAPTER_FILE, FORMAT, FORMAT_VERSION, GRAPH_FILES, io_spec,
-                             sha256_file, trt_check_summary, write_manifest)
+from export.manifest import io_spec, trt_check_summary
 from export.onnx_graphs import AdapterInput, MappingGraph, RenderGraph, SynthesisGraph, graph_of
-from generator.atomic import atomic_dir
-from generator.cameras import FFHQ_FOCAL
-from generator.lora import AdapterPolicy, PersonAdapter, attach, merged_state_dict
+from formats.atomic import atomic_dir
+from formats.cameras import FFHQ_FOCAL
+from formats.export_manifest import (ANCHORS_FILE, BASE_ADAPTER_FILE, GRAPH_FILES, build_manifest, graph_entry,
+                                     keep_lora_adapter_section, merged_adapter_section, write_manifest)
+from formats.fingerprint import sha256_file
+from formats.names import NAME_RULE, is_valid_name
+from formats.tensors import save_safetensors
+from generator.lora import AdapterPolicy, AdapterTensors, PersonAdapter, attach, attachment_of, lora_tensor_names
 from generator.triplane import TriPlaneGenerator
 from generator.views import camera_batch
 
@@ -51,7 +55,6 @@ FP16_TOLERANCE = 5e-2
 """The same for fp16 exports (float16 weights and tri-planes); recorded, not enforced."""
 EXAMPLE_PSI = 0.7
 RESERVED_NAMES = {"z", "c", "truncation_psi", "ws", "planes", "image", "image_raw", "depth"}
-PERSON_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MODES = ("base", "merge", "keep")
 
 
@@ -100,8 +103,8 @@ class ExportOptions:
             raise ExportError(f"example_batch={self.example_batch}: must be >= 2 so the batch axis stays dynamic")
         if self.max_batch < 1:
             raise ExportError(f"max_batch={self.max_batch}: must be >= 1")
-        if self.person is not None and not PERSON_NAME.match(self.person):
-            raise ExportError(f"person={self.person!r}: must match {PERSON_NAME.pattern}")
+        if self.person is not None and not is_valid_name(self.person):
+            raise ExportError(f"person={self.person!r}: use {NAME_RULE}")
         return self
 
 
@@ -123,15 +126,14 @@ def adapter_inputs_for(adapter: PersonAdapter) -> list[AdapterInput]:
     """The graph inputs of a keep-LoRA export, in the adapter's target order (A before B)."""
     rows = []
     for t in adapter.targets.values():
-        graph = graph_of(t.key)
+        graph = graph_of(t)
         if graph is None:
             raise ExportError(f"adapter policy puts {t.key} in the mapping network (parts={adapter.policy.parts}): "
                               f"keep-LoRA exports leave mapping frozen; use --merge-lora or a policy without "
                               f"'mapping'")
         if t.kind == "lora":
-            module = t.key.rsplit(".", 1)[0]
-            rows += [(f"{module}.lora_A", t.key, "lora_A", t.lora_shapes[0], graph),
-                     (f"{module}.lora_B", t.key, "lora_B", t.lora_shapes[1], graph)]
+            a, b = lora_tensor_names(t.key)
+            rows += [(a, t.key, "lora_A", t.lora_shapes[0], graph), (b, t.key, "lora_B", t.lora_shapes[1], graph)]
         else:
             rows.append((t.key, t.key, "full", t.shape, graph))
     names = sanitize_names([r[0] for r in rows])
@@ -252,9 +254,22 @@ def _verification_adapter(adapter: PersonAdapter, seed: int) -> PersonAdapter:
     return ad
 
 
-def _save_numpy(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    from safetensors.numpy import save_file
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
+@contextlib.contextmanager
+def _graph_state(G: TriPlaneGenerator, mode: str, adapter: PersonAdapter | None):
+    """G as the graphs are traced from: unchanged ('base'), the adapter merged into its weights ('merge'), or an
+    AdapterTensors attached that the keep-LoRA graphs fill from their inputs ('keep', yielded). G's own tensors are
+    restored bit for bit afterwards."""
+    if mode == "base":
+        yield None
+        return
+    live = AdapterTensors(adapter.targets, adapter.policy) if mode == "keep" else None
+    handle = attach(G, live if mode == "keep" else adapter)
+    try:
+        if mode == "merge":
+            handle.merge()
+        yield live
+    finally:
+        handle.detach()
 
 
 def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path: str | os.PathLike | None = None,
@@ -267,6 +282,9 @@ def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path:
         from export.tensorrt_build import import_tensorrt
         import_tensorrt()  # fail before any work: "TensorRT is not installed ..." with install steps
     G = G.eval()
+    if attachment_of(G) is not None:
+        raise ExportError("the generator has an adapter attached: detach it first (export takes the adapter as a "
+                          "file, per mode)")
     fingerprint = base_fingerprint(G)
     adapter = anchors = meta = None
     if adapter_path is not None:
@@ -279,25 +297,16 @@ def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path:
     person = None
     if opts.mode == "merge":
         person = opts.person or Path(adapter_path).stem
-        if not PERSON_NAME.match(person):
-            raise ExportError(f"person name {person!r} (from the adapter file name) must match "
-                              f"{PERSON_NAME.pattern}: pass --person NAME")
+        if not is_valid_name(person):
+            raise ExportError(f"person name {person!r} (from the adapter file name) must use {NAME_RULE}: "
+                              f"pass --person NAME")
 
     inputs = adapter_inputs_for(adapter) if opts.mode == "keep" else []
-    scale = adapter.policy.scale if opts.mode == "keep" else 1.0
     verify_adapter = None
     if opts.mode == "keep":
         verify_adapter = _verification_adapter(adapter, opts.seed) if adapter_path is None else adapter
     elif opts.mode == "merge":
         verify_adapter = adapter
-
-    # Private copies: wrappers install routes and an export renderer on theirs; references use the eager path.
-    Gx = copy.deepcopy(G)
-    if opts.mode == "merge":
-        Gx.load_state_dict(merged_state_dict(G, adapter))
-    Gref = copy.deepcopy(G)
-    if verify_adapter is not None:
-        attach(Gref, verify_adapter)
 
     gen = torch.Generator().manual_seed(opts.seed)
     b = opts.example_batch
@@ -305,11 +314,16 @@ def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path:
     views = [(0.3 * ((i % 3) - 1) + 0.05 * i, 0.1 * ((i % 2) * 2 - 1)) for i in range(b)]
     c = camera_batch(G, views)
     psi = torch.tensor([EXAMPLE_PSI])
-    with torch.no_grad():
-        ws = Gref.mapping(z, c, truncation_psi=EXAMPLE_PSI)
-        planes_ref = Gref.planes(ws, noise_mode="const", fused_modconv=False)
-        ref = Gref.render_planes(planes_ref, ws, c, sampling="deterministic", fused_modconv=False) \
-            if opts.verify else None
+    reference = attach(G, verify_adapter) if verify_adapter is not None else None  # eager: attached, not merged
+    try:
+        with torch.no_grad():
+            ws = G.mapping(z, c, truncation_psi=EXAMPLE_PSI)
+            planes_ref = G.planes(ws, noise_mode="const", fused_modconv=False)
+            ref = G.render_planes(planes_ref, ws, c, sampling="deterministic", fused_modconv=False) \
+                if opts.verify else None
+    finally:
+        if reference is not None:
+            reference.detach()
     planes_dtype = torch.float16 if opts.fp16 else torch.float32
     file_tensors = {k: v.detach() for k, v in (verify_adapter or adapter).file_tensors().items()} if inputs else {}
     syn_in = [i for i in inputs if i.graph == "synthesis"]
@@ -318,18 +332,22 @@ def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path:
 
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
         paths = {name: tmp / f for name, f in GRAPH_FILES.items()}
-        _export_graph(MappingGraph(Gx), (z, c, psi), paths["mapping"], ["z", "c", "truncation_psi"], ["ws"],
-                      ({0: batch}, {0: batch}, None), opts.opset)
-        _export_graph(SynthesisGraph(Gx, syn_in, scale, planes_dtype),
-                      (ws, [file_tensors[i.tensor_name] for i in syn_in]), paths["synthesis"],
-                      ["ws"] + [i.input_name for i in syn_in], ["planes"], ({0: batch}, [None] * len(syn_in)),
-                      opts.opset)
-        _export_graph(RenderGraph(Gx, ren_in, scale),
-                      (planes_ref.to(planes_dtype), ws, c, [file_tensors[i.tensor_name] for i in ren_in]),
-                      paths["render"], ["planes", "ws", "c"] + [i.input_name for i in ren_in],
-                      ["image", "image_raw", "depth"], ({0: batch}, {0: batch}, {0: batch}, [None] * len(ren_in)),
-                      opts.opset)
+        with _graph_state(G, opts.mode, adapter) as live:
+            _export_graph(MappingGraph(G), (z, c, psi), paths["mapping"], ["z", "c", "truncation_psi"], ["ws"],
+                          ({0: batch}, {0: batch}, None), opts.opset)
+            _export_graph(SynthesisGraph(G, syn_in, live, planes_dtype),
+                          (ws, [file_tensors[i.tensor_name] for i in syn_in]), paths["synthesis"],
+                          ["ws"] + [i.input_name for i in syn_in], ["planes"], ({0: batch}, [None] * len(syn_in)),
+                          opts.opset)
+            _export_graph(RenderGraph(G, ren_in, live),
+                          (planes_ref.to(planes_dtype), ws, c, [file_tensors[i.tensor_name] for i in ren_in]),
+                          paths["render"], ["planes", "ws", "c"] + [i.input_name for i in ren_in],
+                          ["image", "image_raw", "depth"], ({0: batch}, {0: batch}, {0: batch}, [None] * len(ren_in)),
+                          opts.opset)
+        mixed_precision = None
         if opts.fp16:
+            from export.fp16_graph import convert_export_graphs
+            mixed_precision = convert_export_graphs(paths)  # fp16 compute where safe; before the weights are halved
             for p in paths.values():
                 convert_weights_fp16(p)
 
@@ -341,33 +359,22 @@ def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path:
         graphs = {}
         for name, p in paths.items():
             gin, gout = io_spec(p)
-            graphs[name] = {"file": p.name, "sha256": sha256_file(p), "inputs": gin, "outputs": gout,
-                            "adapter_inputs": [i.input_name for i in inputs if i.graph == name]}
+            graphs[name] = graph_entry(p.name, sha256_file(p), gin, gout,
+                                       [i.input_name for i in inputs if i.graph == name])
         checks = {name: trt_check_summary(p) for name, p in paths.items()}
         cfg = G.cfg
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "graphs": graphs,
-            "generator": cfg.to_dict(),
-            "model": {"num_ws": G.num_ws, "w_dim": G.w_dim, "z_dim": G.z_dim, "c_dim": G.c_dim,
-                      "img_resolution": G.img_resolution,
-                      "neural_rendering_resolution": G.neural_rendering_resolution,
-                      "triplane_shape": [3, cfg.plane_features, cfg.triplane_resolution, cfg.triplane_resolution]},
-            "camera": {"radius": cfg.rendering.avg_camera_radius, "pivot": list(cfg.rendering.avg_camera_pivot),
-                       "focal": FFHQ_FOCAL},
-            "rendering_mode": {"noise_mode": "const", "sampling": "deterministic", "fused_modconv": False,
-                               "truncation": "psi is the mapping graph input 'truncation_psi' [1]; "
-                                             "truncation_cutoff None (every w is truncated)"},
-            "base_fingerprint": fingerprint,
-            "source": source or {},
-            "adapter": adapter_section,
-            "precision": "fp16" if opts.fp16 else "fp32",
-            "opset": opts.opset,
-            "versions": _versions(),
-            "verification": verification,
-            "tensorrt": {"check": checks, "engines": None},
-        }
+        manifest = build_manifest(
+            graphs=graphs, generator=cfg.to_dict(),
+            model={"num_ws": G.num_ws, "w_dim": G.w_dim, "z_dim": G.z_dim, "c_dim": G.c_dim,
+                   "img_resolution": G.img_resolution, "neural_rendering_resolution": G.neural_rendering_resolution,
+                   "triplane_shape": [3, cfg.plane_features, cfg.triplane_resolution, cfg.triplane_resolution]},
+            camera={"radius": cfg.rendering.avg_camera_radius, "pivot": list(cfg.rendering.avg_camera_pivot),
+                    "focal": FFHQ_FOCAL},
+            base_fingerprint=fingerprint, source=source or {}, adapter=adapter_section,
+            precision="fp16" if opts.fp16 else "fp32", opset=opts.opset, versions=_versions(),
+            verification=verification, tensorrt_check=checks)
+        if mixed_precision is not None:
+            manifest["mixed_precision"] = mixed_precision  # optional: which nodes of each graph compute in fp16
         if opts.trt:
             manifest["tensorrt"]["engines"] = build_engines(tmp, max_batch=opts.max_batch)
         write_manifest(tmp, manifest)
@@ -400,15 +407,12 @@ def _adapter_section(opts, G, adapter, anchors, meta, adapter_path, person, inpu
     if opts.mode == "base":
         return {"mode": "none"}
     if opts.mode == "merge":
-        section = {"mode": "merged", "person": person, "adapter_sha256": sha256_file(adapter_path),
-                   "adapter_base_fingerprint": meta["base_fingerprint"], "policy": meta["policy"],
-                   "anchors_file": None, "anchor_names": []}
         if anchors is not None:
-            _save_numpy(tmp / ANCHORS_FILE, {"anchors.ws": anchors.ws.float().numpy(),
-                                             "anchors.c": anchors.c.float().numpy()},
-                        {"names": json.dumps(anchors.names), "person": person})
-            section.update(anchors_file=ANCHORS_FILE, anchor_names=list(anchors.names))
-        return section
+            save_safetensors(tmp / ANCHORS_FILE, {"anchors.ws": anchors.ws.float().numpy(),
+                                                  "anchors.c": anchors.c.float().numpy()},
+                             {"names": json.dumps(anchors.names), "person": person})
+        return merged_adapter_section(person, sha256_file(adapter_path), meta["base_fingerprint"], meta["policy"],
+                                      list(anchors.names) if anchors is not None else None)
     policy = adapter.policy
     base = dict(G.named_parameters())
     values = {}
@@ -417,29 +421,30 @@ def _adapter_section(opts, G, adapter, anchors, meta, adapter_path, person, inpu
             values[i.input_name] = base[i.target_key].detach().float().numpy()
         else:
             values[i.input_name] = np.zeros(i.shape, np.float32)
-    _save_numpy(tmp / BASE_ADAPTER_FILE, values, {"what": "base-model values of the keep-LoRA inputs (LoRA B = 0)"})
-    return {
-        "mode": "keep-lora",
-        "policy": dataclasses.asdict(policy),
-        "rank": policy.rank, "alpha": policy.alpha, "layout": policy.layout, "scale": policy.scale,
-        "targets": [[t.key, t.kind, list(t.shape)] for t in adapter.targets.values()],
-        "inputs": [{"input": i.input_name, "tensor": i.tensor_name, "target": i.target_key, "role": i.role,
-                    "shape": list(i.shape), "graph": i.graph, "dtype": "float32"} for i in inputs],
-        "base_values_file": BASE_ADAPTER_FILE,
-        "example_adapter_sha256": sha256_file(adapter_path) if adapter_path is not None else None,
-    }
+    save_safetensors(tmp / BASE_ADAPTER_FILE, values, {"what": "base-model values of the keep-LoRA inputs (LoRA B = 0)"})
+    return keep_lora_adapter_section(
+        dataclasses.asdict(policy), policy.rank, policy.alpha, policy.layout, policy.scale,
+        [[t.key, t.kind, list(t.shape)] for t in adapter.targets.values()],
+        [{"input": i.input_name, "tensor": i.tensor_name, "target": i.target_key, "role": i.role,
+          "shape": list(i.shape), "graph": i.graph, "dtype": "float32"} for i in inputs],
+        sha256_file(adapter_path) if adapter_path is not None else None)
 
 
-def build_engines(export_dir: str | os.PathLike, max_batch: int = 8, fp16: bool = True) -> dict[str, Any]:
-    """Build a TensorRT engine per graph (adapter tensors stay engine inputs); raises where TensorRT is missing."""
+def build_engines(export_dir: str | os.PathLike, max_batch: int = 8, fp16: bool = True,
+                  refit: bool = False) -> dict[str, Any]:
+    """Build a TensorRT engine per graph (adapter tensors stay engine inputs); raises where TensorRT is missing.
+
+    `refit`: refittable engines, so another merged person's export can reuse them by refit (build-engine
+    --refit-from) instead of a rebuild."""
     from export.tensorrt_build import build_engine, import_tensorrt
     import_tensorrt()
     export_dir = Path(export_dir)
     engines = {}
     for name, f in GRAPH_FILES.items():
-        info = build_engine(export_dir / f, export_dir / f"{name}.engine", fp16=fp16, max_batch=max_batch)
+        info = build_engine(export_dir / f, export_dir / f"{name}.engine", fp16=fp16, max_batch=max_batch,
+                            refit=refit)
         engines[name] = {"file": f"{name}.engine", "fp16": info.fp16, "tensorrt_version": info.tensorrt_version,
-                         "max_batch": max_batch, "size_bytes": info.size_bytes,
+                         "refit": info.refit, "max_batch": max_batch, "size_bytes": info.size_bytes,
                          "build_seconds": round(info.build_seconds, 2)}
     return engines
 

@@ -1,34 +1,34 @@
-"""TensorRT stage: build an engine from the exported ONNX, refit its weights, run it.
+"""TensorRT stage: build an engine from an exported ONNX graph, refit its weights, run it (TensorRT 10.x and 11.x).
 
-Written against the TensorRT 10.x Python API (``tensorrt.Builder``, ``OnnxParser``,
-``Refitter``, ``IExecutionContext.execute_async_v3``). TensorRT cannot be installed on the
-project's CPU machines (docs/environment.md), so ``tensorrt`` is imported lazily inside the
-functions that need it and its absence raises a ``RuntimeError`` that says how to install
-it; everything that can be decided without TensorRT (optimization-profile shapes, parser
-error descriptions) is plain Python and tested everywhere.
+TensorRT cannot be installed on the project's CPU machines (docs/ENVIRONMENT.md), so ``tensorrt`` is imported
+lazily inside the functions that need it and its absence raises a RuntimeError that says how to install it.
+Everything that can be decided without TensorRT is plain Python and tested everywhere: optimization-profile
+shapes, parser error descriptions, and `plan_build`, which decides from the installed version how an engine is
+built (tests run `build_engine` against stand-ins of both versions' ``tensorrt`` module).
 
-API notes (TensorRT 10):
+The two versions (NVIDIA's TensorRT 10.x -> 11.x migration guide):
 
-* networks are always explicit-batch; ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH`` is
-  deprecated and ignored, so it is not passed. ``STRONGLY_TYPED`` is used when FP16 is off,
-  making the engine follow the ONNX types exactly (precision flags such as
-  ``BuilderFlag.FP16`` do not apply to a strongly typed network, so the two are exclusive);
-* weights are refitted by ONNX initializer name (the ONNX parser names TensorRT weights
-  after initializers), with ``Refitter.set_named_weights`` / ``get_missing_weights``;
-* ``strip_weights`` builds a weight-stripped plan (``BuilderFlag.STRIP_PLAN``, TensorRT
-  10.0+) that must be refitted before use: with ``REFIT`` when weights will change (LoRA
-  adapters), ``REFIT_IDENTICAL`` otherwise.
+* 10.x (and JetPack, which stays on 10.x): weakly typed networks, where ``BuilderFlag.FP16`` lets the builder pick
+  FP16 kernels for an FP32 graph, or strongly typed ones (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``) that
+  follow the ONNX types; the two are exclusive.
+* 11.x: strongly typed only; ``BuilderFlag.FP16`` and ``Builder.platform_has_fast_fp16`` are removed and never
+  touched. An FP16 engine needs a graph that computes in FP16 (a mixed-precision export); an FP32 graph builds an
+  FP32 engine.
+* Both: networks are explicit-batch (the deprecated ``EXPLICIT_BATCH`` flag is not passed); weights are refitted
+  by ONNX initializer name (``Refitter.set_named_weights``, ``OnnxParserRefitter``); ``strip_weights`` writes a
+  weight-stripped plan (``BuilderFlag.STRIP_PLAN``) that must be refitted before use.
 
-``TrtRunner`` (defined in runtime/trt.py, re-exported here) moves data with cuda-python's runtime bindings (``cuda.bindings.runtime``,
-falling back to the older ``cuda.cudart`` module), not torch: the deployed runtime package
-must not import torch.
+Refit is how a merged-weight export changes person without a rebuild: build the engine once with ``refit=True``,
+then for each new person export its merged graph and refit the engines from it (`refit_engines_from`,
+`cli.py build-engine NEW_EXPORT --refit-from OLD_EXPORT`), which takes every weight from the new graph (seconds,
+against minutes for a build).
+
+``TrtRunner`` (runtime/trt.py, re-exported here) runs engines on numpy arrays with cuda-python, not torch.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +37,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
+from export.trt_support import graph_computes_in_fp16
+from formats.atomic import write_bytes
 from runtime.trt import TRT_INSTALL_HELP, TrtRunner, deserialize_engine, import_cudart, import_tensorrt
 
 __all__ = ["TRT_INSTALL_HELP", "TrtRunner", "import_cudart", "import_tensorrt", "TensorRTBuildError", "ProfileShape",
-           "derive_profile_shapes", "ParserIssue", "describe_parser_errors", "EngineInfo", "build_engine", "refit_engine"]
+           "derive_profile_shapes", "ParserIssue", "describe_parser_errors", "BuildPlan", "plan_build", "EngineInfo",
+           "build_engine", "refit_engine", "refit_engines_from"]
 
 log = logging.getLogger(__name__)
+
 
 class TensorRTBuildError(RuntimeError):
     """The ONNX parser or the builder rejected the model."""
@@ -134,23 +138,68 @@ def describe_parser_errors(issues: Sequence[ParserIssue], onnx_model_or_path: An
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, data) -> None:
-    """Write ``data`` (bytes or a buffer) to ``path`` through a temporary file and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------------------
 # Build
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How one engine is built on the installed TensorRT: decided by `plan_build` before TensorRT is touched."""
+
+    major: int
+    strongly_typed: bool
+    builder_flags: tuple[str, ...]
+    """Names of ``tensorrt.BuilderFlag`` members to set (FP16 only on 10.x weak typing; REFIT, STRIP_PLAN, ...)."""
+    fp16: bool
+    """The engine runs FP16 kernels: from the builder flag (10.x weak typing) or from the graph's own types."""
+    precision: str
+
+
+def tensorrt_major(version: str) -> int:
+    """10 for "10.3.0", 11 for "11.4.1"; versions before 10 are refused (their Python API differs)."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise ValueError(f"cannot read a TensorRT version from {version!r}") from None
+    if major < 10:
+        raise ValueError(f"TensorRT {version} is older than 10: install TensorRT 10.x or 11.x\n{TRT_INSTALL_HELP}")
+    return major
+
+
+def plan_build(version: str, *, fp16: bool, graph_fp16: bool, strongly_typed: bool | None = None,
+               refit: bool = False, strip_weights: bool = False) -> BuildPlan:
+    """The network typing, builder flags and resulting precision for TensorRT `version`.
+
+    `fp16`: an FP16 engine is wanted. `graph_fp16`: the ONNX graph itself computes in FP16. `strongly_typed`:
+    None chooses (10.x: strongly typed unless FP16 must come from the builder flag; 11.x: always). Impossible
+    requests raise ValueError naming the way out, e.g. FP16 from an FP32 graph on 11.x.
+    """
+    major = tensorrt_major(version)
+    if major >= 11:
+        if strongly_typed is False:
+            raise ValueError(f"TensorRT {version} builds strongly typed networks only (weak typing was removed in "
+                             f"11.0); leave strongly_typed unset")
+        if fp16 and not graph_fp16:
+            raise ValueError(f"TensorRT {version} builds strongly typed networks only, so an FP16 engine needs a "
+                             f"graph that computes in FP16, and this one computes in FP32: build with fp16=False "
+                             f"(`build-engine --no-fp16`) for an FP32 engine, or export a mixed-precision graph")
+        typed, flags = True, []
+    else:
+        typed = (graph_fp16 or not fp16) if strongly_typed is None else strongly_typed
+        if typed and fp16 and not graph_fp16:
+            raise ValueError("a strongly typed network follows the graph's types, and this graph computes in FP32: "
+                             "for an FP16 engine from it use weak typing (strongly_typed=False or unset)")
+        flags = ["FP16"] if fp16 and not typed else []
+    if refit:
+        flags.append("REFIT")
+    if strip_weights:
+        flags += ["STRIP_PLAN"] + ([] if refit else ["REFIT_IDENTICAL"])
+    if "FP16" in flags:
+        precision = "fp16 kernels allowed (weakly typed, BuilderFlag.FP16)"
+    else:
+        precision = f"as the graph: {'fp16' if graph_fp16 else 'fp32'} (strongly typed)"
+    return BuildPlan(major=major, strongly_typed=typed, builder_flags=tuple(flags),
+                     fp16="FP16" in flags or (typed and graph_fp16), precision=precision)
 
 
 @dataclass
@@ -164,6 +213,7 @@ class EngineInfo:
     strongly_typed: bool
     refit: bool
     strip_weights: bool
+    precision: str
     profiles: dict[str, ProfileShape]
     inputs: list[str]
     outputs: list[str]
@@ -205,27 +255,24 @@ def build_engine(
 ) -> EngineInfo:
     """Parse ``onnx_path`` with TensorRT's ONNX parser and write a serialized engine to ``engine_path``.
 
-    ``fp16`` lets TensorRT pick FP16 kernels (``BuilderFlag.FP16``); ``strongly_typed``
-    (default: ``not fp16``) makes the network follow the ONNX types instead, and cannot be
-    combined with ``fp16``. ``refit`` makes the engine refittable by ONNX initializer name;
-    ``strip_weights`` writes a weight-stripped plan that :func:`refit_engine` (or
-    ``OnnxParserRefitter``) must fill before use. ``timing_cache`` is read if it exists and
-    written back after the build, which makes rebuilds on the same GPU much faster.
-    The engine file is written atomically: readers never see a partial engine.
+    How the installed TensorRT builds it (typing, flags, precision) is `plan_build`'s decision: ``fp16`` asks
+    for an FP16 engine, ``strongly_typed`` forces the typing where the version allows a choice (10.x).
+    ``refit`` makes the engine refittable by ONNX initializer name; ``strip_weights`` writes a weight-stripped
+    plan that :func:`refit_engine` must fill before use. ``timing_cache`` is read if it exists and written back
+    after the build, which makes rebuilds on the same GPU much faster. The engine file is written atomically.
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    strongly_typed = (not fp16) if strongly_typed is None else strongly_typed
-    if strongly_typed and fp16:
-        raise ValueError("fp16=True needs a weakly typed network; for a strongly typed FP16 engine export the ONNX "
-                         "in float16 and pass fp16=False")
     if workspace_gb <= 0:
         raise ValueError(f"workspace_gb must be positive, got {workspace_gb}")
     profiles = derive_profile_shapes(onnx_path, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     trt = import_tensorrt()
+    plan = plan_build(trt.__version__, fp16=fp16, graph_fp16=graph_computes_in_fp16(onnx_path),
+                      strongly_typed=strongly_typed, refit=refit, strip_weights=strip_weights)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network = builder.create_network(flags)
+    # 11.x networks are always strongly typed; 10.x needs the creation flag for it.
+    typed_flag = plan.strongly_typed and plan.major == 10
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed_flag else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         details = describe_parser_errors(_parser_issues(parser), onnx_path)
@@ -240,16 +287,10 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     notes = []
-    if fp16:
-        if not builder.platform_has_fast_fp16:
-            notes.append("this GPU has no fast FP16; FP16 kernels may be slower than FP32")
-        config.set_flag(trt.BuilderFlag.FP16)
-    if refit:
-        config.set_flag(trt.BuilderFlag.REFIT)
-    if strip_weights:
-        config.set_flag(trt.BuilderFlag.STRIP_PLAN)
-        if not refit:
-            config.set_flag(trt.BuilderFlag.REFIT_IDENTICAL)
+    if "FP16" in plan.builder_flags and not builder.platform_has_fast_fp16:
+        notes.append("this GPU has no fast FP16; FP16 kernels may be slower than FP32")
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     if profiles:
         profile = builder.create_optimization_profile()
         for name, shape in profiles.items():
@@ -265,19 +306,20 @@ def build_engine(
     build_seconds = time.perf_counter() - started
     if serialized is None:
         raise TensorRTBuildError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above")
-    _atomic_write(engine_path, serialized)
+    write_bytes(engine_path, serialized)
     if cache_path is not None:
-        _atomic_write(cache_path, config.get_timing_cache().serialize())
+        write_bytes(cache_path, config.get_timing_cache().serialize())
     for note in notes:
         log.warning(note)
     return EngineInfo(
         engine_path=engine_path,
         size_bytes=engine_path.stat().st_size,
         tensorrt_version=trt.__version__,
-        fp16=fp16,
-        strongly_typed=strongly_typed,
+        fp16=plan.fp16,
+        strongly_typed=plan.strongly_typed,
         refit=refit,
         strip_weights=strip_weights,
+        precision=plan.precision,
         profiles=profiles,
         inputs=[t.name for t in inputs],
         outputs=[network.get_output(i).name for i in range(network.num_outputs)],
@@ -357,4 +399,34 @@ def refit_engine(
         )
     if not refitter.refit_cuda_engine():
         raise RuntimeError(f"TensorRT refit of {engine_path} failed (missing: {sorted(refitter.get_missing_weights())})")
-    _atomic_write(Path(out_path) if out_path is not None else engine_path, _serialize_full(trt, engine))
+    write_bytes(Path(out_path) if out_path is not None else engine_path, _serialize_full(trt, engine))
+
+
+def refit_engines_from(source_dir: str | Path, source_engines: Mapping[str, Mapping[str, Any]],
+                       target_dir: str | Path, target_graphs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
+    """Engines for the export in `target_dir`, made by refitting the refittable engines of `source_dir`.
+
+    A merged-weight export bakes one person into its graphs; another person's export has the same graphs with
+    other weights. Refitting each engine of the first from the second's graph (`refit_engine` with `onnx_path`)
+    gives the second person's engines in seconds instead of a build. `source_engines` and `target_graphs` are the
+    two manifests' `tensorrt.engines` and `graphs` entries; the returned entries go into the target's manifest.
+    TensorRT refuses (ValueError) graphs whose weights do not match the engine's.
+    """
+    source_dir, target_dir = Path(source_dir), Path(target_dir)
+    missing = sorted(set(source_engines) - set(target_graphs))
+    if missing:
+        raise ValueError(f"{target_dir} has no graph(s) {missing} for the engines of {source_dir}")
+    not_refittable = sorted(name for name, entry in source_engines.items() if not entry.get("refit"))
+    if not_refittable:
+        raise ValueError(f"{source_dir}: engine(s) {not_refittable} were not built refittable; rebuild them with "
+                         f"`cli.py build-engine {source_dir} --refittable`")
+    engines = {}
+    for name, entry in source_engines.items():
+        out_path = target_dir / entry["file"]
+        started = time.perf_counter()
+        refit_engine(source_dir / entry["file"], {}, onnx_path=target_dir / target_graphs[name]["file"],
+                     out_path=out_path)
+        engines[name] = {**entry, "size_bytes": out_path.stat().st_size,
+                         "build_seconds": round(time.perf_counter() - started, 2),
+                         "refitted_from": str(source_dir / entry["file"])}
+    return engines

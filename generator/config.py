@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from formats.limits import Limits, current_limits, raise_hint
 
 
 @dataclass
@@ -104,11 +107,14 @@ class GeneratorConfig:
     def triplane_channels(self) -> int:
         return 3 * self.plane_features
 
-    def validate(self) -> "GeneratorConfig":
-        """Raise ValueError naming the field whose value cannot build a generator."""
+    def validate(self, limits: Limits | None = None) -> "GeneratorConfig":
+        """Raise ValueError naming the field whose value cannot build a generator, or would build one larger than
+        `limits` (formats.limits: widths, layers, resolutions, samples per ray) allow; checked before anything
+        is allocated, since a config.json or a pickle's init_kwargs is a small file that states these sizes."""
         def need(cond: bool, name: str, value: Any, why: str) -> None:
             if not cond:
                 raise ValueError(f"GeneratorConfig.{name}={value!r}: {why}")
+        self._check_sizes(current_limits(limits), need)
         res = self.triplane_resolution
         need(res >= 4 and res & (res - 1) == 0, "triplane_resolution", res, "must be a power of two >= 4")
         need(self.plane_features > 0, "plane_features", self.plane_features, "must be positive")
@@ -128,12 +134,51 @@ class GeneratorConfig:
         need(len(sr.channels) == 2, "superresolution.channels", sr.channels, "needs two entries")
         return self
 
+    def _check_sizes(self, lim: Limits, need) -> None:
+        """Every size field an int (not a bool) in its range, every float field finite."""
+        r, sr = self.rendering, self.superresolution
+        dims = {"z_dim": self.z_dim, "w_dim": self.w_dim, "c_dim": self.c_dim, "channel_max": self.channel_max,
+                "plane_features": self.plane_features, "decoder_hidden": self.decoder_hidden,
+                "decoder_output_dim": self.decoder_output_dim, "img_channels": self.img_channels,
+                "superresolution.channels[0]": _item(sr.channels, 0),
+                "superresolution.channels[1]": _item(sr.channels, 1)}
+        sizes = {**{k: (v, 1, lim.max_model_dim) for k, v in dims.items()},
+                 "channel_base": (self.channel_base, 1, lim.max_model_dim * lim.max_resolution),
+                 "mapping_layers": (self.mapping_layers, 0, lim.max_layers),
+                 "triplane_resolution": (self.triplane_resolution, 1, lim.max_resolution),
+                 "neural_rendering_resolution": (self.neural_rendering_resolution, 1, lim.max_resolution),
+                 "superresolution.input_resolution": (sr.input_resolution, 1, lim.max_resolution),
+                 "rendering.depth_resolution": (r.depth_resolution, 1, lim.max_depth_resolution),
+                 "rendering.depth_resolution_importance": (r.depth_resolution_importance, 0,
+                                                           lim.max_depth_resolution)}
+        for name, (value, lo, hi) in sizes.items():
+            need(isinstance(value, int) and not isinstance(value, bool), name, value, "must be an integer")
+            need(lo <= value <= hi, name, value, f"must be in {lo}..{hi:g} (formats.limits; "
+                                                 f"{raise_hint(_limit_of(name))})")
+        floats = {"decoder_lr_mul": self.decoder_lr_mul, "rendering.ray_start": r.ray_start,
+                  "rendering.ray_end": r.ray_end, "rendering.box_warp": r.box_warp,
+                  "rendering.density_noise": r.density_noise, "rendering.c_scale": r.c_scale,
+                  "rendering.avg_camera_radius": r.avg_camera_radius}
+        for name, value in floats.items():
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name,
+                 value, "must be a finite number")
+        for name, value in (("conv_clamp", self.conv_clamp), ("superresolution.conv_clamp", sr.conv_clamp)):
+            need(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                   and math.isfinite(value) and value > 0), name, value,
+                 "must be null or a positive finite number")
+        pivot = r.avg_camera_pivot
+        need(isinstance(pivot, tuple) and len(pivot) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pivot),
+            "rendering.avg_camera_pivot", pivot, "must be 3 finite numbers")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GeneratorConfig":
         """Inverse of `to_dict`; unknown keys are an error naming them."""
+        if not isinstance(d, dict):
+            raise ValueError(f"generator config must be an object, got {type(d).__name__}")
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
@@ -144,7 +189,23 @@ class GeneratorConfig:
         return cls(rendering=rendering, superresolution=sr, **d).validate()
 
 
+def _item(seq: Any, i: int) -> Any:
+    """seq[i], or None when `seq` is not a sequence that long (the size check then names the field)."""
+    return seq[i] if isinstance(seq, (tuple, list)) and len(seq) > i else None
+
+
+def _limit_of(field_name: str) -> str:
+    """The formats.limits.Limits field that bounds a config field."""
+    if "depth_resolution" in field_name:
+        return "max_depth_resolution"
+    if "resolution" in field_name:
+        return "max_resolution"
+    return "max_layers" if field_name == "mapping_layers" else "max_model_dim"
+
+
 def _sub(cls, d: dict[str, Any], name: str):
+    if not isinstance(d, dict):
+        raise ValueError(f"{name} config must be an object, got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -152,5 +213,7 @@ def _sub(cls, d: dict[str, Any], name: str):
     d = dict(d)
     for k in ("avg_camera_pivot", "channels"):
         if k in d:
+            if not isinstance(d[k], (list, tuple)):
+                raise ValueError(f"{name}.{k} must be a list, got {type(d[k]).__name__}")
             d[k] = tuple(d[k])
     return cls(**d)

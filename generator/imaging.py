@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from generator.atomic import atomic_file
+from formats.atomic import atomic_file
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:

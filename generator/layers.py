@@ -1,9 +1,10 @@
 """StyleGAN2 layers with equalized learning rate: fully connected, modulated 3x3 conv and toRGB.
 
-Every layer keeps its stored (pre-gain) `weight`, as in the official state dict. A person's adapter may be
-attached (`layer.personal`, see generator/lora.py): the layer then reads each of its tensors through `p(name)`,
-which gives `weight + LoRA delta` (before gains, modulation and demodulation) and the adapter's own copies of
-biases etc. A tensor is either shared by the batch or has one leading entry per sample (a batch mixing people).
+Every layer keeps its stored (pre-gain) `weight`, as in the official state dict, and reads each of its tensors
+through `p(name)`. While a person's adapter is attached (generator/lora.py) the layer's `adapter` view gives
+`weight + LoRA delta` (before gains, modulation and demodulation) and the adapter's own copies of biases etc.
+A tensor is either shared by the batch or has one leading entry per sample (a batch mixing people); the layers
+handle both, so nothing above them needs to know.
 """
 from __future__ import annotations
 
@@ -16,17 +17,33 @@ import torch.nn.functional as F
 
 from generator.ops import bias_act, filter2d, fir_filter, LRELU_GAIN
 
+CHANNELS_LAST = True
+"""Activations of the backbone and super-resolution in channels_last (NHWC) layout, which oneDNN's CPU convolutions
+prefer (issue 16's study: transposed convs that fell back to NCHW ran 2.3-3.7x slower); results agree with NCHW to
+float rounding. `to_layout` applies it where a network's activations start; every conv keeps its input's layout
+(the fused modulated conv of a batch > 1 folds the batch into channels, which gives NCHW again)."""
+
+
+def to_layout(x: torch.Tensor) -> torch.Tensor:
+    """x [N, C, H, W] in the layout the convolutions run in: channels_last when CHANNELS_LAST, else NCHW."""
+    return x.contiguous(memory_format=torch.channels_last if CHANNELS_LAST else torch.contiguous_format)
+
 
 class Personalizable(nn.Module):
-    """Mixin: `p(name)` is the tensor the forward pass uses: the base one, or the attached adapter's version."""
+    """A layer whose tensors an adapter may change: `p(name)` is the tensor its forward pass uses.
 
-    personal = None  # set by generator.lora; a plain attribute so the base state dict keeps its keys
+    `adapter` is this layer's view of the attached adapter (a generator.lora.LayerAdapter), set and cleared only
+    by the attachment that owns it; None reads the base tensors. It is a plain attribute, not a submodule, so the
+    base state dict keeps its keys and the adapter's tensors never become parameters of the generator.
+    """
+
+    adapter = None
 
     def p(self, name: str) -> torch.Tensor | None:
         base = getattr(self, name)
-        if self.personal is None or base is None:
+        if self.adapter is None or base is None:
             return base
-        return self.personal.get(name, base)
+        return self.adapter.read(name, base)
 
 
 class FullyConnectedLayer(Personalizable):
@@ -52,10 +69,14 @@ class FullyConnectedLayer(Personalizable):
             if b is not None:
                 y = y + (b.unsqueeze(1) if b.ndim == 2 else b)
             return bias_act(y, None, self.activation).reshape(*x.shape[:-1], -1)
-        if self.activation == "linear" and b is not None and x.ndim == 2:
+        if x.ndim != 2:  # e.g. the decoder's [N, M, C]: one matrix product over all leading axes
+            return self._linear(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], -1)
+        return self._linear(x, w, b)
+
+    def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if self.activation == "linear" and b is not None:
             return torch.addmm(b.unsqueeze(0), x, w.t())
-        y = x.matmul(w.t())
-        return bias_act(y, b, self.activation) if x.ndim == 2 else bias_act(y + b, None, self.activation)
+        return bias_act(x.matmul(w.t()), b, self.activation)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
@@ -91,12 +112,15 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         return x
     if demodulate:
         w = w * dcoefs.reshape(n, -1, 1, 1, 1)
-    x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, in_c, kh, kw)
-    x = _conv(x, w, up, padding, resample_filter, groups=n)
-    x = x.reshape(n, -1, *x.shape[2:])
+    if n == 1:  # one sample: a plain conv, whose input keeps its (channels_last) layout
+        x = _conv(x, w, up, padding, resample_filter, groups=1)
+    else:
+        x = x.reshape(1, -1, *x.shape[2:])
+        x = _conv(x, w, up, padding, resample_filter, groups=n)
+        x = x.reshape(n, -1, *x.shape[2:])
     if noise is not None:
-        x = x + noise
+        x = x + noise if torch.is_grad_enabled() else x.add_(noise)  # x is the conv's fresh output
     return x
 
 
@@ -109,7 +133,8 @@ def _conv(x, w, up, padding, f, groups):
     out_c, in_per_group, kh, kw = w.shape
     # conv_transpose2d takes [in, out/groups, kh, kw]
     w = w.reshape(groups, out_c // groups, in_per_group, kh, kw).transpose(1, 2)
-    w = w.reshape(groups * in_per_group, out_c // groups, kh, kw)
+    # contiguous: a strided weight makes oneDNN's transposed conv drop channels_last and run 2-4x slower
+    w = w.reshape(groups * in_per_group, out_c // groups, kh, kw).contiguous()
     x = F.conv_transpose2d(x, w, stride=2, groups=groups)
     fw = f.shape[-1]
     p0 = padding + (fw + 1) // 2 - (kw - 1)
@@ -157,7 +182,7 @@ class SynthesisLayer(Personalizable):
         fused = resolve_fused(fused_modconv, self.fused_modconv_default, self.training)
         x = modulated_conv2d(x, self.p("weight"), styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, fused=fused)
-        return bias_act(x, self.p("bias"), "lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp)
+        return bias_act(x, self.p("bias"), "lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp, inplace=True)
 
     def extra_repr(self) -> str:
         return f"in={self.in_channels}, out={self.out_channels}, resolution={self.resolution}, up={self.up}"
@@ -181,4 +206,4 @@ class ToRGBLayer(Personalizable):
         styles = self.affine(w) * self.weight_gain
         fused = resolve_fused(fused_modconv, self.fused_modconv_default, self.training)
         x = modulated_conv2d(x, self.p("weight"), styles, demodulate=False, fused=fused)
-        return bias_act(x, self.p("bias"), "linear", clamp=self.conv_clamp)
+        return bias_act(x, self.p("bias"), "linear", clamp=self.conv_clamp, inplace=True)

@@ -2,170 +2,91 @@
 
 A person's adapter is a `PersonAdapter`: for every targeted weight W0 a pair (A, B) with
 
-    W = W0 + (alpha / r) * reshape(B @ A)        (before equalized-lr gains, modulation and demodulation)
+    W = W0 + lora_delta(A, B) = W0 + (alpha / r) * reshape(B @ A)   (before equalized-lr gains, modulation, demod.)
 
 and its own trainable copies of the other personal tensors (biases, noise strengths, the 4x4 const, the OSG
 decoder). Two conv layouts: 'loralib' (A [r*k, in*k], B [out*k, r*k]; the paper's ~0.6M budget) and 'flat'
 (A [r, in*k*k], B [out, r]; the PEFT convention). B starts at zero, so an untrained adapter is an exact no-op.
 
-`attach(G, adapter)` routes the generator's layers through the adapter; `attach_mixed(G, adapters, index)` makes
-sample n of a batch use adapters[index[n]]; `merge`/`unmerge` bake an adapter into the base weights and restore
-them bit-exactly.
+Which tensors are personal (`plan`, generator/lora_targets.py, re-exported here) follows the module tree: each
+layer's role comes from its type and position, never from its key string.
+
+`attach(G, adapter)` returns an `Attachment`, the object that owns the adapter's presence in G: each targeted
+layer gets a `LayerAdapter` view through which it reads its tensors, and the attachment detaches, merges (bakes
+the adapter into the base weights, keeping the originals) and unmerges (restores them bit-exactly).
+`attach_mixed(G, adapters, index)` makes sample n of a batch use adapters[index[n]]. `LayerTensors.tensor` (with
+`lora_delta`) is the one place where an adapter changes a tensor: single adapters, mixed batches, merging and
+keep-LoRA export (whose adapter tensors are graph inputs, see `AdapterTensors`) all go through it.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
-from generator.layers import FullyConnectedLayer, Personalizable, SynthesisLayer, ToRGBLayer
+from formats.adapter_file import lora_shapes, lora_tensor_names
+from generator.layers import Personalizable
+from generator.lora_targets import (LAYER_KINDS, PARTS, AdapterPolicy, Role, Target, count_table, module_roles,
+                                    part_roots, plan)
 
-LAYOUTS = ("loralib", "flat")
-PARTS = ("synthesis", "superresolution", "mapping")
-LAYER_KINDS = ("conv", "torgb", "affine")
+__all__ = ["AdapterPolicy", "AdapterTensors", "Attachment", "LAYER_KINDS", "LayerAdapter", "LayerTensors", "LoraPair",
+           "PARTS", "PersonAdapter", "Role", "Target", "attach", "attach_mixed", "attachment_of", "base_state_dict",
+           "count_table", "detach", "layer_tensors", "lora_delta", "lora_shapes", "lora_tensor_names", "merge",
+           "merged_state_dict", "module_roles", "part_roots", "plan", "unmerge"]
 
+# ------------------------------------------------------------------------------------------ the delta
 
-@dataclass
-class AdapterPolicy:
-    """Which tensors of the generator a person trains, and how (one object the CLI shows and the trainer uses)."""
-
-    rank: int = 4
-    """LoRA rank r."""
-    alpha: float = 4.0
-    """LoRA alpha; the delta is scaled by alpha / r (default 1.0 at rank 4)."""
-    layout: str = "loralib"
-    """'loralib' (the paper's ~0.6M budget) or 'flat' (A [r, in*k*k], B [out, r], as PEFT)."""
-    parts: tuple[str, ...] = ("synthesis", "superresolution")
-    """Where LoRA goes: backbone synthesis, super-resolution, and optionally the mapping FCs."""
-    layer_kinds: tuple[str, ...] = ("conv", "torgb", "affine")
-    """Which layers of those parts get LoRA: modulated 3x3 convs, 1x1 toRGB, style `affine` FCs."""
-    train_decoder: bool = True
-    """Fine-tune the whole OSG decoder (paper §3.2)."""
-    train_biases: bool = True
-    """Train conv/affine/toRGB biases, noise strengths and the 4x4 const of the LoRA parts."""
-    mode: str = "lora"
-    """'lora', or 'full' (full fine-tuning baseline: every synthesis/SR/decoder tensor is personal)."""
-
-    def validate(self) -> "AdapterPolicy":
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout={self.layout!r}: expected one of {LAYOUTS}")
-        if self.rank < 1:
-            raise ValueError(f"rank={self.rank}: must be >= 1")
-        if self.mode not in ("lora", "full"):
-            raise ValueError(f"mode={self.mode!r}: expected 'lora' or 'full'")
-        for p in self.parts:
-            if p not in PARTS:
-                raise ValueError(f"parts contains {p!r}: expected a subset of {PARTS}")
-        for k in self.layer_kinds:
-            if k not in LAYER_KINDS:
-                raise ValueError(f"layer_kinds contains {k!r}: expected a subset of {LAYER_KINDS}")
-        return self
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
+def lora_delta(lora_A: torch.Tensor, lora_B: torch.Tensor, shape: torch.Size | tuple[int, ...],
+               scale: float) -> torch.Tensor:
+    """scale * reshape(B @ A) to the weight's `shape`: the change a LoRA pair makes to its weight."""
+    return (lora_B @ lora_A).reshape(shape) * scale
 
 
 @dataclass
-class Target:
-    """One personal tensor: a LoRA pair on a base weight, or a full trainable copy of a base tensor."""
+class LayerTensors:
+    """One adapter's tensors for one layer, looked up by file name in `tensors` each time they are read.
 
-    key: str
-    """Base state-dict key, e.g. 'backbone.synthesis.b8.conv0.weight'."""
-    kind: str
-    """'lora' or 'full'."""
-    shape: tuple[int, ...]
-    """Shape of the base tensor."""
-    lora_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
-    """(A, B) shapes for kind 'lora'."""
+    Reading at forward time lets `tensors` be live: an adapter's parameters, or the inputs of a keep-LoRA graph.
+    """
 
-    @property
-    def numel(self) -> int:
-        if self.kind == "lora":
-            return sum(math.prod(s) for s in self.lora_shapes)
-        return math.prod(self.shape)
+    tensors: Mapping[str, torch.Tensor]
+    scale: float
+    lora: tuple[str, str] | None = None
+    """File names of the (A, B) pair on the layer's `weight`."""
+    full: dict[str, str] = field(default_factory=dict)
+    """Layer tensor name -> file name of its full replacement."""
 
+    def names(self) -> list[str]:
+        """The layer's tensors this adapter changes."""
+        return list(self.full) + (["weight"] if self.lora is not None and "weight" not in self.full else [])
 
-def lora_shapes(shape: tuple[int, ...], rank: int, layout: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(A, B) shapes for a weight [out, in] or [out, in, k, k]."""
-    out_f, in_f = shape[0], shape[1]
-    k = shape[2] if len(shape) == 4 else 1
-    if layout == "loralib" and k > 1:
-        return (rank * k, in_f * k), (out_f * k, rank * k)
-    return (rank, in_f * k * k), (out_f, rank)
-
-
-def _part_of(name: str) -> str | None:
-    if name.startswith("backbone.synthesis."):
-        return "synthesis"
-    if name.startswith("superresolution."):
-        return "superresolution"
-    if name.startswith("backbone.mapping."):
-        return "mapping"
-    return None
+    def tensor(self, name: str, base: torch.Tensor) -> torch.Tensor:
+        """The tensor the layer uses instead of its base tensor `name` (the base itself if unchanged)."""
+        if name in self.full:
+            return self.tensors[self.full[name]]
+        if name == "weight" and self.lora is not None:
+            a, b = self.lora
+            return base + lora_delta(self.tensors[a], self.tensors[b], base.shape, self.scale)
+        return base
 
 
-def _kind_of(name: str, module: nn.Module) -> str | None:
-    if isinstance(module, SynthesisLayer):
-        return "conv"
-    if isinstance(module, ToRGBLayer):
-        return "torgb"
-    if isinstance(module, FullyConnectedLayer):
-        return "affine" if name.endswith(".affine") else ("mapping" if _part_of(name) == "mapping" else None)
-    return None
-
-
-def plan(G: nn.Module, policy: AdapterPolicy) -> list[Target]:
-    """The personal tensors of `G` under `policy`, in state-dict order."""
-    policy.validate()
-    targets: list[Target] = []
-    lora_modules = set()
-    for name, module in G.named_modules():
-        part = _part_of(name)
-        kind = _kind_of(name, module)
-        if part is None or kind is None or part not in policy.parts:
-            continue
-        if part == "mapping" or kind in policy.layer_kinds:
-            lora_modules.add(name)
-    params = dict(G.named_parameters())
-    for key, tensor in params.items():
-        module_name, _, leaf = key.rpartition(".")
-        part = _part_of(key)
-        shape = tuple(tensor.shape)
-        if policy.mode == "full":
-            if part in ("synthesis", "superresolution") or key.startswith("decoder."):
-                targets.append(Target(key, "full", shape))
-            continue
-        if leaf == "weight" and module_name in lora_modules:
-            targets.append(Target(key, "lora", shape, lora_shapes(shape, policy.rank, policy.layout)))
-        elif key.startswith("decoder."):
-            if policy.train_decoder:
-                targets.append(Target(key, "full", shape))
-        elif policy.train_biases and part in policy.parts and part != "mapping" and leaf in (
-                "bias", "noise_strength", "const"):
-            targets.append(Target(key, "full", shape))
-    return targets
-
-
-def count_table(targets: list[Target]) -> list[tuple[str, int, int]]:
-    """Rows (group, tensors, parameters) for display: LoRA per part/kind, then full tensors by kind."""
-    groups: dict[str, list[int]] = {}
+def layer_tensors(targets: Iterable[Target], tensors: Mapping[str, torch.Tensor], scale: float
+                  ) -> dict[str, LayerTensors]:
+    """Module name -> LayerTensors for an adapter given as file-named `tensors` (see PersonAdapter.file_tensors)."""
+    out: dict[str, LayerTensors] = {}
     for t in targets:
-        part = _part_of(t.key) or t.key.split(".")[0]
-        leaf = t.key.rsplit(".", 2)
+        module, _, leaf = t.key.rpartition(".")
+        view = out.setdefault(module, LayerTensors(tensors, scale))
         if t.kind == "lora":
-            what = "affine" if leaf[-2] == "affine" else ("torgb" if "torgb" in t.key else "conv")
-            label = f"LoRA {part} {what}"
-        elif t.key.startswith("decoder."):
-            label = "decoder (full)"
+            if leaf != "weight":
+                raise ValueError(f"LoRA target {t.key}: only a layer's 'weight' takes a LoRA pair")
+            view.lora = lora_tensor_names(t.key)
         else:
-            label = f"{part} {leaf[-1]} (full)"
-        g = groups.setdefault(label, [0, 0])
-        g[0] += 1
-        g[1] += t.numel
-    return [(k, v[0], v[1]) for k, v in groups.items()]
+            view.full[leaf] = t.key
+    return out
 
 
 class LoraPair(nn.Module):
@@ -179,7 +100,7 @@ class LoraPair(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def delta(self) -> torch.Tensor:
-        return (self.lora_B @ self.lora_A).reshape(self.shape) * self.scale
+        return lora_delta(self.lora_A, self.lora_B, self.shape, self.scale)
 
 
 def _module_key(key: str) -> str:
@@ -187,7 +108,7 @@ def _module_key(key: str) -> str:
 
 
 class PersonAdapter(nn.Module):
-    """All personal tensors of one person. Its state dict is what an adapter file stores."""
+    """All personal tensors of one person. Its state dict is what a training checkpoint stores."""
 
     def __init__(self, targets: list[Target], policy: AdapterPolicy, base: nn.Module | None = None):
         super().__init__()
@@ -213,114 +134,228 @@ class PersonAdapter(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def tensor_for(self, key: str, base: torch.Tensor) -> torch.Tensor:
-        """The tensor that replaces base tensor `key` when this adapter is active."""
-        mk = _module_key(key)
-        if mk in self.lora:
-            return base + self.lora[mk].delta()
-        if mk in self.full:
-            return self.full[mk]
-        return base
-
     def file_tensors(self) -> dict[str, torch.Tensor]:
         """Flat name -> tensor, with base key names: '<module>.lora_A', '<module>.lora_B', or the base key."""
         out = {}
         for t in self.targets.values():
             mk = _module_key(t.key)
             if t.kind == "lora":
-                module = t.key.rsplit(".", 1)[0]
-                out[f"{module}.lora_A"] = self.lora[mk].lora_A
-                out[f"{module}.lora_B"] = self.lora[mk].lora_B
+                a, b = lora_tensor_names(t.key)
+                out[a] = self.lora[mk].lora_A
+                out[b] = self.lora[mk].lora_B
             else:
                 out[t.key] = self.full[mk]
         return out
 
-
-class _Route:
-    """What one layer reads when one adapter is attached."""
-
-    per_sample = False
-
-    def __init__(self, adapter: PersonAdapter, prefix: str):
-        self.adapter, self.prefix = adapter, prefix
-
-    def get(self, name: str, base: torch.Tensor) -> torch.Tensor:
-        return self.adapter.tensor_for(f"{self.prefix}.{name}", base)
+    def tensor_for(self, key: str, base: torch.Tensor) -> torch.Tensor:
+        """The tensor that replaces base tensor `key` when this adapter is active."""
+        module, _, leaf = key.rpartition(".")
+        view = layer_tensors(self.targets.values(), self.file_tensors(), self.policy.scale).get(module)
+        return base if view is None else view.tensor(leaf, base)
 
 
-class _MixedRoute:
-    """What one layer reads when sample n of the batch uses adapters[index[n]] (index -1: the base model)."""
+@dataclass
+class AdapterTensors:
+    """An adapter given as plain tensors by file name (e.g. the inputs of a keep-LoRA graph), not as parameters.
 
-    per_sample = True
+    `tensors` may be filled after attaching: layers read it at forward time.
+    """
 
-    def __init__(self, adapters: list[PersonAdapter], index: torch.Tensor, prefix: str):
-        self.adapters, self.index, self.prefix = adapters, index, prefix
+    targets: dict[str, Target]
+    policy: AdapterPolicy
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def get(self, name: str, base: torch.Tensor) -> torch.Tensor:
-        key = f"{self.prefix}.{name}"
-        per_person = [base] + [a.tensor_for(key, base) for a in self.adapters]
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        return self.tensors
+
+
+# ------------------------------------------------------------------------------------------ attaching
+
+class LayerAdapter:
+    """How one layer reads its tensors while an attachment is active (the layer's `adapter` attribute).
+
+    `people` has one LayerTensors per adapter of the attachment (None where that adapter leaves the layer alone).
+    Without `index` the layer reads people[0]; with it, sample n reads people[index[n]] (index -1: the base
+    tensors), stacked along a new leading axis. Once merged, the base tensors hold the adapter and are read as
+    they are; `stash` keeps the originals for `unmerge`.
+    """
+
+    def __init__(self, owner: "Attachment", people: list[LayerTensors | None], index: torch.Tensor | None):
+        self.owner, self.people, self.index = owner, people, index
+        self.merged = False
+        self.stash: dict[str, torch.Tensor] = {}
+
+    def read(self, name: str, base: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return base
+        if self.index is None:
+            return self.people[0].tensor(name, base)
+        if not any(p is not None and name in p.names() for p in self.people):
+            return base
+        per_person = [base] + [base if p is None else p.tensor(name, base) for p in self.people]
         return torch.stack(per_person)[self.index + 1]
 
+    @torch.no_grad()
+    def merge(self, layer: Personalizable) -> None:
+        view = self.people[0]
+        for name in view.names():
+            param = getattr(layer, name)
+            self.stash[name] = param.detach().clone()
+            param.copy_(view.tensor(name, param))
+        self.merged = True
 
-def _personal_modules(G: nn.Module):
-    return [(name, m) for name, m in G.named_modules() if isinstance(m, Personalizable)]
+    @torch.no_grad()
+    def unmerge(self, layer: Personalizable) -> None:
+        for name, value in self.stash.items():
+            getattr(layer, name).copy_(value)
+        self.stash = {}
+        self.merged = False
 
 
-def attach(G: nn.Module, adapter: PersonAdapter | None) -> None:
-    """Route G's layers through `adapter` (None detaches). Base tensors are not modified."""
-    _check_not_merged(G)
-    for name, m in _personal_modules(G):
-        m.personal = None if adapter is None else _Route(adapter, name)
+class Attachment:
+    """One adapter (or several, chosen per sample) attached to a generator; it owns every layer view it installs.
+
+    Made by `attach` / `attach_mixed`. `detach()` removes it (unmerging first if merged); `merge()` bakes a single
+    adapter into the base weights for speed, `unmerge()` restores them bit for bit. Usable as a context manager
+    that detaches on exit.
+    """
+
+    def __init__(self, G: nn.Module, adapters: list, index: torch.Tensor | None = None):
+        self.G, self.adapters, self.index = G, list(adapters), index
+        self.merged = False
+        self.attached = False
+        views = [layer_tensors(a.targets.values(), a.file_tensors(), a.policy.scale) for a in self.adapters]
+        modules = dict(G.named_modules())
+        self._layers: list[tuple[str, Personalizable, LayerAdapter]] = []
+        wanted = set().union(*views) if views else set()
+        for name in [n for n in modules if n in wanted] + sorted(wanted - set(modules)):
+            layer = modules.get(name)
+            if not isinstance(layer, Personalizable):
+                what = "has no such module" if layer is None else f"has a {type(layer).__name__} there"
+                raise ValueError(f"adapter targets layer {name!r}, but this generator {what}")
+            self._layers.append((name, layer, LayerAdapter(self, [v.get(name) for v in views], index)))
+
+    def _install(self) -> "Attachment":
+        for _, layer, view in self._layers:
+            layer.adapter = view
+        self.attached = True
+        return self
+
+    def layers(self) -> list[str]:
+        """Names of the layers this attachment changes."""
+        return [name for name, _, _ in self._layers]
+
+    def detach(self) -> None:
+        """Remove the adapter from G (a merged one is unmerged first, so the base weights are restored)."""
+        if self.merged:
+            self.unmerge()
+        for _, layer, view in self._layers:
+            if layer.adapter is view:
+                layer.adapter = None
+        self.attached = False
+
+    def merge(self) -> "Attachment":
+        """Bake the adapter into G's parameters; the originals are kept so `unmerge` is bit-exact."""
+        if not self.attached:
+            raise RuntimeError("merge: this attachment was detached")
+        if self.index is not None:
+            raise ValueError("merge: a mixed-person attachment cannot be merged (one set of weights per batch)")
+        if self.merged:
+            raise RuntimeError("merge: the adapter is already merged")
+        for _, layer, view in self._layers:
+            view.merge(layer)
+        self.merged = True
+        return self
+
+    def unmerge(self) -> "Attachment":
+        """Restore the base tensors saved by `merge`, bit for bit; the adapter stays attached (unmerged)."""
+        if not self.merged:
+            raise RuntimeError("unmerge: the adapter is not merged")
+        for _, layer, view in self._layers:
+            view.unmerge(layer)
+        self.merged = False
+        return self
+
+    def stashed(self) -> dict[str, torch.Tensor]:
+        """Base state-dict key -> original tensor of every base tensor a merge changed (empty when not merged)."""
+        return {f"{name}.{leaf}": t for name, _, view in self._layers for leaf, t in view.stash.items()}
+
+    def __enter__(self) -> "Attachment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
 
 
-def attach_mixed(G: nn.Module, adapters: list[PersonAdapter], index: torch.Tensor) -> None:
+def attachment_of(G: nn.Module) -> Attachment | None:
+    """The attachment active on G, or None."""
+    for m in G.modules():
+        if isinstance(m, Personalizable) and m.adapter is not None:
+            return m.adapter.owner
+    return None
+
+
+def _replace(G: nn.Module, new: Attachment) -> Attachment:
+    current = attachment_of(G)
+    if current is not None:
+        if current.merged:
+            raise RuntimeError("an adapter is merged into this generator: unmerge() before attaching another")
+        current.detach()
+    return new._install()
+
+
+def attach(G: nn.Module, adapter) -> Attachment | None:
+    """Route G's layers through `adapter` (a PersonAdapter or AdapterTensors; None detaches) and return the
+    Attachment that owns it. Any adapter attached before is detached. Base tensors are not modified."""
+    if adapter is None:
+        detach(G)
+        return None
+    return _replace(G, Attachment(G, [adapter]))
+
+
+def attach_mixed(G: nn.Module, adapters: list, index: torch.Tensor) -> Attachment:
     """Per-sample routing: sample n uses adapters[index[n]], or the base model where index[n] == -1."""
-    _check_not_merged(G)
     index = torch.as_tensor(index, dtype=torch.long)
     if index.numel() and (index.min() < -1 or index.max() >= len(adapters)):
         raise ValueError(f"adapter index out of range: {index.tolist()} for {len(adapters)} adapter(s)")
-    for name, m in _personal_modules(G):
-        m.personal = _MixedRoute(adapters, index, name)
+    return _replace(G, Attachment(G, adapters, index))
 
 
 def detach(G: nn.Module) -> None:
-    attach(G, None)
+    """Remove whatever adapter is attached to G (unmerging it first if it is merged)."""
+    current = attachment_of(G)
+    if current is not None:
+        current.detach()
 
 
-@torch.no_grad()
-def merged_state_dict(G: nn.Module, adapter: PersonAdapter) -> dict[str, torch.Tensor]:
-    """G's state dict with the adapter baked in (W0 + delta, personal copies); G is not modified."""
-    sd = {k: v.detach().clone() for k, v in G.state_dict().items()}
-    for key in adapter.targets:
-        sd[key] = adapter.tensor_for(key, sd[key]).detach().clone()
+def merge(G: nn.Module, adapter: PersonAdapter) -> Attachment:
+    """Attach `adapter` and bake it into G's parameters; `unmerge(G)` (or the returned handle) restores them."""
+    return attach(G, adapter).merge()
+
+
+def unmerge(G: nn.Module) -> None:
+    """Restore the base tensors changed by `merge`, bit for bit, and detach the adapter."""
+    current = attachment_of(G)
+    if current is None or not current.merged:
+        raise RuntimeError("unmerge: no adapter is merged into this generator")
+    current.detach()
+
+
+def base_state_dict(G: nn.Module) -> dict[str, torch.Tensor]:
+    """G's state dict with the base tensors it had before any merge (what its fingerprint describes)."""
+    sd = G.state_dict()
+    current = attachment_of(G)
+    if current is not None:
+        sd.update(current.stashed())
     return sd
 
 
 @torch.no_grad()
-def merge(G: nn.Module, adapter: PersonAdapter) -> None:
-    """Bake the adapter into G's parameters for speed; the originals are kept so `unmerge` is bit-exact."""
-    _check_not_merged(G)
-    detach(G)
-    params = dict(G.named_parameters())
-    stash = {}
-    for key in adapter.targets:
-        stash[key] = params[key].detach().clone()
-        params[key].copy_(adapter.tensor_for(key, params[key]))
-    G._merged_stash = stash
-
-
-@torch.no_grad()
-def unmerge(G: nn.Module) -> None:
-    """Restore the base tensors saved by `merge`, bit for bit."""
-    stash = getattr(G, "_merged_stash", None)
-    if stash is None:
-        raise RuntimeError("unmerge: no adapter is merged into this generator")
-    params = dict(G.named_parameters())
-    for key, value in stash.items():
-        params[key].copy_(value)
-    G._merged_stash = None
-
-
-def _check_not_merged(G: nn.Module) -> None:
-    if getattr(G, "_merged_stash", None) is not None:
-        raise RuntimeError("an adapter is merged into this generator: unmerge() before attaching another")
+def merged_state_dict(G: nn.Module, adapter: PersonAdapter) -> dict[str, torch.Tensor]:
+    """G's base state dict with the adapter baked in (W0 + delta, personal copies); G is not modified."""
+    sd = {k: v.detach().clone() for k, v in base_state_dict(G).items()}
+    for module, view in layer_tensors(adapter.targets.values(), adapter.file_tensors(), adapter.policy.scale).items():
+        for leaf in view.names():
+            key = f"{module}.{leaf}"
+            sd[key] = view.tensor(leaf, sd[key]).detach().clone()
+    return sd

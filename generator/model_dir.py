@@ -1,11 +1,9 @@
-"""A model directory: `model.safetensors` (official state-dict keys) + `config.json` (GeneratorConfig + provenance).
+"""Save and load a model directory (format: formats.model_dir) as a TriPlaneGenerator.
 
 Loading never executes code (safetensors + JSON) and checks every tensor against the configured architecture.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,104 +12,111 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from generator.atomic import atomic_dir
+from formats.atomic import atomic_dir
+from formats.errors import ModelDirError
+from formats.fingerprint import weights_fingerprint as _fingerprint
+from formats.model_dir import (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_METADATA, config_record,
+                               read_config_record)
+from formats.tensors import read_header, shape_problems
+from formats.versioned_json import dump_json
 from generator.config import GeneratorConfig
 from generator.presets import preset
 from generator.triplane import TriPlaneGenerator
 
-FORMAT = "my3dgen-model"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+__all__ = ["ModelDirError", "weights_fingerprint", "save_model_dir", "read_config", "check_state_dict",
+           "expected_state", "check_weights", "refuse_nonfinite", "load_model_dir", "build_generator",
+           "calibrate_random_init", "CONFIG_FILE", "WEIGHTS_FILE"]
 
 
-class ModelDirError(ValueError):
-    """A model directory that cannot be loaded; the message names the file and what is wrong."""
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().contiguous().cpu()
+    return (t if t.dtype != torch.bfloat16 else t.view(torch.int16)).numpy().tobytes()
 
 
 def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
-    """sha256 over sorted key names, dtypes, shapes and bytes: identifies the base weights an adapter was made for."""
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().contiguous().cpu()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
-    return "sha256:" + h.hexdigest()
+    """formats.fingerprint.weights_fingerprint of torch tensors: identifies the base weights an adapter was made for."""
+    return _fingerprint((k, str(t.dtype), tuple(t.shape), _raw_bytes(t)) for k, t in state_dict.items())
 
 
 def save_model_dir(G: TriPlaneGenerator, path: str | os.PathLike, source: dict[str, Any] | None = None,
                    overwrite: bool = False) -> Path:
     """Write G's base weights and config atomically (a temp dir renamed into place)."""
     state = {k: v.detach().contiguous().cpu() for k, v in G.state_dict().items()}
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "generator": G.cfg.to_dict(),
-        "fingerprint": weights_fingerprint(state),
-        "source": source or {},
-    }
+    config = config_record(G.cfg.to_dict(), weights_fingerprint(state), source)
     with atomic_dir(path, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata=dict(WEIGHTS_METADATA))
+        (tmp / CONFIG_FILE).write_text(dump_json(config))
     return Path(path)
 
 
 def read_config(path: str | os.PathLike) -> tuple[GeneratorConfig, dict[str, Any]]:
     """The GeneratorConfig and raw JSON of a model directory, with errors naming the file and field."""
-    cfg_path = Path(path) / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise ModelDirError(f"{cfg_path}: missing (is {path} a model directory made by `cli.py convert`?)")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelDirError(f"{cfg_path}: not valid JSON ({e})") from None
-    if raw.get("format") != FORMAT:
-        raise ModelDirError(f"{cfg_path}: field 'format' is {raw.get('format')!r}, expected {FORMAT!r}")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise ModelDirError(f"{cfg_path}: format_version {raw.get('format_version')!r} is not supported "
-                            f"(this version reads {FORMAT_VERSION})")
+    raw = read_config_record(path)
     try:
         cfg = GeneratorConfig.from_dict(raw["generator"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelDirError(f"{cfg_path}: field 'generator' is invalid: {e}") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise ModelDirError(str(Path(path) / CONFIG_FILE), f"field 'generator' is invalid: {e}") from None
     return cfg, raw
 
 
 def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, tuple[int, ...]], where: str) -> None:
     """Raise ModelDirError listing missing, unexpected and mis-shaped tensors."""
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    shaped = sorted(f"{k} {tuple(found[k])} (expected {tuple(expected[k].shape)})"
-                    for k in set(expected) & set(found) if tuple(found[k]) != tuple(expected[k].shape))
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", extra), ("mis-shaped", shaped)):
-        if items:
-            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-            problems.append(f"{label} tensors: {shown}")
+    problems = shape_problems({k: tuple(v.shape) for k, v in expected.items()}, found, shown=8)
     if problems:
-        raise ModelDirError(f"{where}: " + "; ".join(problems))
+        raise ModelDirError(where, "; ".join(problems))
+
+
+def expected_state(cfg: GeneratorConfig) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of every tensor of the generator `cfg` builds, from a generator on the 'meta' device
+    (shapes only, no memory): what a file's tensors are checked against before a real network is built."""
+    with torch.device("meta"):
+        G = TriPlaneGenerator(cfg)
+    return {k: (v.dtype, tuple(v.shape)) for k, v in G.state_dict().items()}
+
+
+def check_weights(expected: dict[str, tuple[torch.dtype, tuple[int, ...]]], found: dict[str, tuple[int, ...]],
+                  where: str) -> None:
+    """Raise ModelDirError listing missing, unexpected and mis-shaped tensors (`expected` from `expected_state`)."""
+    problems = shape_problems({k: shape for k, (_, shape) in expected.items()}, found, shown=8)
+    if problems:
+        raise ModelDirError(where, "; ".join(problems))
+
+
+def refuse_nonfinite(state: dict[str, torch.Tensor], where: str) -> None:
+    """ModelDirError naming the tensors that hold NaN or +-Inf (they render an all-black image, silently)."""
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise ModelDirError(where, f"non-finite values (NaN/Inf) in tensor(s) {', '.join(bad[:8])}"
+                                   + (f" ... ({len(bad)} in all)" if len(bad) > 8 else ""))
+
+
+_TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                 "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "I8": torch.int8, "BOOL": torch.bool}
 
 
 def load_model_dir(path: str | os.PathLike) -> TriPlaneGenerator:
-    """Build the generator of a model directory and load its weights strictly, in eval mode."""
+    """Build the generator of a model directory and load its weights strictly, in eval mode.
+
+    Order: config.json (sizes within formats.limits), the weights' safetensors header (bounded, regular file),
+    the header's names, shapes and dtypes against the config's generator built on the 'meta' device; only then
+    the real network and the tensors, which must be finite."""
     cfg, _ = read_config(path)
     weights = Path(path) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelDirError(f"{weights}: missing")
-    G = TriPlaneGenerator(cfg)
-    expected = G.state_dict()
+    if not weights.is_file() and not weights.exists():
+        raise ModelDirError(str(weights), "missing")
+    _, entries = read_header(weights, ModelDirError)
+    expected = expected_state(cfg)
+    check_weights(expected, {k: shape for k, (_, shape) in entries.items()}, str(weights))
+    bad_dtype = sorted(k for k, (dtype, _) in entries.items() if _TORCH_DTYPES.get(dtype) != expected[k][0])
+    if bad_dtype:
+        raise ModelDirError(str(weights), f"tensors with an unexpected dtype: {', '.join(bad_dtype[:8])}")
     try:
         with safe_open(str(weights), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            check_state_dict(expected, shapes, str(weights))
             state = {k: f.get_tensor(k) for k in f.keys()}
-    except ModelDirError:
-        raise
-    except Exception as e:  # safetensors raises several types for corrupt headers
-        raise ModelDirError(f"{weights}: not a readable safetensors file ({e})") from None
-    bad_dtype = sorted(k for k, v in state.items() if v.dtype != expected[k].dtype)
-    if bad_dtype:
-        raise ModelDirError(f"{weights}: tensors with an unexpected dtype: {', '.join(bad_dtype[:8])}")
+    except Exception as e:  # safetensors raises several types for corrupt files
+        raise ModelDirError(str(weights), f"not a readable safetensors file ({e})") from None
+    refuse_nonfinite(state, str(weights))
+    G = TriPlaneGenerator(cfg)
     G.load_state_dict(state, strict=True)
     return G.eval()
 

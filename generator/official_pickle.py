@@ -11,9 +11,9 @@ official loader ``exec``s. Loading such a file with plain ``pickle`` runs that s
   storages are parsed by hand from their legacy ``torch.save`` streams). Any other global raises
   :class:`UnsafePickleError` before it is imported. The state dict is rebuilt by walking the stubs'
   ``_parameters`` / ``_buffers`` / ``_modules``.
-* The writer of the same format lives in :mod:`generator.official_pickle_writer`.
+* The writer of the same format lives in `tests/helpers/official_pickle_writer.py` (a test helper).
 
-See docs/eg3d-reference.md §7 for the format.
+See docs/OFFICIAL_PICKLE.md for the format.
 """
 from __future__ import annotations
 
@@ -21,12 +21,15 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from formats.tensors import read_file_bytes
 
 __all__ = [
     "OfficialCheckpoint",
@@ -299,14 +302,20 @@ def _parse_legacy_storage(blob: Any) -> _LoadedStorage:
         raise OfficialPickleError(f"_load_from_bytes: argument is a {type(blob).__name__}, expected bytes")
     stream = io.BytesIO(blob)
     unpickler = _LegacyBlobUnpickler(stream)
+
+    def load() -> Any:
+        check_counted_lengths(stream)
+        return unpickler.load()
     try:
-        magic, protocol, sys_info = unpickler.load(), unpickler.load(), unpickler.load()
+        magic, protocol, sys_info = load(), load(), load()
         if magic != _LEGACY_MAGIC or protocol != _LEGACY_PROTOCOL:
             raise OfficialPickleError("storage blob is not a legacy torch.save stream (bad magic / protocol)")
         if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
             raise OfficialPickleError(f"storage blob: unsupported sys_info {sys_info!r} (big-endian?)")
-        root_key, keys = unpickler.load(), unpickler.load()
-    except (pickle.UnpicklingError, EOFError) as exc:
+        root_key, keys = load(), load()
+    except OfficialPickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, struct.error) as exc:
         raise OfficialPickleError(f"storage blob: corrupt legacy stream ({exc})") from None
     if not isinstance(keys, list) or sorted(keys) != sorted(unpickler.declared) or root_key not in unpickler.declared:
         raise OfficialPickleError(f"storage blob: key list {keys!r} does not match declared storages")
@@ -381,19 +390,44 @@ _CORRUPT_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, KeyError
                           AttributeError, struct.error, UnicodeDecodeError, OverflowError)
 
 
+def _pickle_error(path: str, reason: str) -> OfficialPickleError:
+    return OfficialPickleError(f"{path}: {reason}")
+
+
+def check_counted_lengths(stream: io.BytesIO) -> None:
+    """Walk the opcodes of the pickle at `stream`'s position (without building anything) and refuse one whose
+    counted arguments (bytes, strings, long integers) claim more bytes than the stream holds. The unpickler
+    allocates such an argument before reading it, so a 20-byte file claiming a 1 TB string would otherwise be a
+    MemoryError; `pickletools.genops` reads them from the in-memory stream, which never returns more than it has.
+    Raises what genops raises for a truncated or malformed opcode (ValueError); the stream is left where it was."""
+    start = stream.tell()
+    try:
+        for _ in pickletools.genops(stream):
+            pass
+    finally:
+        stream.seek(start)
+
+
 def _safe_load(path: str | os.PathLike) -> Any:
-    """Unpickles ``path`` with :class:`_SafeUnpickler`; errors are re-raised with the file name in the message."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-        f.seek(0)
-        try:
-            return _SafeUnpickler(f).load()
-        except UnsafePickleError as exc:
-            raise UnsafePickleError(f"{os.fspath(path)}: {exc}", exc.global_name) from None
-        except OfficialPickleError as exc:
-            raise OfficialPickleError(f"{os.fspath(path)}: {exc}") from None
-        except _CORRUPT_PICKLE_ERRORS as exc:
-            raise OfficialPickleError(_corrupt_message(path, head, exc)) from None
+    """Unpickles ``path`` with :class:`_SafeUnpickler`; errors are re-raised with the file name in the message.
+
+    The file must be a regular file within the size limit (formats.limits: devices and FIFOs are refused), and its
+    opcodes are checked (`check_counted_lengths`) before anything is unpickled."""
+    data = read_file_bytes(path, _pickle_error, what="pickle file")
+    head = data[:4]
+    f = io.BytesIO(data)
+    try:
+        check_counted_lengths(f)
+        return _SafeUnpickler(f).load()
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{os.fspath(path)}: {exc}", exc.global_name) from None
+    except OfficialPickleError as exc:
+        raise OfficialPickleError(f"{os.fspath(path)}: {exc}") from None
+    except MemoryError:
+        raise OfficialPickleError(f"{os.fspath(path)}: the pickle asks for more memory than is available "
+                                  f"(corrupt or hostile)") from None
+    except _CORRUPT_PICKLE_ERRORS as exc:
+        raise OfficialPickleError(_corrupt_message(path, head, exc)) from None
 
 
 def _corrupt_message(path: str | os.PathLike, head: bytes, exc: Exception) -> str:

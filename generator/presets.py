@@ -20,6 +20,15 @@ PRESETS: dict[str, GeneratorConfig] = {
         rendering=RenderingConfig(depth_resolution=12, depth_resolution_importance=12),
         superresolution=SuperResolutionConfig(channels=(32, 16), input_resolution=32),
     ),
+    # The head-world generator (models/heads, scripts/pretrain_heads.py): 64^2 tri-planes of 16 features, 32^2 rays
+    # x (16+16) samples, SR 32 -> 64 -> 128; 4 mapping layers turn the world's parameter code z into w, with no
+    # camera conditioning (docs/HEADS.md). Sized to train on two CPU cores.
+    "heads": GeneratorConfig(
+        z_dim=128, w_dim=128, mapping_layers=4, channel_base=2048, channel_max=128, triplane_resolution=64,
+        plane_features=16, decoder_hidden=32, decoder_output_dim=16, neural_rendering_resolution=32,
+        rendering=RenderingConfig(depth_resolution=16, depth_resolution_importance=16, c_gen_conditioning_zero=True),
+        superresolution=SuperResolutionConfig(channels=(32, 16), input_resolution=32),
+    ),
 }
 
 

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from generator.config import SuperResolutionConfig
+from generator.layers import to_layout
 from generator.stylegan2 import SynthesisBlock
 
 
@@ -29,8 +30,12 @@ class SuperresolutionHybrid8XDC(nn.Module):
         ws = ws[:, -1:, :].repeat(1, 3, 1)
         size = self.input_resolution
         if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=self.antialias)
-            rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False, antialias=self.antialias)
+            # Antialiasing only changes downsampling: upsampling keeps the bilinear filter's one-pixel support, so the
+            # plain resize is the same filter (to float rounding) and exports to a standard ONNX Resize.
+            antialias = self.antialias and x.shape[-1] > size
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+            rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+        x, rgb = to_layout(x), to_layout(rgb)
         x, rgb = self.block0(x, rgb, ws, noise_mode=self.noise_mode, fused_modconv=fused_modconv)
         x, rgb = self.block1(x, rgb, ws, noise_mode=self.noise_mode, fused_modconv=fused_modconv)
         return rgb

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from generator.config import GeneratorConfig
+from generator.layers import to_layout
 from generator.rendering import ImportanceRenderer, OSGDecoder, sample_rays
 from generator.stylegan2 import Backbone
 from generator.superresolution import SuperresolutionHybrid8XDC
@@ -58,7 +59,20 @@ class TriPlaneGenerator(nn.Module):
     def planes(self, ws: torch.Tensor, noise_mode: str = "const", fused_modconv: bool | None = None) -> torch.Tensor:
         """Tri-planes [N, 3, C, H, W] of ws: the StyleGAN2 backbone, the expensive half that caching skips."""
         img = self.backbone.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
-        return img.view(len(img), 3, self.cfg.plane_features, img.shape[-2], img.shape[-1])
+        # img.shape[0], not len(img): len() returns a plain int, which would fix the batch of an ONNX export
+        return img.view(img.shape[0], 3, self.cfg.plane_features, img.shape[-2], img.shape[-1])
+
+    def compile_for_inference(self) -> "TriPlaneGenerator":
+        """torch.compile (inductor) the per-chunk renderer and the super-resolution network; off by default.
+
+        The first call compiles: ~1-2 min on 2 cores for ffhq512-128 (tiny: ~30 s), again after a change of
+        shapes; compiled kernels are cached in $TORCHINDUCTOR_CACHE_DIR (default /tmp/torchinductor_$USER), so a
+        later process with the same shapes starts in seconds. Needs a C++ compiler. For inference only: training
+        keeps the eager modules (this changes `renderer.chunk_fn` and `superresolution.forward` of this instance).
+        """
+        self.renderer.chunk_fn = torch.compile(self.renderer.render_rays, dynamic=False)
+        self.superresolution.forward = torch.compile(self.superresolution.forward, dynamic=False)
+        return self
 
     def render_planes(self, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor,
                       neural_rendering_resolution: int | None = None, sampling: str = "deterministic",
@@ -71,7 +85,8 @@ class TriPlaneGenerator(nn.Module):
         n = origins.shape[0]
         features, depth, weights_total, fine = self.renderer(planes, self.decoder, origins, dirs, sampling=sampling,
                                                              return_fine_depths=True)
-        feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], res, res).contiguous()
+        # [N, M, C] seen as [N, C, R, R] is channels_last already: to_layout copies only for the NCHW layout
+        feature_image = to_layout(features.permute(0, 2, 1).reshape(n, features.shape[-1], res, res))
         depth_image = depth.permute(0, 2, 1).reshape(n, 1, res, res)
         rgb_image = feature_image[:, :3]
         sr_image = self.superresolution(rgb_image, feature_image, ws, fused_modconv=fused_modconv)

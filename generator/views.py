@@ -52,3 +52,13 @@ def views_picture(outs: list[dict], cols: int, with_depth: bool = False) -> np.n
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
     return np.asarray(Image.fromarray(img).resize((size, size), Image.NEAREST))
+
+
+def anchor_latent(G: TriPlaneGenerator, anchors, anchor: str | int, option: str = "--anchor"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """W+ [1, num_ws, w_dim] and camera [25] of an adapter's anchor (name or index); unknown is a ValueError."""
+    try:
+        index = anchors.index(anchor)
+    except KeyError as e:
+        raise ValueError(f"{option}: {e.args[0]}") from None
+    return anchors.ws_plus(G.num_ws)[index].unsqueeze(0), anchors.c[index]

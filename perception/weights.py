@@ -22,7 +22,6 @@ import importlib.metadata
 import importlib.util
 import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -240,17 +239,10 @@ def _atomic_save_safetensors(state: dict[str, torch.Tensor], path: Path, metadat
     """Write `state` to `path` via a temp file in the same directory and os.replace, so readers never see a
     partial file (concurrent writers each produce a complete file; the last rename wins)."""
     from safetensors.torch import save_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache holds public weights
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    from formats.atomic import atomic_file
+    with atomic_file(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def _load_cached_backbone(net: str) -> dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
-"""FFHQ-style face crop: the alignment recipe of NVlabs/ffhq-dataset (`download_ffhq.py`,
-`recreate_aligned_images`), which EG3D's FFHQ images went through.
+"""FFHQ-style face crop (`preprocess --crop ffhq`): the alignment recipe of NVlabs/ffhq-dataset
+(`download_ffhq.py`, `recreate_aligned_images`), and the square resampler both crops share (`crop_quad`).
+EG3D's own framing (the default) is `preprocess.eg3d_crop`.
 
 From the eye centres and mouth centre an oriented square is chosen: its x axis follows the eye line (averaged
 with the rotated eye-to-mouth direction, so roll is removed), its half side is max(2 * eye distance,
@@ -65,7 +66,7 @@ class AlignedFace:
     quad: np.ndarray
     """The crop square in source-photo pixel coordinates, (4, 2) as `ffhq_quad`."""
     padded: bool
-    """Whether part of the square lay outside the photo and was filled by blurred reflection."""
+    """Whether part of the square lay outside the photo and was filled (blurred reflection or black)."""
 
     @property
     def size(self) -> int:
@@ -87,16 +88,34 @@ class AlignedFace:
         return np.stack([u, v], axis=-1) - 0.5
 
 
+PADDINGS = ("reflect", "black")
+"""How `crop_quad` fills the parts of the square that lie outside the photo: 'reflect' = FFHQ's mirrored photo
+blurred towards its median colour (what EG3D's FFHQ training images got from the realignment stage), 'black' =
+zeros (what EG3D's `crop_images_in_the_wild.py` gets from PIL's crop)."""
+
+
 def align_face(image: np.ndarray, landmarks: np.ndarray, output_size: int = 512,
                supersample: int = 4, enable_padding: bool = True) -> AlignedFace:
-    """FFHQ-aligned crop of one face: RGB uint8 (H, W, 3) photo + its landmarks -> `AlignedFace`.
+    """FFHQ-aligned crop of one face: RGB uint8 (H, W, 3) photo + its landmarks -> `AlignedFace`."""
+    quad = ffhq_quad(keypoints_from_landmarks(landmarks))
+    return crop_quad(image, quad, output_size, supersample, "reflect" if enable_padding else "black")
+
+
+def crop_quad(image: np.ndarray, quad: np.ndarray, output_size: int = 512, supersample: int = 4,
+              padding: str = "reflect") -> AlignedFace:
+    """Resample the square `quad` (corners top-left, bottom-left, bottom-right, top-right, photo pixel-index
+    coordinates) of an RGB uint8 photo into an `output_size` square -> `AlignedFace`.
 
     `supersample` is FFHQ's transform_size / output_size (4096 / 1024): the QUAD transform samples bilinearly
-    at that multiple of the output size and a Lanczos resize brings it down, which avoids aliasing.
+    at that multiple of the output size and a Lanczos resize brings it down, which avoids aliasing. A square
+    much larger than the output is first shrunk, and the photo is cut to the square plus a border. `padding`
+    (one of PADDINGS) fills what lies outside the photo.
     """
     if output_size < 8 or supersample < 1:
         raise ValueError(f"output_size must be >= 8 and supersample >= 1, got {output_size}, {supersample}")
-    quad = ffhq_quad(keypoints_from_landmarks(landmarks))
+    if padding not in PADDINGS:
+        raise ValueError(f"padding={padding!r}: expected one of {PADDINGS}")
+    quad = np.asarray(quad, dtype=np.float64)
     source_quad = quad.copy()
     transform_size = output_size * supersample
     img = Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB")
@@ -123,7 +142,9 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, output_size: int = 512,
     pad = (max(-pad[0] + border, 0), max(-pad[1] + border, 0),
            max(pad[2] - img.size[0] + border, 0), max(pad[3] - img.size[1] + border, 0))
     padded = False
-    if enable_padding and max(pad) > border - 4:
+    if padding == "black":
+        padded = bool(quad.min() < -0.5 or quad[:, 0].max() > img.size[0] - 0.5 or quad[:, 1].max() > img.size[1] - 0.5)
+    elif max(pad) > border - 4:
         padded = True
         pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
         arr = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")

@@ -2,7 +2,8 @@
 
 Output layout (what EG3D's `ImageFolderDataset` and this project's trainer read):
 
-    out_dir/img00000000.png           aligned 512x512 crop of the first kept photo
+    out_dir/img00000000.png           512x512 crop of the first kept photo, framed as EG3D frames faces
+                                      (`crop='eg3d'`, default) or by the FFHQ recipe (`crop='ffhq'`)
     out_dir/img00000000_mirror.png    its horizontal flip (unless mirror=False)
     out_dir/dataset.json              {"labels": [["img00000000.png", [25 floats]], ...]}
     out_dir/report.json               what was kept (with raw and used yaw/pitch) and what was skipped, why
@@ -19,21 +20,25 @@ import math
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from generator.cameras import mirror_label, yaw_pitch_of
-from preprocess.align import align_face
+from formats.atomic import replace_dir, write_text
+from formats.cameras import mirror_label, yaw_pitch_of
+from preprocess.align import PADDINGS, align_face
 from preprocess.detect import FaceBackend, detect_flip_averaged, make_backend
+from preprocess.eg3d_crop import eg3d_align
 from preprocess.pose import estimate_head_pose, pose_label
 
 DATASET_JSON = "dataset.json"
 REPORT_JSON = "report.json"
 LABEL_DIM = 25
+CROPS = ("eg3d", "ffhq")
+"""Face framings: 'eg3d' = EG3D's own (Deep3DFaceRecon align_img geometry, `preprocess.eg3d_crop`), the framing
+the released models were trained on; 'ffhq' = the original FFHQ alignment recipe (`preprocess.align`)."""
 
 UNREADABLE = "unreadable"
 NOT_A_FILE = "not_a_file"
@@ -58,6 +63,12 @@ class PreprocessConfig:
     """Folder with the user's insightface buffalo_l ONNX files, for backend='insightface'."""
     size: int = 512
     """Side of the square output crops (EG3D ffhq512: 512)."""
+    crop: str = "eg3d"
+    """Face framing, one of CROPS: 'eg3d' (default; what EG3D was trained on and what its
+    preprocess_in_the_wild.py makes) or 'ffhq' (the original FFHQ recipe: eyes lower, face smaller)."""
+    padding: str = "reflect"
+    """How a crop reaching outside the photo is filled, one of `align.PADDINGS`: 'reflect' (FFHQ's blurred
+    reflection, what EG3D's FFHQ training images have) or 'black' (exactly EG3D's in-the-wild script)."""
     mirror: bool = True
     """Also write each crop's horizontal flip with the mirrored camera (EG3D's --mirror augmentation)."""
     flip_average_landmarks: bool = True
@@ -86,6 +97,10 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.size < 8:
             raise ValueError(f"PreprocessConfig.size must be >= 8, got {self.size}")
+        if self.crop not in CROPS:
+            raise ValueError(f"PreprocessConfig.crop must be one of {CROPS}, got {self.crop!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"PreprocessConfig.padding must be one of {PADDINGS}, got {self.padding!r}")
         if not 0.0 < self.multi_face_ratio <= 1.0:
             raise ValueError(f"PreprocessConfig.multi_face_ratio must be in (0, 1], got {self.multi_face_ratio}")
         for name in ("max_abs_yaw", "max_abs_pitch", "clamp_abs_yaw", "clamp_abs_pitch"):
@@ -131,7 +146,7 @@ class KeptPhoto:
     face_score: float | None
     """Detector score of the face used."""
     padded: bool
-    """Whether the crop reached outside the photo and was filled by blurred reflection."""
+    """Whether the crop reached outside the photo and was filled (see PreprocessConfig.padding)."""
 
 
 @dataclass
@@ -192,8 +207,12 @@ def validate_label(label, where: str) -> np.ndarray:
     for k, value in enumerate(label):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise DatasetError(f"{where}: label[{k}] is not a number: {value!r}")
-        if not math.isfinite(float(value)):
-            raise DatasetError(f"{where}: label[{k}] is not finite: {value!r}")
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            raise DatasetError(f"{where}: label[{k}] is not finite: {str(value)[:40]}")
         values.append(float(value))
     arr = np.asarray(values, dtype=np.float64)
     cam2world = arr[:16].reshape(4, 4)
@@ -274,8 +293,7 @@ def write_dataset_json(dataset_dir: str | Path, entries: list[tuple[str, np.ndar
         checked = validate_label(np.asarray(label, dtype=np.float64).tolist(), where)
         rows.append([_relative_name(name, where), [float(v) for v in checked]])
     path = Path(dataset_dir) / DATASET_JSON
-    path.write_text(json.dumps({"labels": rows}) + "\n", encoding="utf-8")
-    return path
+    return write_text(path, json.dumps({"labels": rows}) + "\n")
 
 
 def load_dataset(dataset_dir: str | Path) -> list[Sample]:
@@ -285,10 +303,14 @@ def load_dataset(dataset_dir: str | Path) -> list[Sample]:
 
 
 def load_photo(path: str | Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3) pixels of an image file, rotated upright by its EXIF orientation."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    """RGB uint8 (H, W, 3) pixels of an image file, rotated upright by its EXIF orientation. An image above PIL's
+    decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is a ValueError naming the file, not a traceback."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: refused as a possible decompression bomb ({e})") from None
 
 
 def _config_record(config: PreprocessConfig) -> dict:
@@ -316,13 +338,7 @@ def _check_dirs(photos_dir: Path, out_dir: Path, overwrite: bool) -> None:
 
 def _commit(tmp_dir: Path, out_dir: Path) -> None:
     """Move the finished temporary folder to out_dir, replacing what was there (already checked)."""
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, old)
-        os.replace(tmp_dir, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp_dir, out_dir)
+    replace_dir(tmp_dir, out_dir)
 
 
 def _list_photos(photos_dir: Path) -> list[Path]:
@@ -352,7 +368,10 @@ def _process_photo(path: Path, backend: FaceBackend, config: PreprocessConfig):
     if face.size < config.min_face_size:
         return SkippedFile(name, FACE_TOO_SMALL, f"face box side {face.size:.0f} px < min_face_size "
                                                  f"{config.min_face_size:.0f} px")
-    aligned = align_face(image, face.landmarks, config.size, config.supersample)
+    if config.crop == "eg3d":
+        aligned = eg3d_align(image, face.landmarks, config.size, config.supersample, config.padding)
+    else:
+        aligned = align_face(image, face.landmarks, config.size, config.supersample, config.padding == "reflect")
     pose = estimate_head_pose(aligned.to_crop(face.landmarks), config.size)
     if abs(pose.yaw) > config.max_abs_yaw or abs(pose.pitch) > config.max_abs_pitch:
         return SkippedFile(name, POSE_OUT_OF_RANGE,
@@ -369,6 +388,8 @@ def _save_png(pixels: np.ndarray, path: Path) -> None:
 
 
 def _accept_existing(photos_dir: Path, tmp_dir: Path, report: PreprocessReport) -> None:
+    """Copy a labelled dataset folder unchanged: its images and its dataset.json byte for byte (after
+    validation), e.g. the output of EG3D's `preprocess_in_the_wild.py` (`{"labels": [[name, 25 numbers]]}`)."""
     entries = read_dataset_json(photos_dir)
     for name, label in entries:
         target = tmp_dir / name
@@ -378,7 +399,7 @@ def _accept_existing(photos_dir: Path, tmp_dir: Path, report: PreprocessReport) 
         report.kept.append(KeptPhoto(source=name, image=name, mirror_image=None, yaw=yaw, pitch=pitch,
                                      raw_yaw=yaw, raw_pitch=pitch, clamped=False, reprojection_rms_px=None,
                                      face_score=None, padded=False))
-    write_dataset_json(tmp_dir, entries)
+    shutil.copy2(photos_dir / DATASET_JSON, tmp_dir / DATASET_JSON)
     report.accepted_existing = True
 
 
@@ -386,7 +407,8 @@ def preprocess_folder(photos_dir: str | Path, out_dir: str | Path,
                       config: PreprocessConfig | None = None) -> PreprocessReport:
     """Turn a folder of photos into an EG3D dataset folder (crops, mirrors, dataset.json, report.json).
 
-    A photos_dir that already holds a dataset.json with camera labels is validated and copied as-is. Files
+    A photos_dir that already holds a dataset.json with camera labels (this command's output, or EG3D's
+    `preprocess_in_the_wild.py` output) is validated and copied as-is, labels unchanged. Files
     that cannot be used are listed in the report with their reason; the rest is still written. Raises
     FileExistsError for a non-empty out_dir without `config.overwrite`, DatasetError for an invalid existing
     dataset.json, BackendUnavailable when the chosen backend cannot run.

@@ -5,8 +5,8 @@ a mean face) is rotated and translated until its projection through EG3D's own c
 principal point) best matches the landmarks in the aligned crop, by robust nonlinear least squares
 (`scipy.optimize.least_squares`, soft-L1 loss, a few starting yaws). From the rotation only the viewing
 direction is kept: the direction from the head to the camera, in head coordinates, becomes the yaw/pitch of
-an EG3D look-at camera (radius 2.7, pivot (0, 0, 0.2)). Roll is not part of the label: the FFHQ crop has
-already levelled the eyes.
+an EG3D look-at camera (radius 2.7, pivot (0, 0, 0.2)). Roll is not part of the label (a look-at camera
+has none; the head-to-camera direction does not depend on it).
 
 Template: vertices of MediaPipe's canonical face model (`mediapipe/modules/face_geometry/data/
 canonical_face_model.obj`, Apache-2.0, a metric mean face in centimetres), taken at the vertex indices that
@@ -28,7 +28,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
-from generator.cameras import FFHQ_FOCAL, lookat_label
+from formats.cameras import FFHQ_FOCAL, lookat_label
 from preprocess.detect import LANDMARKS_5, LANDMARKS_68
 
 _EYE_OUTER = (4.445859, 2.663991, 3.173422)

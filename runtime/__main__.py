@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from formats.atomic import write_bytes
 from runtime import Runtime, RuntimeErrorBase
+from runtime.people import is_index
+
+
+def _preload_allocator() -> None:
+    """Re-execute under jemalloc/tcmalloc when installed (launch/allocator.py, shipped in the runtime wheel)."""
+    from launch.allocator import preload
+    preload()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,22 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-ms", type=float, default=None, help="fail fast if this latency cannot be met")
     ap.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = ap.parse_args(argv)
-    name = args.adapter.stem.replace(".", "_")
+    name = "person"  # the file's name need not be a valid person name: it is copied under this one
     with tempfile.TemporaryDirectory() as people:
         try:
             rt = Runtime(args.export_dir, people_dir=people)
             rt.add_person(name, args.adapter)
-            anchor = int(args.anchor) if args.anchor.isdigit() else args.anchor
+            anchor = int(args.anchor) if is_index(args.anchor) else args.anchor
             res = rt.novel_view(name, anchor=anchor, yaw=args.yaw, pitch=args.pitch, budget_ms=args.budget_ms)
-        except (RuntimeErrorBase, OSError) as e:
+        except (RuntimeErrorBase, OSError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_bytes(res.png_bytes())
-    shutil.move(tmp, args.out)
+    write_bytes(args.out, res.png_bytes())
     print(f"wrote {args.out}; timings (ms): {json.dumps({k: round(v, 1) for k, v in res.timings.items()})}")
     return 0
 
 
 if __name__ == "__main__":
+    _preload_allocator()
     raise SystemExit(main())

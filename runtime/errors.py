@@ -4,6 +4,8 @@ Every message names the field, file or person involved, so a server can return i
 """
 from __future__ import annotations
 
+from formats.errors import AdapterFileError, ManifestError
+
 
 class RuntimeErrorBase(Exception):
     """Base of every error the runtime raises on purpose."""
@@ -22,7 +24,7 @@ class InvalidRequest(RuntimeErrorBase):
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
-        self.field = field
+        self.field, self.reason = field, message
 
 
 class BudgetExceeded(RuntimeErrorBase):
@@ -40,13 +42,19 @@ class BudgetExceeded(RuntimeErrorBase):
         self.before_running, self.result = before_running, result
 
 
-class AdapterInvalid(RuntimeErrorBase):
-    """An adapter file that is corrupt or does not fit this export; the message names the file and the reason."""
+class AdapterInvalid(RuntimeErrorBase, AdapterFileError):
+    """An adapter file that is corrupt or does not fit this export; `path` names the file, `reason` says why."""
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = path, reason
+    @classmethod
+    def of(cls, e: AdapterFileError) -> "AdapterInvalid":
+        """The runtime's form of a formats.adapter_file error."""
+        return cls(e.path, e.reason)
 
 
-class ExportInvalid(RuntimeErrorBase):
-    """An export directory that cannot be served (missing or altered files, unknown manifest)."""
+class ExportInvalid(RuntimeErrorBase, ManifestError):
+    """An export directory that cannot be served (missing or altered files, unknown manifest): `path`, `reason`."""
+
+    @classmethod
+    def of(cls, e: ManifestError) -> "ExportInvalid":
+        """The runtime's form of a formats.export_manifest error."""
+        return cls(e.path, e.reason)

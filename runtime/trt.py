@@ -19,17 +19,21 @@ TRT_INSTALL_HELP = (
     "  * x86_64 or ARM SBSA with an NVIDIA GPU: `pip install tensorrt --extra-index-url https://pypi.nvidia.com` "
     "(the PyPI packages fetch their libraries from NVIDIA's index; `tensorrt-cu12`/`tensorrt-cu13` pin the CUDA "
     "major), plus `pip install cuda-python` for TrtRunner.\n"
-    "  * The project's CPU CI machines cannot install TensorRT (docs/environment.md); there, check a graph with "
+    "  * The project's CPU CI machines cannot install TensorRT (docs/ENVIRONMENT.md); there, check a graph with "
     "export.trt_support.check_onnx_for_tensorrt instead."
 )
 
 
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT or cuda-python cannot be imported here; the message says how to install them."""
+
+
 def import_tensorrt():
-    """Import ``tensorrt`` or raise a RuntimeError that explains how to install it."""
+    """Import ``tensorrt`` or raise TensorRTUnavailable, which explains how to install it."""
     try:
         import tensorrt
     except (ImportError, OSError) as exc:  # OSError: bindings present but libnvinfer missing
-        raise RuntimeError(
+        raise TensorRTUnavailable(
             f"TensorRT is not installed: `import tensorrt` failed ({type(exc).__name__}: {exc}).\n{TRT_INSTALL_HELP}"
         ) from exc
     return tensorrt
@@ -43,7 +47,7 @@ def import_cudart():
         try:
             from cuda import cudart
         except ImportError as exc:
-            raise RuntimeError(
+            raise TensorRTUnavailable(
                 "cuda-python is not installed: TrtRunner needs it for device buffers. "
                 "`pip install cuda-python` (12.x for CUDA 12, as on JetPack 6; 13.x for CUDA 13)."
             ) from exc

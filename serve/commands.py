@@ -1,15 +1,13 @@
-"""CLI commands `package`, `serve` and `people add|remove|list` (registered on cli.py's app by `register`)."""
+"""CLI commands `package`, `serve` and `people add|remove|list` (registered in cli.py's COMMANDS table).
+
+Failures of the serving code (ValueError, OSError, ServerError) propagate: cli.py prints them as one line.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
 import typer
-
-people_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                         help="Add, remove or list the people (adapter files) of a packaged model; a running "
-                              "server picks the change up at its next request.")
-
 
 def package(export_dir: Path = typer.Argument(..., exists=True, file_okay=False,
                                               help="Export folder (from `cli.py export`)."),
@@ -36,10 +34,7 @@ def package(export_dir: Path = typer.Argument(..., exists=True, file_okay=False,
                         response_timeout_s=response_timeout, device=device, default_budget_ms=default_budget_ms,
                         max_frames=max_frames, providers=providers, threads=threads, archive_format=archive_format,
                         overwrite=overwrite, check=check)
-    try:
-        path = package_model(export_dir, cfg)
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
-        raise typer.BadParameter(str(e)) from None
+    path = package_model(export_dir, cfg)
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     typer.echo(f"wrote {path} ({size / 1e6:.1f} MB); people go in {model_store / 'people' / name}/ "
                f"(`cli.py people add {name} PERSON ADAPTER`)")
@@ -61,21 +56,15 @@ def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store",
           foreground: bool = typer.Option(False, "--foreground", help="Stay attached; Ctrl-C stops the server."),
           timeout: float = typer.Option(300.0, help="Seconds to wait for the models to be ready.")):
     """Start TorchServe on the model store with a generated config (loopback, token auth on, model API off)."""
-    from serve.server import ServeConfig, ServerError, curl_example, start_server, stop_server
+    from serve.server import ServeConfig, curl_example, start_server, stop_server
     if stop:
-        try:
-            stopped = stop_server(run_dir)
-        except ServerError as e:
-            raise typer.BadParameter(str(e)) from None
+        stopped = stop_server(run_dir)
         typer.echo("TorchServe stopped." if stopped else f"no TorchServe running from {run_dir}")
         return
     names = "all" if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
     cfg = ServeConfig(model_store=model_store, models=names, host=host, port_offset=port_offset,
                       enable_model_api=enable_model_api, run_dir=run_dir, token_expiration_min=token_expiration_min)
-    try:
-        info = start_server(cfg, wait=True, timeout_s=timeout)
-    except (ServerError, ValueError) as e:
-        raise typer.BadParameter(str(e)) from None
+    info = start_server(cfg, wait=True, timeout_s=timeout)
     typer.echo(f"TorchServe pid {info.pid} serving {', '.join(info.models)} at {info.inference_url} "
                f"(management {info.management_url}, model API {'on' if enable_model_api else 'off'}, "
                f"metrics {info.metrics_url})")
@@ -94,7 +83,6 @@ def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store",
             typer.echo("TorchServe stopped.")
 
 
-@people_app.command("add")
 def people_add(name: str = typer.Argument(..., help="Model name (its NAME.mar is in the store)."),
                person: str = typer.Argument(..., help="Person name (A-Z a-z 0-9 _ -, up to 64)."),
                adapter_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Adapter .safetensors."),
@@ -104,40 +92,23 @@ def people_add(name: str = typer.Argument(..., help="Model name (its NAME.mar is
                                                      "first.")):
     """Add a person to a packaged model (no server restart)."""
     from serve.package import add_person
-    try:
-        dest = add_person(model_store, name, person, adapter_file, overwrite=overwrite, check=check)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        raise typer.BadParameter(str(e)) from None
+    dest = add_person(model_store, name, person, adapter_file, overwrite=overwrite, check=check)
     typer.echo(f"added {person} -> {dest}")
 
 
-@people_app.command("remove")
 def people_remove(name: str = typer.Argument(..., help="Model name."),
                   person: str = typer.Argument(..., help="Person name."),
                   model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder.")):
     """Remove a person from a packaged model (no server restart)."""
     from serve.package import remove_person
-    try:
-        removed = remove_person(model_store, name, person)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    removed = remove_person(model_store, name, person)
     typer.echo(f"removed {person}" if removed else f"{person}: not a person of {name}")
 
 
-@people_app.command("list")
 def people_list(name: str = typer.Argument(..., help="Model name."),
                 model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder.")):
     """List the people of a packaged model."""
     from serve.package import list_people
-    try:
-        names = list_people(model_store, name)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+    names = list_people(model_store, name)
     typer.echo("\n".join(names) if names else f"(no people for {name})")
 
-
-def register(app: typer.Typer) -> None:
-    """Add `package`, `serve` and the `people` group to the main CLI."""
-    app.command(name="package")(package)
-    app.command(name="serve")(serve)
-    app.add_typer(people_app, name="people")

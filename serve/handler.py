@@ -1,8 +1,8 @@
 """TorchServe handler: novel views, interpolations and the list of people of one exported model, over HTTP.
 
 Runs inside a TorchServe worker from the extracted `.mar`, which ships this file, `serve/requests.py` and the
-torch-free `runtime` package next to the exported graphs (`export/`). It imports only the standard library, numpy,
-PIL, `serve.requests` and `runtime`.
+torch-free `runtime` and `formats` packages next to the exported graphs (`export/`). It imports only the standard
+library, numpy, PIL, `serve.requests`, `formats` and `runtime`, whose typed `Runtime` it calls directly.
 
 Responses (see model_store/README.md):
 - image ops, `"response": "image"` (default): the PNG/JPEG bytes with their Content-Type; per-stage timings in a
@@ -34,7 +34,10 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
-from serve.requests import (NAME_RE, Interpolate, Limits, NovelView, Output, People, PersonInfo, RequestError,
+from formats.names import NAME_RULE, is_valid_name
+from runtime import (AdapterInvalid, BudgetExceeded, InvalidRequest, RenderResult, Runtime, RuntimeErrorBase,
+                     UnknownPerson)
+from serve.requests import (Interpolate, Limits, NovelView, Output, People, PersonInfo, Request, RequestError,
                             parse_request)
 
 logger = logging.getLogger(__name__)
@@ -114,33 +117,26 @@ def server_timing(timings: dict) -> str:
 class Service:
     """One model's request handling: validation, runtime calls, encoding, error mapping."""
 
-    def __init__(self, runtime: Any, model_name: str, cfg: HandlerConfig, people_dir: Optional[Path],
-                 image_size: int):
-        from runtime import errors as rterr
+    def __init__(self, runtime: Runtime, model_name: str, cfg: HandlerConfig, people_dir: Optional[Path]):
         self.rt = runtime
         self.model_name = model_name
         self.cfg = cfg
         self.people_dir = people_dir
-        self.errors = rterr
-        lim = dict(getattr(runtime, "limits", {}) or {})
-        self.limits = Limits(max_abs_yaw=float(lim.get("max_abs_yaw", 0.8)),
-                             max_abs_pitch=float(lim.get("max_abs_pitch", 0.5)),
-                             max_frames=int(min(cfg.max_frames, lim.get("max_frames", cfg.max_frames))),
-                             image_size=int(image_size),
-                             default_budget_ms=cfg.default_budget_ms,
-                             max_budget_ms=float(cfg.max_budget_ms))
+        lim = runtime.limits
+        self.limits = Limits(max_abs_yaw=lim.max_abs_yaw, max_abs_pitch=lim.max_abs_pitch,
+                             max_frames=min(cfg.max_frames, lim.max_frames), image_size=runtime.image_size,
+                             default_budget_ms=cfg.default_budget_ms, max_budget_ms=float(cfg.max_budget_ms))
 
     @classmethod
     def from_context(cls, context: Any) -> "Service":
         """Build from TorchServe's context: the extracted archive folder, the model name and model-config."""
-        from runtime import Runtime
         props = context.system_properties
         model_dir = Path(props["model_dir"])
         yaml_cfg = getattr(context, "model_yaml_config", None) or {}
         cfg = HandlerConfig.from_dict(yaml_cfg.get("handler"))
         model_name = str(getattr(context, "model_name", "") or "")
-        if not NAME_RE.match(model_name):
-            raise ValueError(f"model name {model_name!r} is not a valid name (1-64 of A-Z a-z 0-9 _ -)")
+        if not is_valid_name(model_name):
+            raise ValueError(f"model name {model_name!r} is not a valid name ({NAME_RULE})")
         root = os.environ.get(PEOPLE_ROOT_ENV) or cfg.people_root
         people_dir = None
         if root:
@@ -156,21 +152,12 @@ class Service:
         rt = Runtime(export_dir, people_dir=people_dir, providers=cfg.providers,
                      plane_cache_size=cfg.plane_cache_size, adapter_cache_size=cfg.adapter_cache_size,
                      threads=cfg.threads)
-        size = cls._image_size(rt, export_dir)
+        size = rt.image_size
         if cfg.warmup:
             rt.warmup()
         logger.info("my3dgen handler ready: model %s, export %s, people %s, image %dx%d", model_name, export_dir,
                     people_dir, size, size)
-        return cls(rt, model_name, cfg, people_dir, size)
-
-    @staticmethod
-    def _image_size(rt: Any, export_dir: Path) -> int:
-        """The model's output resolution: from the runtime when it says, else the export's manifest."""
-        size = getattr(rt, "image_size", None) or (getattr(rt, "limits", {}) or {}).get("image_size")
-        if size:
-            return int(size)
-        manifest = json.loads((export_dir / "manifest.json").read_text())
-        return int(manifest["model"]["img_resolution"])
+        return cls(rt, model_name, cfg, people_dir)
 
     # ---------------------------------------------------------------- request handling
     def handle_one(self, raw: Any, idx: int, context: Any) -> Any:
@@ -182,7 +169,7 @@ class Service:
             return self._dispatch(req, idx, context, t0, t_parse)
         except RequestError as e:
             return self._error(context, idx, e)
-        except self.errors.RuntimeErrorBase as e:
+        except RuntimeErrorBase as e:
             return self._error(context, idx, self._map_runtime_error(e, raw))
         except MemoryError:
             logger.error("out of memory in request %d", idx, exc_info=True)
@@ -193,7 +180,7 @@ class Service:
             return self._error(context, idx, RequestError(500, "body", f"internal error (reference {ref}: "
                                                                        f"{type(e).__name__})", "internal"))
 
-    def _dispatch(self, req: Any, idx: int, context: Any, t0: float, t_parse: float) -> Any:
+    def _dispatch(self, req: Request, idx: int, context: Any, t0: float, t_parse: float) -> Any:
         if isinstance(req, People):
             return self._json(context, idx, {"model": self.model_name, "people": sorted(self.rt.people())})
         if isinstance(req, PersonInfo):
@@ -210,7 +197,7 @@ class Service:
             results = self._interpolate(req, t0)
         return self._images(context, idx, req, results, t0, t_parse)
 
-    def _interpolate(self, req: Interpolate, t0: float) -> list:
+    def _interpolate(self, req: Interpolate, t0: float) -> list[RenderResult]:
         results = []
         for t in req.ts:
             budget = None
@@ -235,16 +222,17 @@ class Service:
             raise RequestError(404, "person", f"unknown person {person!r} for model {self.model_name!r}",
                                "unknown_person")
 
-    def _images(self, context: Any, idx: int, req: Any, results: list, t0: float, t_parse: float) -> Any:
+    def _images(self, context: Any, idx: int, req: NovelView | Interpolate, results: list[RenderResult], t0: float,
+                t_parse: float) -> Any:
         t_enc = time.perf_counter()
         out = req.output
         frames = [resize(r.to_uint8(), out.size) for r in results]  # the runtime's own uint8 rounding
         size = frames[0].shape[0]
         timings = {"parse": t_parse}
         for r in results:
-            for k, v in (r.timings or {}).items():
+            for k, v in r.timings.items():
                 timings[k] = timings.get(k, 0.0) + float(v)
-        hits = sum(bool(getattr(r, "cache_hit", False)) for r in results)
+        hits = sum(r.cache_hit for r in results)
         cache = "hit" if hits == len(results) else "miss" if hits == 0 else f"partial-{hits}/{len(results)}"
         if out.response == "json":
             encoded = [base64.b64encode(encode(f, out, self.cfg.jpeg_quality)).decode("ascii") for f in frames]
@@ -279,23 +267,19 @@ class Service:
         logger.info("request %d refused: %d %s (%s)", idx, e.status, e.field, e.message)
         return self._json(context, idx, e.to_dict(), e.status, _PHRASES.get(e.status, "Error"))
 
-    def _map_runtime_error(self, e: Exception, raw: Any) -> RequestError:
-        err = self.errors
+    def _map_runtime_error(self, e: RuntimeErrorBase, raw: Any) -> RequestError:
         msg = _strip_paths(str(e) or type(e).__name__, self.people_dir)
-        field = getattr(e, "field", None)
-        if isinstance(e, err.UnknownPerson):
+        if isinstance(e, UnknownPerson):
             return RequestError(404, "person", msg, "unknown_person")
-        if isinstance(e, err.AdapterInvalid):
+        if isinstance(e, AdapterInvalid):
             person = _field_of(raw, "person")
             name = f"people/{self.model_name}/{person}.safetensors" if isinstance(person, str) else "adapter file"
-            reason = _strip_paths(str(getattr(e, "reason", "") or msg), self.people_dir)
-            return RequestError(422, "person", f"{name}: {reason}", "adapter_invalid")
-        if isinstance(e, err.BudgetExceeded):
-            if getattr(e, "before_running", True):
-                return RequestError(503, "budget_ms", msg, "budget_exceeded")
-            return RequestError(504, "budget_ms", msg, "budget_exceeded")
-        if isinstance(e, err.InvalidRequest):
-            return RequestError(400, field or _guess_field(msg, raw), msg)
+            return RequestError(422, "person", f"{name}: {_strip_paths(e.reason, self.people_dir)}",
+                                "adapter_invalid")
+        if isinstance(e, BudgetExceeded):
+            return RequestError(503 if e.before_running else 504, "budget_ms", msg, "budget_exceeded")
+        if isinstance(e, InvalidRequest):
+            return RequestError(400, e.field, msg)
         return RequestError(500, "body", msg, "runtime_error")
 
 
@@ -311,16 +295,6 @@ def _field_of(raw: Any, name: str) -> Any:
         return body.get(name) if isinstance(body, dict) else None
     except Exception:  # noqa: BLE001 - only used to word an error message
         return None
-
-
-def _guess_field(message: str, raw: Any) -> str:
-    """The request field a runtime InvalidRequest message talks about (the first field name it mentions)."""
-    body_fields = ("anchor", "latent", "yaw", "pitch", "frames", "person", "budget_ms", "a", "b", "t", "size")
-    words = [w.strip("'\"`:,.()[]=") for w in message.replace("=", " ").split()]
-    for w in words:
-        if w in body_fields:
-            return w
-    return "body"
 
 
 def _strip_paths(message: str, people_dir: Optional[Path]) -> str:

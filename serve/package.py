@@ -1,7 +1,7 @@
 """Package an exported model as a TorchServe archive `model_store/<name>.mar`, written atomically.
 
-The archive is self-contained: the exported graphs (`export/`), the torch-free `runtime` package, the handler and
-`serve/requests.py`, and a `model-config.yaml` (workers, batching, timeouts, the handler's limits). TorchServe puts
+The archive is self-contained: the exported graphs (`export/`), the torch-free `runtime` and `formats` packages
+(the runtime reads every file through `formats`), the handler and `serve/requests.py`, and a `model-config.yaml` (workers, batching, timeouts, the handler's limits). TorchServe puts
 the extracted archive first on the worker's PYTHONPATH, so the worker imports the `runtime` shipped with the model
 rather than whatever is installed: the archive keeps working when the repository moves or changes. People's
 adapters are not in the archive: they live in `model_store/people/<name>/` and come and go without a restart.
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from serve.requests import NAME_RE
+from formats.atomic import copy_file
+from formats.names import NAME_RULE, is_valid_name
 
 ARCHIVE_FORMATS = ("default", "zip-store", "no-archive")
 """torch-model-archiver formats: `default` (zip, `<name>.mar`), `zip-store` (uncompressed zip, faster to extract,
@@ -76,8 +77,8 @@ class PackageConfig:
     """Load the export with the runtime before packaging (a broken export fails here, not in the server)."""
 
     def validate(self) -> "PackageConfig":
-        if not NAME_RE.match(self.name) or self.name in RESERVED_NAMES:
-            raise ValueError(f"name={self.name!r}: use 1-64 characters from A-Z a-z 0-9 _ - "
+        if not is_valid_name(self.name) or self.name in RESERVED_NAMES:
+            raise ValueError(f"name={self.name!r}: use {NAME_RULE} "
                              f"(and not {', '.join(RESERVED_NAMES)})")
         if self.archive_format not in ARCHIVE_FORMATS:
             raise ValueError(f"archive_format={self.archive_format!r}: one of {', '.join(ARCHIVE_FORMATS)}")
@@ -144,6 +145,8 @@ def _ignore(_dir: str, names: list) -> list:
 def package_model(export_dir: str | os.PathLike, cfg: PackageConfig) -> Path:
     """Exported model folder -> `<model_store>/<name>.mar` (+ an empty `people/<name>/`); returns the archive."""
     import yaml
+
+    import formats
     import runtime
     cfg.validate()
     export_dir = Path(export_dir).resolve()
@@ -164,6 +167,7 @@ def package_model(export_dir: str | os.PathLike, cfg: PackageConfig) -> Path:
         payload = tmp / "payload"
         shutil.copytree(export_dir, payload / "export", ignore=_ignore)
         shutil.copytree(runtime_dir, payload / "runtime", ignore=_ignore)
+        shutil.copytree(Path(formats.__file__).resolve().parent, payload / "formats", ignore=_ignore)
         (payload / "serve").mkdir()
         for name in SERVE_FILES:
             shutil.copy2(serve_dir / name, payload / "serve" / name)
@@ -193,8 +197,8 @@ def package_model(export_dir: str | os.PathLike, cfg: PackageConfig) -> Path:
 # ---------------------------------------------------------------- people of a packaged model
 def people_dir(model_store: str | os.PathLike, name: str) -> Path:
     """`<model_store>/people/<name>/`: the adapters the server of model `name` renders."""
-    if not NAME_RE.match(name):
-        raise ValueError(f"model name {name!r}: use 1-64 characters from A-Z a-z 0-9 _ -")
+    if not is_valid_name(name):
+        raise ValueError(f"model name {name!r}: use {NAME_RULE}")
     return Path(model_store).resolve() / "people" / name
 
 
@@ -203,7 +207,7 @@ def list_people(model_store: str | os.PathLike, name: str) -> list:
     d = people_dir(model_store, name)
     if not d.is_dir():
         return []
-    return sorted(p.stem for p in d.glob("*.safetensors") if NAME_RE.match(p.stem) and p.is_file())
+    return sorted(p.stem for p in d.glob("*.safetensors") if is_valid_name(p.stem) and p.is_file())
 
 
 def _extract_export(archive: Path, dest: Path) -> Path:
@@ -251,8 +255,8 @@ def add_person(model_store: str | os.PathLike, name: str, person: str, adapter_f
                overwrite: bool = False, check: bool = True) -> Path:
     """Copy an adapter into `people/<name>/<person>.safetensors` atomically (a running server sees it at its
     next request). With `check`, the adapter is first loaded and rendered against the packaged export."""
-    if not NAME_RE.match(person):
-        raise ValueError(f"person {person!r}: use 1-64 characters from A-Z a-z 0-9 _ -")
+    if not is_valid_name(person):
+        raise ValueError(f"person {person!r}: use {NAME_RULE}")
     src = Path(adapter_file)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no such adapter file")
@@ -262,20 +266,13 @@ def add_person(model_store: str | os.PathLike, name: str, person: str, adapter_f
         raise FileExistsError(f"{dest} exists (pass overwrite / --overwrite to replace it)")
     if check:
         check_adapter(model_store, name, src)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = dest_dir / f".{person}.{os.getpid()}.tmp"  # not *.safetensors: never listed while half-written
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return copy_file(src, dest)  # the temp file is '.<person>.safetensors.*.tmp': never listed while half-written
 
 
 def remove_person(model_store: str | os.PathLike, name: str, person: str) -> bool:
     """Delete `people/<name>/<person>.safetensors`; False when there was none."""
-    if not NAME_RE.match(person):
-        raise ValueError(f"person {person!r}: use 1-64 characters from A-Z a-z 0-9 _ -")
+    if not is_valid_name(person):
+        raise ValueError(f"person {person!r}: use {NAME_RULE}")
     path = people_dir(model_store, name) / f"{person}.safetensors"
     try:
         path.unlink()

@@ -1,8 +1,11 @@
 """Parse and validate the JSON requests of the serving endpoint; every problem names the field and an HTTP status.
 
-Shipped inside every `.mar` (with `serve/handler.py` and the `runtime` package), so it imports only the standard
-library and numpy, and touches no files. The handler turns a `RequestError` into a JSON error response; nothing in
-here can raise anything else for any input (tests feed it garbage).
+Shipped inside every `.mar` (with `serve/handler.py` and the `runtime` and `formats` packages), so it imports only
+the standard library, numpy and those packages, and touches no files. The value checks themselves (numbers,
+ranges, names, anchors, budgets) are runtime.requests', the one place requests are validated; this module decodes
+the JSON, checks its structure and turns runtime.InvalidRequest into a 400 `RequestError`. The handler turns a
+`RequestError` into a JSON error response; nothing in here can raise anything else for any input (tests feed it
+garbage).
 
 Requests are JSON objects with an `op`:
 
@@ -18,14 +21,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-"""Person and model names: they become file names, so nothing that can address another path is accepted."""
+from runtime import requests as check
+from runtime.errors import InvalidRequest
+from runtime.requests import Anchor, RequestLimits
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
 """Image encodings and their content types (`"jpg"` is accepted as an alias of `"jpeg"`)."""
@@ -80,10 +83,13 @@ class Limits:
     kill the worker."""
     max_latent_values: int = 65_536
     """Most numbers a `latent` may hold (W+ of the full model is 14 x 512 = 7168)."""
-    max_anchor_chars: int = 256
-    """Longest anchor name accepted."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted."""
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """The limits runtime.requests checks values against."""
+        return RequestLimits(self.max_abs_yaw, self.max_abs_pitch, self.max_frames)
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,6 @@ class Output:
     @property
     def content_type(self) -> str:
         return FORMATS[self.format]
-
-
-Anchor = Union[str, int]
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ class PersonInfo:
     person: str
 
 
-Request = Union[NovelView, Interpolate, People, PersonInfo]
+Request = NovelView | Interpolate | People | PersonInfo
 
 
 def _reject_constant(name: str):
@@ -190,13 +193,11 @@ def decode_body(raw: Any, limits: Limits = Limits()) -> dict:
 
 
 def validate_name(value: Any, field: str = "person") -> str:
-    """A person or model name matching `^[A-Za-z0-9_-]{1,64}$` (so no '..', '/', NUL or absolute paths)."""
-    if not isinstance(value, str):
-        raise RequestError(400, field, f"{field} must be a string, got {type(value).__name__}")
-    if not NAME_RE.match(value):
-        raise RequestError(400, field, f"{field}={_show(value)} is not a valid name: use 1-64 characters "
-                                       f"from A-Z a-z 0-9 _ -")
-    return value
+    """A person or model name (formats.names: so no '..', '/', NUL or absolute paths); RequestError otherwise."""
+    try:
+        return check.name(value, field)
+    except InvalidRequest as e:
+        raise RequestError(400, e.field, str(e)) from None
 
 
 def parse_request(raw: Any, limits: Limits = Limits()) -> Request:
@@ -205,6 +206,8 @@ def parse_request(raw: Any, limits: Limits = Limits()) -> Request:
         return _parse(decode_body(raw, limits), limits)
     except RequestError:
         raise
+    except InvalidRequest as e:
+        raise RequestError(400, e.field, str(e)) from None
     except Exception as e:  # a validator bug must still come back as a 400 naming the body, not kill a worker
         raise RequestError(400, "body", f"could not read the request ({type(e).__name__}: {e})") from None
 
@@ -222,35 +225,35 @@ def _parse(body: dict, limits: Limits) -> Request:
     if op == "people":
         return People()
     if op == "person":
-        return PersonInfo(validate_name(_required(body, "person"), "person"))
-    yaw = _number(body, "yaw", 0.0, -limits.max_abs_yaw, limits.max_abs_yaw, "radians")
-    pitch = _number(body, "pitch", 0.0, -limits.max_abs_pitch, limits.max_abs_pitch, "radians")
+        return PersonInfo(check.name(_required(body, "person")))
+    yaw = check.angle("yaw", _get(body, "yaw", 0.0), limits.request_limits)
+    pitch = check.angle("pitch", _get(body, "pitch", 0.0), limits.request_limits)
     output = _output(body, limits)
     budget = _budget(body, limits)
     if op == "novel_view":
         person = body.get("person")
-        person = None if person is None else validate_name(person, "person")
+        person = None if person is None else check.name(person)
         has_anchor, has_latent = body.get("anchor") is not None, body.get("latent") is not None
         if has_anchor == has_latent:
             raise RequestError(400, "anchor" if not has_anchor else "latent",
                                "give exactly one of 'anchor' (name or index) or 'latent'")
         if has_anchor and person is None:
             raise RequestError(400, "person", "'anchor' needs a 'person' (the base model has no anchors)")
-        anchor = _anchor(body["anchor"], "anchor", limits) if has_anchor else None
+        anchor = check.anchor("anchor", body["anchor"]) if has_anchor else None
         latent = _latent(body["latent"], limits) if has_latent else None
         return NovelView(person, anchor, latent, yaw, pitch, budget, output)
-    person = validate_name(_required(body, "person"), "person")
-    a = _anchor(_required(body, "a"), "a", limits)
-    b = _anchor(_required(body, "b"), "b", limits)
+    person = check.name(_required(body, "person"))
+    a = check.anchor("a", _required(body, "a"))
+    b = check.anchor("b", _required(body, "b"))
     has_t, has_frames = body.get("t") is not None, body.get("frames") is not None
     if has_t and has_frames:
         raise RequestError(400, "frames", "give either 't' (one frame) or 'frames' (a sequence), not both")
     if has_frames:
-        n = _integer(body, "frames", None, 2, limits.max_frames)
+        n = check.frames(body["frames"], limits.request_limits, lo=2)
         return Interpolate(person, a, b, tuple(i / (n - 1) for i in range(n)), True, yaw, pitch, budget, output)
     if not has_t:
         raise RequestError(400, "t", "missing field 't' (a weight in [0, 1]) or 'frames' (a count >= 2)")
-    t = _number(body, "t", None, 0.0, 1.0)
+    t = check.weight("t", body["t"])
     return Interpolate(person, a, b, (t,), False, yaw, pitch, budget, output)
 
 
@@ -265,55 +268,9 @@ def _required(body: dict, field: str) -> Any:
     return body[field]
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _number(body: dict, field: str, default: Optional[float], lo: float, hi: float, unit: str = "") -> float:
-    v = body.get(field)
-    if v is None:
-        if default is None:
-            raise RequestError(400, field, f"missing field {field!r}")
-        return default
-    if not _is_number(v):
-        raise RequestError(400, field, f"{field} must be a number, got {type(v).__name__}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise RequestError(400, field, f"{field} must be finite, got {v}")
-    if not lo <= v <= hi:
-        raise RequestError(400, field, f"{field}={v:g} is outside the supported range [{lo:g}, {hi:g}]"
-                                       + (f" {unit}" if unit else ""))
-    return v
-
-
-def _integer(body: dict, field: str, default: Optional[int], lo: int, hi: int) -> int:
-    v = body.get(field)
-    if v is None:
-        if default is None:
-            raise RequestError(400, field, f"missing field {field!r}")
-        return default
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise RequestError(400, field, f"{field} must be an integer, got {type(v).__name__}")
-    if not lo <= v <= hi:
-        raise RequestError(400, field, f"{field}={v} is outside the supported range [{lo}, {hi}]")
-    return v
-
-
-def _anchor(v: Any, field: str, limits: Limits) -> Anchor:
-    if isinstance(v, bool) or not isinstance(v, (int, str)):
-        raise RequestError(400, field, f"{field} must be an anchor name (string) or index (integer), "
-                                       f"got {type(v).__name__}")
-    if isinstance(v, int):
-        if v < 0:
-            raise RequestError(400, field, f"{field}={v}: anchor indices start at 0")
-        return v
-    if not 1 <= len(v) <= limits.max_anchor_chars:
-        raise RequestError(400, field, f"{field} must have 1-{limits.max_anchor_chars} characters")
-    if any(ord(ch) < 32 for ch in v):
-        raise RequestError(400, field, f"{field} contains control characters")
-    return v
+def _get(body: dict, field: str, default: Any) -> Any:
+    """body[field], or `default` when it is absent or null."""
+    return default if body.get(field) is None else body[field]
 
 
 def _latent(v: Any, limits: Limits) -> np.ndarray:
@@ -333,7 +290,7 @@ def _latent(v: Any, limits: Limits) -> np.ndarray:
     if len(flat) > limits.max_latent_values:
         raise RequestError(413, "latent", f"latent has {len(flat)} values, more than {limits.max_latent_values}")
     for i, x in enumerate(flat):
-        if not _is_number(x) or not math.isfinite(x):
+        if not check.is_number(x) or not math.isfinite(x):
             where = f"[{i}]" if rows is None else f"[{i // shape[1]}][{i % shape[1]}]"
             raise RequestError(400, "latent", f"latent{where} must be a finite number, got {_show(x)}")
     return np.asarray(flat, dtype=np.float32).reshape(shape)
@@ -347,12 +304,12 @@ def _output(body: dict, limits: Limits) -> Output:
         raise RequestError(400, "format", f"format must be one of {', '.join(FORMATS)}, got {_show(fmt)}")
     size = body.get("size")
     if size is not None:
-        size = _integer(body, "size", None, limits.min_size, limits.image_size)
+        size = check.integer("size", size, limits.min_size, limits.image_size)
     quality = None
     if body.get("quality") is not None:
         if fmt != "jpeg":
             raise RequestError(400, "quality", "quality applies only to format 'jpeg'")
-        quality = _integer(body, "quality", None, 1, 100)
+        quality = check.integer("quality", body["quality"], 1, 100)
     response = body.get("response", "image")
     if response not in RESPONSES:
         raise RequestError(400, "response", f"response must be one of {', '.join(RESPONSES)}, got {_show(response)}")
@@ -362,10 +319,8 @@ def _output(body: dict, limits: Limits) -> Output:
 def _budget(body: dict, limits: Limits) -> Optional[float]:
     if body.get("budget_ms") is None:
         return limits.default_budget_ms
-    v = body["budget_ms"]
-    if not _is_number(v) or not math.isfinite(float(v)) or float(v) <= 0:
-        raise RequestError(400, "budget_ms", f"budget_ms must be a positive number of milliseconds, got {_show(v)}")
-    if float(v) > limits.max_budget_ms:
+    v = check.budget_ms(body["budget_ms"])
+    if v > limits.max_budget_ms:
         raise RequestError(400, "budget_ms", f"budget_ms={float(v):g} exceeds the server's maximum "
                                              f"{limits.max_budget_ms:g} ms")
     return float(v)

@@ -3,7 +3,9 @@
 Safe defaults: every listener (inference, management, metrics, gRPC inference and management) on 127.0.0.1 unless
 the operator passes another host; TorchServe's token authorization left on (the key file is
 `<run_dir>/key_file.json`, requests carry `Authorization: Bearer <inference key>`); the model-management API off
-unless asked for; `allowed_urls` limited to archives in the local model store (no remote model URLs);
+unless asked for, and when on, TorchServe's management listener is a private unix socket behind
+serve.model_api_guard, which lets only archives inside the model store be registered, whatever the URL form
+(docs/SECURITY.md); `allowed_urls` limited to archives in the local model store (no remote model URLs);
 `install_py_dep_per_model=false`; environment-variable overrides of the config off.
 
 The Java frontend is started directly (the same command `torchserve --start` builds) rather than through the
@@ -28,13 +30,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from serve.requests import NAME_RE
+from formats.atomic import write_text
+from launch.allocator import allocator_env
+from formats.names import NAME_CHARS, is_valid_name
 
 DEFAULT_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070,
                  "grpc_management": 7071, "worker": 9000, "distribution": 29500}
 """TorchServe's default ports; `port_offset` shifts them all."""
 
 PID_FILE = "torchserve.pid"
+GUARD_PID_FILE = "model_api_guard.pid"
+GUARD_MODULE = "serve.model_api_guard"
+MANAGEMENT_SOCKET = "management.sock"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "server.json"
 KEY_FILE = "key_file.json"
 MAIN_CLASS = "org.pytorch.serve.ModelServer"
@@ -70,6 +78,10 @@ class ServeConfig:
     """Largest request body in bytes."""
     max_response_size: int = 64 << 20
     """Largest response body in bytes (long interpolation strips)."""
+    grpc_max_connection_age_s: float = 300.0
+    """gRPC connections (inference and management) are closed after this age, then given a grace of a quarter of
+    it to finish: TorchServe's only connection timeout (its HTTP listeners have no idle timeout; see
+    docs/SECURITY.md)."""
     java: str = "java"
     """Java executable (JAVA_HOME/bin/java when JAVA_HOME is set)."""
     python: str = sys.executable
@@ -152,12 +164,16 @@ def ts_home() -> Path:
 
 
 def store_models(model_store: Path) -> list:
-    """Model names in a store: `<name>.mar` files and archived `<name>/` folders (with MAR-INF/MANIFEST.json)."""
+    """Model names in a store: `<name>.mar` files and archived `<name>/` folders (with MAR-INF/MANIFEST.json).
+    A symlink that leads out of the store is not a model of the store (docs/SECURITY.md)."""
     names = set()
+    store = Path(model_store).resolve()
     for p in Path(model_store).iterdir():
-        if p.is_file() and p.suffix == ".mar" and NAME_RE.match(p.stem):
+        if p.resolve().parent != store:
+            continue
+        if p.is_file() and p.suffix == ".mar" and is_valid_name(p.stem):
             names.add(p.stem)
-        elif p.is_dir() and NAME_RE.match(p.name) and (p / "MAR-INF" / "MANIFEST.json").is_file():
+        elif p.is_dir() and is_valid_name(p.name) and (p / "MAR-INF" / "MANIFEST.json").is_file():
             names.add(p.name)
     return sorted(names)
 
@@ -166,15 +182,19 @@ def _model_url(model_store: Path, name: str) -> str:
     return f"{name}.mar" if (model_store / f"{name}.mar").is_file() else name
 
 
-def config_properties(cfg: ServeConfig, models: list, model_store: Path) -> str:
-    """The generated config.properties text."""
+def config_properties(cfg: ServeConfig, models: list, model_store: Path,
+                      management_socket: Optional[Path] = None) -> str:
+    """The generated config.properties text. With `management_socket` (the model API on), TorchServe's management
+    API listens on that unix socket only, behind serve.model_api_guard on the management address."""
     host, ports = cfg.host, cfg.resolved_ports()
     http = _url_host(host)
     load = ",".join(f"{m}={_model_url(model_store, m)}" for m in models)
-    store_url = "file://" + str(model_store).rstrip("/") + "/[A-Za-z0-9_-]+([.]mar)?"
+    # allowed_urls is a comma-separated list, so the regex has no {m,n} quantifier
+    store_url = "file://" + str(model_store).rstrip("/") + "/" + NAME_CHARS + "+([.]mar)?"
     lines = {
         "inference_address": f"http://{http}:{ports['inference']}",
-        "management_address": f"http://{http}:{ports['management']}",
+        "management_address": (f"unix:{management_socket}" if management_socket is not None
+                               else f"http://{http}:{ports['management']}"),
         "metrics_address": f"http://{http}:{ports['metrics']}",
         "grpc_inference_address": host,
         "grpc_inference_port": ports["grpc_inference"],
@@ -195,6 +215,14 @@ def config_properties(cfg: ServeConfig, models: list, model_store: Path) -> str:
         "max_request_size": int(cfg.max_request_size),
         "max_response_size": int(cfg.max_response_size),
     }
+    age_ms = int(cfg.grpc_max_connection_age_s * 1000)
+    if age_ms <= 0:
+        raise ValueError(f"grpc_max_connection_age_s={cfg.grpc_max_connection_age_s}: must be positive")
+    for api in ("inference", "management"):
+        lines[f"grpc_{api}_max_connection_age_ms"] = age_ms
+        lines[f"grpc_{api}_max_connection_age_grace_ms"] = age_ms // 4
+    if management_socket is not None:
+        lines["use_native_io"] = "true"  # TorchServe serves unix sockets only through netty's native transport
     head = "# Generated by `cli.py serve` at each start; edit the command's options, not this file.\n"
     return head + "".join(f"{k}={_prop_value(v)}\n" for k, v in lines.items())
 
@@ -212,12 +240,6 @@ def _read_pid(run_dir: Path) -> Optional[int]:
         return int((run_dir / PID_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _log_tail(run_dir: Path, n: int = 3000) -> str:
@@ -244,7 +266,7 @@ def start_server(cfg: ServeConfig, wait: bool = True, timeout_s: float = 180.0) 
     else:
         models = [cfg.models] if isinstance(cfg.models, str) else list(cfg.models)
         for m in models:
-            if not NAME_RE.match(m) or m not in available:
+            if not is_valid_name(m) or m not in available:
                 raise ServerError(f"model {m!r} is not in {model_store} (available: {', '.join(available) or 'none'})")
     if not models:
         raise ServerError(f"{model_store}: no <name>.mar archives to serve (package one with `cli.py package`)")
@@ -261,7 +283,14 @@ def start_server(cfg: ServeConfig, wait: bool = True, timeout_s: float = 180.0) 
     tmp_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / KEY_FILE).unlink(missing_ok=True)
     config = run_dir / "config.properties"
-    _write_atomic(config, config_properties(cfg, models, model_store))
+    management_socket = None
+    if cfg.enable_model_api:
+        private = tmp_dir / "management"
+        private.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(private, 0o700)  # only this user reaches TorchServe's unguarded management socket
+        management_socket = private / MANAGEMENT_SOCKET
+        management_socket.unlink(missing_ok=True)
+    write_text(config, config_properties(cfg, models, model_store, management_socket))
     home = ts_home()
     java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") and \
         cfg.java == "java" else cfg.java
@@ -273,13 +302,16 @@ def start_server(cfg: ServeConfig, wait: bool = True, timeout_s: float = 180.0) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}  # TS_CONFIG_FILE would replace ours
     env.update(LOG_LOCATION=str(run_dir / "logs"), METRICS_LOCATION=str(run_dir / "logs"),
                MY3DGEN_PEOPLE_ROOT=str(model_store / "people"))
+    env.update(allocator_env(env))  # the Python workers inherit jemalloc/tcmalloc (launch/allocator.py)
     with open(run_dir / "logs" / "console.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     info = ServerInfo(pid=proc.pid, run_dir=run_dir, host=cfg.host, ports=ports, models=models,
                       model_store=model_store, tmp_dir=tmp_dir)
-    _write_atomic(run_dir / PID_FILE, f"{proc.pid}\n")
-    _write_atomic(run_dir / STATE_FILE, json.dumps(info.to_json(), indent=2))
+    write_text(run_dir / PID_FILE, f"{proc.pid}\n")
+    if management_socket is not None:
+        _start_guard(run_dir, cfg.host, ports["management"], management_socket, model_store, env)
+    write_text(run_dir / STATE_FILE, json.dumps(info.to_json(), indent=2))
     if wait:
         try:
             wait_ready(info, timeout_s)
@@ -287,6 +319,31 @@ def start_server(cfg: ServeConfig, wait: bool = True, timeout_s: float = 180.0) 
             stop_server(run_dir)
             raise
     return info
+
+
+def _start_guard(run_dir: Path, host: str, port: int, socket_path: Path, model_store: Path, env: dict) -> int:
+    """Start serve.model_api_guard on the management address in front of TorchServe's management socket."""
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    with open(run_dir / "logs" / "model_api_guard.log", "ab") as log:
+        guard = subprocess.Popen([sys.executable, "-m", GUARD_MODULE, host, str(port), str(socket_path),
+                                  str(model_store)], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    write_text(run_dir / GUARD_PID_FILE, f"{guard.pid}\n")
+    return guard.pid
+
+
+def _stop_guard(run_dir: Path) -> None:
+    """Stop the model-API guard recorded in `run_dir` (only a process that is that guard)."""
+    import psutil
+    path = run_dir / GUARD_PID_FILE
+    try:
+        proc = psutil.Process(int(path.read_text().strip()))
+        if GUARD_MODULE in proc.cmdline():
+            proc.terminate()
+            proc.wait(timeout=10)
+    except (OSError, ValueError, psutil.Error):
+        pass
+    path.unlink(missing_ok=True)
 
 
 def read_token(run_dir: Path, kind: str = "inference") -> str:
@@ -373,6 +430,7 @@ def stop_server(run_dir: Path, timeout_s: float = 60.0) -> bool:
         cmdline = proc.cmdline()
     except psutil.Error:
         (run_dir / PID_FILE).unlink(missing_ok=True)
+        _stop_guard(run_dir)
         return False
     config = str(run_dir / "config.properties")
     if MAIN_CLASS not in cmdline or config not in cmdline:
@@ -394,6 +452,7 @@ def stop_server(run_dir: Path, timeout_s: float = 60.0) -> bool:
     psutil.wait_procs(alive, timeout=10)
     (run_dir / PID_FILE).unlink(missing_ok=True)
     (run_dir / KEY_FILE).unlink(missing_ok=True)
+    _stop_guard(run_dir)
     try:
         state = json.loads((run_dir / STATE_FILE).read_text())
         tmp = Path(state.get("tmp_dir", ""))

@@ -1,25 +1,110 @@
-"""The command line as a user runs it."""
-import subprocess
+"""The command line as a user runs it: the command table, --model/--preset everywhere, error handling."""
 import sys
 
 import numpy as np
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.helpers.cli import run_cli
 
 
-def run_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cli {args} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def test_help_lists_commands():
+def test_help_lists_every_command_of_the_table():
+    import cli
     out = run_cli("--help").stdout
-    for cmd in ("convert", "render"):
-        assert cmd in out
+    for path, _ in cli.COMMANDS:
+        assert path.split()[0] in out, path
+    assert "--debug" in out
+    people = run_cli("people", "--help").stdout
+    for path, _ in cli.COMMANDS:
+        if path.startswith("people "):
+            assert path.split()[1] in people, path
+
+
+def test_every_command_that_takes_a_model_offers_model_and_preset():
+    """One spelling everywhere: --model DIR | --preset NAME (no positional model argument)."""
+    import typer.main
+    import cli
+    group = typer.main.get_command(cli.app)
+    takes_model = {"render", "mesh", "web", "adapters", "train", "train-many", "invert", "eval", "export"}
+    for path, _ in cli.COMMANDS:
+        command = group
+        for part in path.split():
+            command = command.commands[part]
+        options = {opt for p in command.params if p.param_type_name == "option" for opt in p.opts}
+        visible_args = [p.name for p in command.params if p.param_type_name == "argument" and not p.hidden]
+        if path in takes_model:
+            assert {"--model", "--preset"} <= options, path
+            assert not any("model" in a for a in visible_args), (path, visible_args)
+        else:
+            assert "--preset" not in options, path
+
+
+def _main_with(monkeypatch, error: BaseException, *args: str):
+    """Run cli.main() on a one-command app that raises `error`; return the SystemExit (or the raised error)."""
+    import typer
+    import cli
+
+    def boom():
+        raise error
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.callback()(cli._root_options)
+    app.command(name="boom")(boom)
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(cli._Settings, "debug", False)
+    monkeypatch.setattr(sys, "argv", ["cli.py", *args, "boom"])
+    try:
+        cli.main()
+    except BaseException as e:  # noqa: B036 - SystemExit is the result being tested
+        return e
+    raise AssertionError("main() returned without exiting")
+
+
+def test_expected_errors_are_one_line_with_exit_code_2(monkeypatch, capsys):
+    exc = _main_with(monkeypatch, FileNotFoundError("model/config.json: missing"))
+    assert isinstance(exc, SystemExit) and exc.code == 2
+    assert capsys.readouterr().err == "error: model/config.json: missing\n"
+    exc = _main_with(monkeypatch, ValueError("--rank must be >= 1"))
+    assert isinstance(exc, SystemExit) and exc.code == 2
+    from runtime.trt import TensorRTUnavailable
+    exc = _main_with(monkeypatch, TensorRTUnavailable("TensorRT is not installed"))
+    assert isinstance(exc, SystemExit) and exc.code == 2
+    assert isinstance(_main_with(monkeypatch, RuntimeError("an unexpected state")), RuntimeError)
+
+
+def test_programming_errors_keep_their_traceback(monkeypatch, capsys):
+    exc = _main_with(monkeypatch, TypeError("unsupported operand"))
+    assert isinstance(exc, TypeError)
+    exc = _main_with(monkeypatch, KeyError("a missing dict key is a bug"))
+    assert isinstance(exc, KeyError)
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_debug_flag_and_environment_show_expected_errors_with_traceback(monkeypatch):
+    error = ValueError("bad value")
+    assert _main_with(monkeypatch, error, "--debug") is error
+    monkeypatch.setenv("MY3DGEN_DEBUG", "1")
+    assert _main_with(monkeypatch, error) is error
+    monkeypatch.setenv("MY3DGEN_DEBUG", "0")
+    assert isinstance(_main_with(monkeypatch, error), SystemExit)
+
+
+def test_bad_model_directory_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    proc = run_cli("render", "--model", tmp_path / "absent", "--out", tmp_path / "x.png", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'absent' / 'config.json'}: missing (is "
+                                                f"{tmp_path / 'absent'} a model directory made by `cli.py "
+                                                f"convert`?)"]
+    proc = run_cli("--debug", "render", "--model", tmp_path / "absent", "--out", tmp_path / "x.png", check=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ModelDirError" in proc.stderr
+
+
+def test_export_positional_model_is_deprecated_but_still_read(tmp_path):
+    proc = run_cli("export", tmp_path / "absent", "--out", tmp_path / "e", check=False)
+    assert proc.returncode == 2
+    assert "`export MODEL_DIR` is deprecated; use `export --model MODEL_DIR`" in proc.stderr
+    assert f"{tmp_path / 'absent' / 'config.json'}: missing" in proc.stderr
+    proc = run_cli("export", tmp_path / "a", "--model", tmp_path / "b", "--out", tmp_path / "e", check=False)
+    assert proc.returncode == 2 and "once" in proc.stderr
 
 
 def test_render_grid_from_preset_and_model_dir(tmp_path):

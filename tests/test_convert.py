@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from generator.model_dir import load_model_dir
-from generator.official_pickle_writer import write_official_pickle
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.official_pickle_writer import write_official_pickle
 
 
 def test_convert_official_pickle_reproduces_fixture(official_dir, official_io, tmp_path):

@@ -6,10 +6,15 @@ import sys
 import numpy as np
 import pytest
 
-from evaluation.identity_score import IdentityBackend, make_identity_backend
+from evaluation.identity_score import (
+    IdentityBackend,
+    IdentityBackendUnavailable,
+    IdentityScorer,
+    make_identity_backend,
+)
 from evaluation.protocol import EvalConfig, ModelSpec, Photos, Protocol, sample_pairs, sample_views
 from evaluation.pti import PTIConfig
-from evaluation.report import plot_id_vs_t, render_markdown, synthesis_table, table1
+from evaluation.report import IdentityBackendMissing, plot_id_vs_t, render_markdown, synthesis_table, table1
 from tests.conftest import REPO
 
 
@@ -62,11 +67,79 @@ class EveryOtherNoFace(IdentityBackend):
                 "weights": "random"}
 
 
+def test_identity_backend_must_be_named():
+    for spec in (None, ""):
+        with pytest.raises(ValueError, match=r"no identity backend named: give --identity arcface:PATH \| heads"):
+            make_identity_backend(spec)
+    with pytest.raises(ValueError, match="expected arcface:PATH"):
+        make_identity_backend("facenet")
+
+
+def test_heads_backend_missing_module_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "perception.heads_identity", None)  # as if the module did not exist yet
+    with pytest.raises(IdentityBackendUnavailable) as info:
+        make_identity_backend("heads")
+    message = str(info.value)
+    assert "\n" not in message and "--identity heads" in message and "not available" in message
+
+
+def _fake_heads_module(monkeypatch, weights):
+    """A stand-in for perception.heads_identity (the real one comes with the built-in head world)."""
+    import types
+
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen_max = 0.0
+
+        def forward(self, x):
+            self.seen_max = max(self.seen_max, float(x.abs().max()))
+            feats = torch.stack([x.mean((1, 2, 3)), x[:, 0].mean((1, 2)) - x[:, 2].mean((1, 2)), x.std((1, 2, 3))], 1)
+            return torch.nn.functional.normalize(feats, dim=1)
+
+    net = Net()
+    module = types.ModuleType("perception.heads_identity")
+    module.HEADS_IDENTITY_WEIGHTS = weights
+    module.load_heads_identity = lambda path=None: net
+    monkeypatch.setitem(sys.modules, "perception.heads_identity", module)
+    return net
+
+
+def test_heads_backend_with_monkeypatched_loader(monkeypatch, tmp_path):
+    import torch
+    weights = tmp_path / "heads_identity.safetensors"
+    _fake_heads_module(monkeypatch, weights)
+    with pytest.raises(IdentityBackendUnavailable, match="weights are missing"):
+        make_identity_backend("heads")
+    weights.write_bytes(b"stand-in weights")
+    net = _fake_heads_module(monkeypatch, weights)
+    backend = make_identity_backend("heads")
+    assert backend.label == "ID (built-in heads identity network, not ArcFace)" and not backend.arcface
+    info = backend.describe()
+    assert info["spec"] == "heads" and info["weights"] == weights.name and info["weights_sha256"].startswith("sha")
+    refs = torch.rand(3, 3, 16, 16) * 2 - 1
+    scorer = IdentityScorer(backend, refs)
+    batch = scorer.score(torch.cat([refs, refs * 3.0]))  # out-of-range renders are clamped before scoring
+    assert net.seen_max <= 1.0
+    np.testing.assert_allclose(batch.scores[:3], 1.0, atol=1e-6)
+    assert batch.nearest[:3].tolist() == [0, 1, 2]
+
+
+def test_dlib_label_says_not_arcface_and_arcface_is_flagged():
+    from evaluation.identity_score import DlibBackend, EncoderBackend
+    dlib_backend = DlibBackend(descriptor=object())
+    assert "not ArcFace" in dlib_backend.label and not dlib_backend.arcface
+    encoder = make_identity_backend("random:iresnet18").encoder
+    assert EncoderBackend(encoder, "arcface:x.pth", "ID (ArcFace iresnet18)", False, arcface=True).arcface
+
+
 @pytest.fixture(scope="module")
 def tiny_result(tmp_path_factory):
     """A real (minimal) protocol run on G0 with views of G* as photos, pretrained model and a G* 'adapter'."""
     from generator.adapter_file import Anchors, save_adapter
-    from train.synthetic import HELDOUT_VIEWS, TRAIN_VIEWS, ground_truth_person, person_latent, render_views
+    from tests.helpers.synthetic import HELDOUT_VIEWS, TRAIN_VIEWS, ground_truth_person, person_latent, render_views
     G, truth = ground_truth_person()
     ws = person_latent(G)
     train_img, train_cam = render_views(G, ws, TRAIN_VIEWS[:3], adapter=truth)
@@ -137,10 +210,41 @@ def test_tables_and_plot(tiny_result, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_names_the_backend_and_refuses_a_result_without_one(tiny_result, tmp_path):
+    import copy
+
+    from evaluation.report import write_json
+    result, _ = tiny_result
+    md = render_markdown(result)
+    assert md.splitlines()[2].startswith("**Identity backend:** ID (test backend) (`--identity test:every-other`")
+    dlib_like = copy.deepcopy(result)
+    dlib_like["identity"] = {"spec": "dlib", "label": "ID (dlib face descriptor, not ArcFace)", "smoke_test": False,
+                             "arcface": False, "network": "dlib"}
+    md = render_markdown(dlib_like)
+    for table in (table1(dlib_like), synthesis_table(dlib_like, "train"), synthesis_table(dlib_like, "test")):
+        assert "ID (dlib face descriptor, not ArcFace) ↑" in table.splitlines()[0]
+    assert "not comparable with the paper's" in md
+    for bad in ({}, {"spec": "", "label": "ID"}):
+        broken = dict(result, identity=bad)
+        with pytest.raises(IdentityBackendMissing, match="names no identity backend"):
+            render_markdown(broken)
+        with pytest.raises(IdentityBackendMissing):
+            write_json(broken, tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_command_requires_identity(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "eval", "--preset", "tiny", "--test-data", tmp_path,
+                           "--reference-data", tmp_path, "--models", "base=pretrained", "--out", tmp_path / "o"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2 and "--identity" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def _write_heldout(folder):
     from generator.imaging import save_png, to_uint8
     from preprocess import write_dataset_json
-    from train.synthetic import HELDOUT_VIEWS, ground_truth_person, person_latent, render_views
+    from tests.helpers.synthetic import HELDOUT_VIEWS, ground_truth_person, person_latent, render_views
     G, truth = ground_truth_person()
     images, cams = render_views(G, person_latent(G), HELDOUT_VIEWS, adapter=truth)
     folder.mkdir()

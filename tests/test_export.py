@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import REPO
+from tests.helpers.cli import run_cli
 
 TOL = 1e-3          # fp32: max abs difference of images in [-1, 1] (and depth) between eager and onnxruntime
 TOL_FP16 = 5e-2     # fp16 weights + fp16 tri-planes
@@ -101,14 +100,6 @@ class TinyExports:
         return cached_export(self.root, f"tiny-{key}", makers[key])
 
 
-def run_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cli {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 def session(path: Path):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
@@ -185,29 +176,52 @@ def exports(tmp_path_factory, G):
 
 # ---------------------------------------------------------------------------------------------- unit tests
 
-def test_export_renderer_rewrites_equal_eager_ops():
-    from export.onnx_graphs import StableSoftplus, pool_max_then_avg, upsample_matches_antialiased
+def test_renderer_formulations_equal_the_official_ops():
+    """The export-friendly steps of generator.rendering / superresolution equal the ops the official code uses."""
+    from generator.rendering import Softplus, max_then_mean_of_neighbours
     g = torch.Generator().manual_seed(0)
     w = torch.rand(50, 1, 11, generator=g)
-    assert torch.equal(pool_max_then_avg(w), F.avg_pool1d(F.max_pool1d(w, 2, 1, padding=1), 2, 1))
+    assert torch.equal(max_then_mean_of_neighbours(w), F.avg_pool1d(F.max_pool1d(w, 2, 1, padding=1), 2, 1))
     x = torch.cat([torch.randn(1000, generator=g) * 10, torch.tensor([-80.0, -20.0, 0.0, 19.9, 20.1, 90.0])])
-    assert float((StableSoftplus()(x) - F.softplus(x)).abs().max()) < 2e-6
-    assert upsample_matches_antialiased(32, 128) < 1e-5
+    assert float((Softplus()(x) - F.softplus(x)).abs().max()) < 2e-6
+    # upsampling: the antialiased bilinear resize is the plain one (the SR resizes without antialias when upsampling)
+    x = torch.randn(1, 2, 32, 32, generator=g)
+    kw = dict(size=(128, 128), mode="bilinear", align_corners=False)
+    assert float((F.interpolate(x, antialias=True, **kw) - F.interpolate(x, antialias=False, **kw)).abs().max()) < 1e-5
 
 
-def test_export_renderer_matches_eager_renderer(G):
-    from export.onnx_graphs import ExportRenderer
-    from generator.rendering import sample_rays
-    from generator.views import camera_batch
-    c = camera_batch(G, [(0.3, -0.1), (-0.2, 0.2)])
+def test_graph_wrappers_run_G_as_it_is_and_leave_it_unchanged(G, tmp_path):
+    """Keep-LoRA wrappers bind their inputs into an attached adapter (= the eager adapter's render); the merge made
+    for tracing is undone bit for bit, and no module of G is replaced."""
+    from export.exporter import _graph_state, adapter_inputs_for
+    from export.onnx_graphs import RenderGraph, SynthesisGraph
+    from generator.adapter_file import load_adapter
+    from generator.lora import attachment_of
+    path = make_person(G, tmp_path / "p.safetensors", seed=4)
+    adapter, anchors, _ = load_adapter(path, G)
+    ws, c = anchors.ws_plus(G.num_ws), anchors.c
+    want = eager_render(G, ws, c, path)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    modules = [(n, m) for n, m in G.named_modules()]
+    inputs = adapter_inputs_for(adapter)
+    syn, ren = [i for i in inputs if i.graph == "synthesis"], [i for i in inputs if i.graph == "render"]
+    tensors = {k: v.detach() for k, v in adapter.file_tensors().items()}
     with torch.no_grad():
-        ws = G.mapping(torch.randn(2, G.z_dim), c, truncation_psi=0.7)
-        planes = G.planes(ws)
-        o, d = sample_rays(c[:, :16].reshape(-1, 4, 4), c[:, 16:].reshape(-1, 3, 3), 32)
-        ref = G.renderer(planes, G.decoder, o, d)
-        got = ExportRenderer(G.cfg.rendering)(planes, G.decoder, o, d)
-    for a, b in zip(ref, got):
-        assert float((a - b).abs().max()) < 1e-5
+        with _graph_state(G, "keep", adapter) as live:
+            planes = SynthesisGraph(G, syn, live)(ws, [tensors[i.tensor_name] for i in syn])
+            image, raw, depth = RenderGraph(G, ren, live)(planes, ws, c, [tensors[i.tensor_name] for i in ren])
+        with _graph_state(G, "merge", adapter) as live:
+            assert live is None and any(not torch.equal(before[k], v) for k, v in G.state_dict().items())
+            merged = G.render_planes(G.planes(ws, fused_modconv=False), ws, c, fused_modconv=False)
+    kept = {"planes": planes, "image": image, "image_raw": raw, "depth": depth}
+    merged = {"planes": planes, "image": merged["image"], "image_raw": merged["image_raw"],
+              "depth": merged["image_depth"]}
+    for got in (kept, merged):
+        diffs = max_diffs({k: v.numpy() for k, v in got.items()}, want)
+        assert all(v <= 1e-5 for v in diffs.values()), diffs
+    assert attachment_of(G) is None
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+    assert all(a[0] == b[0] and a[1] is b[1] for a, b in zip(modules, G.named_modules()))
 
 
 def test_adapter_input_names_are_file_names_and_sanitised(G):

@@ -71,15 +71,18 @@ def test_noise_modes():
         G.planes(ws, noise_mode="bogus")
 
 
-def test_sample_pdf_matches_searchsorted():
+@pytest.mark.parametrize("sampling", ["deterministic", "stochastic"])
+def test_sample_pdf_matches_searchsorted(sampling):
     """The ONNX-friendly count of cdf <= u equals torch.searchsorted(right=True) in the official sampler."""
     g = torch.Generator().manual_seed(0)
     bins = torch.sort(torch.rand(64, 20, generator=g), -1).values
     weights = torch.rand(64, 18, generator=g)
-    ours = sample_pdf(bins, weights, 16, "deterministic")
+    torch.manual_seed(1)
+    ours = sample_pdf(bins, weights, 16, sampling)
     w = weights + 1e-5
     cdf = torch.cat([torch.zeros(64, 1), torch.cumsum(w / w.sum(-1, keepdim=True), -1)], -1)
-    u = torch.linspace(0, 1, 16).expand(64, 16).contiguous()
+    torch.manual_seed(1)
+    u = torch.linspace(0, 1, 16).expand(64, 16).contiguous() if sampling == "deterministic" else torch.rand(64, 16)
     inds = torch.searchsorted(cdf, u, right=True)
     below, above = (inds - 1).clamp(min=0), inds.clamp(max=18)
     cb, ca = cdf.gather(1, below), cdf.gather(1, above)

@@ -8,8 +8,9 @@ import torch
 from generator import TriPlaneGenerator, preset
 from generator.adapter_file import AdapterFileError, Anchors, load_adapter, read_adapter_meta, save_adapter
 from generator.cameras import lookat_label
-from generator.lora import (AdapterPolicy, PersonAdapter, attach, attach_mixed, detach, merge, merged_state_dict,
-                            plan, unmerge)
+from generator.layers import Personalizable, SynthesisLayer, ToRGBLayer
+from generator.lora import (AdapterPolicy, PersonAdapter, Role, attach, attach_mixed, attachment_of, count_table,
+                            detach, merge, merged_state_dict, module_roles, plan, unmerge)
 
 TOL = 1e-5
 
@@ -141,6 +142,68 @@ def test_mixed_person_batch_matches_separate_runs():
             diff = (mixed[k][n] - alone[k][0]).abs().max()
             assert diff < TOL, f"sample {n} ({k}) differs by {diff}"
     detach(G)
+
+
+def test_attachment_owns_merge_unmerge_and_detach():
+    from generator.adapter_file import base_fingerprint
+    G = _tiny()
+    z, c = _inputs(G)
+    base = _run(G, z, c)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    fingerprint = base_fingerprint(G)
+    adapter = _randomize(PersonAdapter.create(G), 7)
+    handle = attach(G, adapter)
+    assert attachment_of(G) is handle and "decoder.net.0" in handle.layers()
+    unmerged = _run(G, z, c)
+    handle.merge()
+    assert base_fingerprint(G) == fingerprint, "a merged adapter changed the base fingerprint"
+    merged = _run(G, z, c)
+    assert all((merged[k] - unmerged[k]).abs().max() < TOL for k in merged)
+    with pytest.raises(RuntimeError, match="merged into this generator"):
+        attach(G, adapter)
+    handle.unmerge()
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+    assert torch.equal(_run(G, z, c)["image"], unmerged["image"])  # still attached after unmerge
+    handle.detach()
+    assert attachment_of(G) is None
+    assert all(m.adapter is None for m in G.modules() if isinstance(m, Personalizable))
+    assert torch.equal(_run(G, z, c)["image"], base["image"])
+    with attach(G, adapter) as handle:  # leaving the block detaches, unmerging first
+        handle.merge()
+    assert attachment_of(G) is None and all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+
+
+def test_attach_errors_say_what_is_wrong(ffhq):
+    G = _tiny()
+    people = [PersonAdapter.create(G) for _ in range(2)]
+    with pytest.raises(ValueError, match="mixed-person attachment cannot be merged"):
+        attach_mixed(G, people, torch.tensor([0, 1])).merge()
+    with pytest.raises(ValueError, match="adapter index out of range"):
+        attach_mixed(G, people, torch.tensor([0, 2]))
+    detach(G)
+    with pytest.raises(ValueError, match=r"adapter targets layer 'backbone\.synthesis\.b\d+\.conv0', but this "
+                                         r"generator has no such module"):
+        attach(G, PersonAdapter.create(ffhq))
+    assert attachment_of(G) is None
+    with pytest.raises(RuntimeError, match="no adapter is merged"):
+        unmerge(G)
+
+
+def test_layer_roles_come_from_the_module_tree():
+    G = _tiny()
+    roles = module_roles(G)
+    for name, m in G.named_modules():
+        if isinstance(m, (SynthesisLayer, ToRGBLayer)):
+            kind = "conv" if isinstance(m, SynthesisLayer) else "torgb"
+            part = "synthesis" if name.startswith("backbone.") else "superresolution"
+            assert roles[name] == Role(part, kind) and roles[f"{name}.affine"] == Role(part, "affine")
+    assert roles["backbone.mapping.fc0"] == Role("mapping", "fc") and roles["decoder.net.2"] == Role("decoder", "fc")
+    assert roles["backbone.synthesis.b4"] == Role("synthesis", "block")
+    table = {label: (n, size) for label, n, size in
+             count_table(plan(G, AdapterPolicy(parts=("synthesis", "superresolution", "mapping"))))}
+    assert {"LoRA synthesis conv", "LoRA synthesis torgb", "LoRA synthesis affine", "LoRA superresolution conv",
+            "LoRA mapping fc", "decoder (full)", "synthesis const (full)"} <= set(table)
+    assert table["LoRA mapping fc"][0] == 3 and table["decoder (full)"][0] == 4
 
 
 def test_gradients_reach_only_the_adapter():

@@ -138,7 +138,7 @@ def test_dlib_backend_counts_faces_not_found():
 
 
 def test_identity_spec_errors(tmp_path):
-    with pytest.raises(ValueError, match="expected 'dlib'"):
+    with pytest.raises(ValueError, match=r"expected arcface:PATH \| heads \| dlib"):
         make_identity_backend("arcface")
     with pytest.raises(FileNotFoundError, match="not found"):
         make_identity_backend(f"arcface:{tmp_path / 'missing.pth'}")

@@ -22,13 +22,13 @@ import pytest
 import torch
 
 from generator import official_pickle as op
-from generator import official_pickle_writer as opw
 from generator.official_pickle import OfficialPickleError, UnsafePickleError, read_official_pickle
-from generator.official_pickle_writer import write_official_pickle
+from tests.helpers import official_pickle_writer as opw
+from tests.helpers.official_pickle_writer import write_official_pickle
 
 REPO = Path(__file__).resolve().parents[1]
 
-# §7 of docs/eg3d-reference.md: every global of an official-format snapshot pickle of the small config.
+# docs/OFFICIAL_PICKLE.md: every global of an official-format snapshot pickle of the small config.
 OFFICIAL_GLOBALS = {
     "collections.OrderedDict", "dnnlib.util.EasyDict", "numpy.dtype", "numpy.core.multiarray.scalar",
     "torch._utils._rebuild_parameter", "torch._utils._rebuild_tensor_v2", "torch.nn.modules.activation.Softplus",

@@ -38,6 +38,17 @@ from preprocess import (
     write_dataset_json,
 )
 from preprocess.align import FaceKeypoints
+from preprocess.eg3d_crop import (
+    CENTER_CROP_SIZE,
+    LM3D_STD,
+    RESCALE_FACTOR,
+    TARGET_SIZE,
+    eg3d_align,
+    eg3d_framing,
+    expected_crop_position,
+    five_points,
+    pos_fit,
+)
 from preprocess.detect import MIRROR_68, dlib_model_path, mirror_face
 from preprocess.pose import TEMPLATE_68, _FRONTAL, crop_intrinsics, direction_to_yaw_pitch, project
 
@@ -278,7 +289,7 @@ def test_photo_and_its_mirror_get_opposite_labels(tmp_path, astronaut):
     photos.mkdir()
     _save(astronaut, photos / "a.png")
     _save(np.ascontiguousarray(astronaut[:, ::-1]), photos / "b.png")
-    report = preprocess_folder(photos, tmp_path / "out", PreprocessConfig(mirror=False))
+    report = preprocess_folder(photos, tmp_path / "out", PreprocessConfig(mirror=False, crop="ffhq"))
     a, b = report.kept
     assert b.raw_yaw == pytest.approx(-a.raw_yaw, abs=0.05 * DEG)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
@@ -321,6 +332,151 @@ def test_face_near_the_border_is_padded(astronaut, backend):
     assert aligned.padded and aligned.image.shape == (512, 512, 3)
     pose = estimate_head_pose(aligned.to_crop(face.landmarks), 512)
     assert abs(pose.yaw) < 15 * DEG and abs(pose.pitch) < 15 * DEG
+
+
+# ---------------------------------------------------------------------------------------------- EG3D crop
+
+def _align_img_reference(photo: np.ndarray, lm5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """EG3D's crop written out step by step from the published numbers, independently of preprocess.eg3d_crop:
+    Deep3DFaceRecon align_img (POS fit to lm3D, resize by 300 / s, 1024 crop around t), then EG3D's centre crop
+    700 and resize to 512. Returns the 512 crop (PIL, black outside the photo) and the landmarks' positions in
+    it by Deep3DFaceRecon's own landmark formula (`resize_n_crop_img`'s lm_new)."""
+    image = Image.fromarray(photo)
+    w0, h0 = image.size
+    lm = np.asarray(lm5, np.float64).copy()
+    lm[:, 1] = h0 - 1 - lm[:, 1]
+    rows = np.zeros((10, 8))
+    rows[0::2, 0:3], rows[0::2, 3] = LM3D_STD, 1
+    rows[1::2, 4:7], rows[1::2, 7] = LM3D_STD, 1
+    k = np.linalg.lstsq(rows, lm.reshape(-1), rcond=None)[0]
+    s = 300.0 / ((np.linalg.norm(k[0:3]) + np.linalg.norm(k[4:7])) / 2)
+    t = np.array([k[3], k[7]])
+    w, h = int(w0 * s), int(h0 * s)
+    left = int(w / 2 - 1024 / 2 + (t[0] - w0 / 2) * s)
+    up = int(h / 2 - 1024 / 2 + (h0 / 2 - t[1]) * s)
+    big = image.resize((w, h), resample=Image.Resampling.BICUBIC).crop((left, up, left + 1024, up + 1024))
+    crop = big.crop((162, 162, 862, 862)).resize((512, 512), resample=Image.Resampling.LANCZOS)
+    lm_new = (lm - t + [w0 / 2, h0 / 2]) * s - [w / 2 - 512, h / 2 - 512]
+    points = np.stack([lm_new[:, 0], 1024 - 1 - lm_new[:, 1]], axis=1)
+    return np.asarray(crop), (points - 162) * 512 / 700
+
+
+def test_eg3d_constants_put_eyes_and_mouth_where_eg3d_does():
+    assert (TARGET_SIZE, RESCALE_FACTOR, CENTER_CROP_SIZE) == (1024.0, 300.0, 700)
+    eyes = expected_crop_position(LM3D_STD[:2].mean(0)) / 512
+    mouth = expected_crop_position(LM3D_STD[3:].mean(0)) / 512
+    assert eyes[1] == pytest.approx(0.376, abs=0.002) and mouth[1] == pytest.approx(0.663, abs=0.002)
+    assert abs(eyes[0] - 0.5) < 0.002 and abs(mouth[0] - 0.5) < 0.003
+    eye_distance = (LM3D_STD[1, 0] - LM3D_STD[0, 0]) * 300 * 512 / 700
+    assert eye_distance == pytest.approx(136.3, abs=0.1)
+
+
+def test_pos_fit_recovers_scale_and_translation():
+    rotation = Rotation.from_euler("yxz", [20, -10, 5], degrees=True).as_matrix()
+    projected = LM3D_STD @ rotation.T * 137.0 + [50.0, 80.0, 0.0]
+    t, scale = pos_fit(projected[:, :2])
+    assert scale == pytest.approx(137.0, rel=1e-9)
+    np.testing.assert_allclose(t, [50.0, 80.0], atol=1e-9)
+    lm = np.arange(136, dtype=np.float64).reshape(68, 2)
+    np.testing.assert_allclose(five_points(lm)[0], (lm[36] + lm[39]) / 2)
+    np.testing.assert_allclose(five_points(lm)[4], lm[54])
+
+
+@pytest.mark.parametrize("border", [False, True])
+def test_eg3d_crop_reproduces_align_img_pixels(border):
+    yy, xx = np.mgrid[0:300, 0:400].astype(np.float64)
+    photo = np.stack([127 + 100 * np.sin(xx / 23.0), 127 + 100 * np.cos(yy / 17.0),
+                      127 + 90 * np.sin((xx + yy) / 31.0)], axis=-1).round().astype(np.uint8)
+    roll = Rotation.from_euler("z", 8, degrees=True).as_matrix()
+    y_down = np.diag([1.0, -1.0, 1.0])
+    centre = [90.0, 100.0] if border else [210.0, 140.0]
+    lm5 = (LM3D_STD @ roll.T @ y_down)[:, :2] * 95.0 + centre
+    expected, expected_points = _align_img_reference(photo, lm5)
+    aligned = eg3d_align(photo, lm5, padding="black")
+    assert aligned.padded == border
+    diff = np.abs(aligned.image.astype(np.float64) - expected)
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) < 12
+    # lm_new ignores the integer truncation of the crop corner and, with y flipped, is (s - 1) 1024-pixels off
+    # in y (s = 300 / 95 here): ~1.6 px of the 512 crop; the pixels above agree exactly.
+    np.testing.assert_allclose(aligned.to_crop(lm5), expected_points, atol=2.0)
+
+
+def _check_eg3d_framing(photo: np.ndarray, face, backend) -> None:
+    """Re-detect landmarks on the EG3D crop of `face`; eye midpoint and mouth centre must sit within 2% of the
+    image size of where align_img's geometry puts them."""
+    aligned = eg3d_align(photo, face.landmarks)
+    _, expected = _align_img_reference(photo, five_points(face.landmarks))
+    found = detect_flip_averaged(backend, aligned.image)
+    assert len(found) >= 1
+    got = five_points(max(found, key=lambda f: f.size).landmarks)
+    tolerance = 0.02 * 512
+    for name, index in (("eye midpoint", [0, 1]), ("mouth centre", [3, 4])):
+        error = np.linalg.norm(got[index].mean(0) - expected[index].mean(0))
+        assert error < tolerance, f"{name} {got[index].mean(0)} vs align_img {expected[index].mean(0)}"
+
+
+def test_astronaut_eg3d_crop_matches_align_img_geometry(astronaut, backend):
+    face = detect_flip_averaged(backend, astronaut)[0]
+    _check_eg3d_framing(astronaut, face, backend)
+    aligned = eg3d_align(astronaut, face.landmarks)
+    eyes = five_points(aligned.to_crop(face.landmarks))[:2].mean(0)
+    assert 0.33 < eyes[1] / 512 < 0.43
+
+
+def test_insightface_group_photo_eg3d_crops(backend):
+    spec = importlib.util.find_spec("insightface")
+    if spec is None:
+        pytest.skip("insightface is not installed (sdist only: it compiles a Cython extension and pulls onnx and "
+                    "opencv, too slow to install here); its test photo t1.jpg ships inside the package")
+    photo_path = Path(list(spec.submodule_search_locations)[0]) / "data" / "images" / "t1.jpg"
+    if not photo_path.is_file():
+        pytest.skip(f"insightface is installed but has no {photo_path}")
+    photo = np.asarray(Image.open(photo_path).convert("RGB"))
+    faces = [f for f in backend.detect(photo) if f.size >= 60]
+    assert faces
+    for face in faces:
+        _check_eg3d_framing(photo, face, backend)
+
+
+def test_astronaut_eg3d_mirror_gives_mirrored_camera(tmp_path, astronaut):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save(astronaut, photos / "a.png")
+    _save(np.ascontiguousarray(astronaut[:, ::-1]), photos / "b.png")
+    report = preprocess_folder(photos, tmp_path / "out", PreprocessConfig(mirror=False, crop="eg3d"))
+    a, b = report.kept
+    # LM3D_STD is not exactly left-right symmetric (x -0.3115 vs 0.3098), so the mirrored photo's crop is the
+    # mirror of the photo's crop only to within a fraction of a pixel: the yaws agree to ~0.05 degrees.
+    assert b.raw_yaw == pytest.approx(-a.raw_yaw, abs=0.1 * DEG)
+    assert b.raw_pitch == pytest.approx(a.raw_pitch, abs=0.1 * DEG)
+    labels = load_dataset(tmp_path / "out")
+    assert yaw_pitch_of(labels[1].label)[0] == pytest.approx(-yaw_pitch_of(labels[0].label)[0], abs=0.1 * DEG)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["config"]["crop"] == "eg3d"
+
+
+def test_crop_option_ffhq_and_bad_values(tmp_path, astronaut, backend):
+    face = detect_flip_averaged(backend, astronaut)[0]
+    ffhq = align_face(astronaut, face.landmarks)
+    eg3d = eg3d_align(astronaut, face.landmarks)
+    eyes_ffhq = keypoints_from_landmarks(ffhq.to_crop(face.landmarks))
+    eyes_eg3d = five_points(eg3d.to_crop(face.landmarks))
+    assert (eyes_ffhq.eye_left[1] - eyes_eg3d[0, 1]) / 512 > 0.05  # FFHQ puts the eyes lower
+    with pytest.raises(ValueError, match="crop must be one of"):
+        PreprocessConfig(crop="square")
+    with pytest.raises(ValueError, match="padding must be one of"):
+        PreprocessConfig(padding="mirror")
+    assert eg3d_framing(face.landmarks, (512, 512)).quad.shape == (4, 2)
+
+
+def test_eg3d_face_near_the_border_is_padded(astronaut, backend):
+    near_edge = np.ascontiguousarray(astronaut[70:330, 120:330])
+    face = backend.detect(near_edge)[0]
+    black = eg3d_align(near_edge, face.landmarks, padding="black")
+    reflect = eg3d_align(near_edge, face.landmarks, padding="reflect")
+    assert black.padded and reflect.padded
+    outside = (black.image == 0).all(axis=-1)
+    assert outside.mean() > 0.02  # a black band where the square leaves the photo, as EG3D's in-the-wild crop
+    assert reflect.image[outside].mean() > 60  # filled with the blurred reflection instead
 
 
 def test_truncated_image_is_unreadable(tmp_path, astronaut):
@@ -447,6 +603,30 @@ def test_existing_dataset_is_accepted_as_is(tmp_path):
     np.testing.assert_array_equal(copied[1].label, entries[1][1])
 
 
+def test_eg3d_in_the_wild_output_is_used_unchanged(tmp_path):
+    """A folder made by EG3D's preprocess_in_the_wild.py: .jpg names, float64 labels (Deep3DFaceRecon pose with
+    roll, radius 2.7, intrinsics 2985.29 / 700), mirror entries; copied byte for byte, labels untouched."""
+    folder = tmp_path / "eg3d"
+    folder.mkdir()
+    rotation = Rotation.from_euler("yxz", [0.3, -0.1, 0.05]).as_matrix() @ np.diag([1.0, -1.0, -1.0])
+    pose = np.eye(4)
+    pose[:3, :3] = rotation
+    pose[:3, 3] = -rotation[:, 2] * 2.7
+    intrinsics = [[2985.29 / 700, 0, 0.5], [0, 2985.29 / 700, 0.5], [0, 0, 1]]
+    labels = []
+    flip = np.diag([-1.0, 1, 1, 1])
+    for name, cam in (("photo.jpg", pose), ("photo_mirror.jpg", flip @ pose @ flip)):
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(folder / name)
+        labels.append([name, np.concatenate([cam.reshape(-1), np.reshape(intrinsics, -1)]).tolist()])
+    (folder / "dataset.json").write_text(json.dumps({"labels": labels}))
+    report = preprocess_folder(folder, tmp_path / "out")
+    assert report.accepted_existing and [k.image for k in report.kept] == ["photo.jpg", "photo_mirror.jpg"]
+    assert (tmp_path / "out" / "dataset.json").read_bytes() == (folder / "dataset.json").read_bytes()
+    samples = load_dataset(tmp_path / "out")
+    np.testing.assert_array_equal(samples[0].label, np.float32(labels[0][1]))
+    assert yaw_pitch_of(samples[1].label)[0] == pytest.approx(-yaw_pitch_of(samples[0].label)[0], abs=1e-6)
+
+
 def _corrupt(tmp_path: Path, edit) -> Path:
     folder = tmp_path / "ds"
     _labelled_folder(folder)
@@ -498,3 +678,23 @@ def test_missing_or_broken_dataset_json(tmp_path):
     (tmp_path / "dataset.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not valid JSON"):
         load_dataset(tmp_path)
+
+
+def test_preprocess_command_crop_option(tmp_path, astronaut):
+    import typer
+    from typer.testing import CliRunner
+
+    from preprocess.commands import preprocess as preprocess_command
+    app = typer.Typer()
+    app.command()(preprocess_command)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save(astronaut, photos / "a.png")
+    result = CliRunner().invoke(app, [str(photos), "--out", str(tmp_path / "out"), "--crop", "ffhq", "--no-mirror"])
+    assert result.exit_code == 0, result.output
+    assert "crop: ffhq framing" in result.output and "1 photo(s) kept" in result.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["config"]["crop"] == "ffhq"
+    again = CliRunner().invoke(app, [str(tmp_path / "out"), "--out", str(tmp_path / "copy")])
+    assert again.exit_code == 0 and "copied unchanged" in again.output
+    bad = CliRunner().invoke(app, [str(photos), "--out", str(tmp_path / "bad"), "--crop", "square"])
+    assert bad.exit_code == 2 and "crop must be one of" in bad.output

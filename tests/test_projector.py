@@ -7,11 +7,11 @@ import torch
 from generator.lora import AdapterPolicy, PersonAdapter, attach, detach
 from generator.model_dir import build_generator
 from perception.lpips import LPIPS
+from tests.helpers.synthetic import TRAIN_VIEWS, person_latent, render_views
 from train import projector as projector_module
 from train.config import ProjectorConfig
 from train.losses import lpips_distance, lpips_features
 from train.projector import model_fingerprint, project_batch, project_w, w_stats
-from train.synthetic import TRAIN_VIEWS, person_latent, render_views
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,48 @@ def test_project_w_shapes_and_errors(tiny, targets, vgg):
         project_w(tiny, images[0, :, :64, :64], cams[0], steps=1, lpips=vgg)
     with pytest.raises(ValueError, match="25"):
         project_batch(tiny, images, cams[:, :16], ProjectorConfig(steps=1), lpips=vgg)
+
+
+def test_noise_regularizer_penalises_correlated_noise():
+    g = torch.Generator().manual_seed(0)
+    white = torch.randn(2, 1, 32, 32, generator=g)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(2, 1, 35, 35, generator=g), 4, stride=1)
+    smooth = (smooth - smooth.mean()) / smooth.std()
+    reg_white = projector_module.noise_regularization([white])
+    reg_smooth = projector_module.noise_regularization([smooth])
+    assert reg_white.shape == (2,) and (reg_smooth > 100 * reg_white).all()
+
+
+def test_projector_optimises_noise_maps_without_touching_G(tiny, targets, vgg, tmp_path, monkeypatch):
+    import copy
+    images, cams, _ = targets
+    G = copy.deepcopy(tiny)
+    with torch.no_grad():
+        for layer in projector_module.noise_layers(G):
+            layer.noise_strength.fill_(0.3)  # the random tiny preset has zero strengths: noise would do nothing
+    layers = projector_module.noise_layers(G)
+    assert len(layers) == 2 * len(G.backbone.synthesis.block_resolutions) - 1
+    buffers = [layer.noise_const for layer in layers]
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    seen = []
+    normalize = projector_module._normalize_noise
+
+    def spy(maps):
+        normalize(maps)
+        seen.append([m.detach().clone() for m in maps])
+    monkeypatch.setattr(projector_module, "_normalize_noise", spy)
+    cfg = ProjectorConfig(steps=4, w_avg_samples=200)
+    with_noise = project_batch(G, images, cams, cfg, seed=0, cache_dir=tmp_path, lpips=vgg)
+    assert len(seen) == 4 and len(seen[0]) == len(layers) and seen[0][0].shape[0] == 2
+    assert not torch.equal(seen[0][-1], seen[-1][-1])  # the maps moved
+    for m in seen[-1]:
+        assert m.mean(dim=(1, 2, 3)).abs().max() < 1e-5 and (m.square().mean(dim=(1, 2, 3)) - 1).abs().max() < 1e-4
+    assert all(layer.noise_const is buf for layer, buf in zip(layers, buffers))  # G's own buffers are back
+    assert all(torch.equal(v, before[k]) for k, v in G.state_dict().items())
+    without = project_batch(G, images, cams, ProjectorConfig(steps=4, w_avg_samples=200, optimize_noise=False),
+                            seed=0, cache_dir=tmp_path, lpips=vgg)
+    assert len(seen) == 4 and not torch.equal(with_noise, without)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 4  # the option is part of the cache key
+    monkeypatch.undo()
+    single = project_w(G, images[1], cams[1], steps=4, seed=0, config=cfg, lpips=vgg)
+    _assert_same_trajectory(single[None], with_noise[1:], cfg)

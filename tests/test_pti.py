@@ -11,14 +11,14 @@ from PIL import Image
 
 from evaluation.pti import PTIConfig, full_adapter_from, pti_invert, reconstruction_error, save_pti_adapter
 from generator.adapter_file import load_adapter, read_adapter_meta
-from generator.lora import attach, detach
+from generator.lora import attach, attachment_of, detach
 from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def setup():
     """G0 (tiny), the ground-truth person G* = G0 + known LoRA, and a held-out view of G* as the photo."""
-    from train.synthetic import HELDOUT_VIEWS, ground_truth_person, person_latent, render_views
+    from tests.helpers.synthetic import HELDOUT_VIEWS, ground_truth_person, person_latent, render_views
     G, truth = ground_truth_person()
     images, cams = render_views(G, person_latent(G), HELDOUT_VIEWS[:1], adapter=truth)
     return G, truth, images[0], cams[0]
@@ -70,7 +70,7 @@ def test_pti_leaves_base_unchanged(setup, pti_run):
     G, _, _, _ = setup
     result, before, _ = pti_run
     assert_same_state(before, state(G))
-    assert all(m.personal is None for m in G.modules() if hasattr(m, "personal"))
+    assert attachment_of(G) is None
     assert all(p.requires_grad for p in G.parameters())  # frozen only while PTI ran
 
 
@@ -89,7 +89,7 @@ def test_pti_adapter_file_loads_and_reproduces(setup, pti_run, tmp_path):
 
 def test_full_adapter_from_person_renders_like_the_person(setup):
     """The start of full-mode PTI from a LoRA person is exactly that person (LoRA deltas baked into copies)."""
-    from train.synthetic import person_latent
+    from tests.helpers.synthetic import person_latent
     G, truth, _, c = setup
     ws = person_latent(G)
     full, dropped = full_adapter_from(G, truth)
@@ -117,6 +117,25 @@ def test_pti_uses_given_pivot_and_stops_early(setup):
     assert torch.equal(result.w, pivot)
     assert result.tune_steps_run == 0 and len(result.history["lpips"]) == 1  # LPIPS <= 10 at once: no update
     assert torch.allclose(result.image, result.image_latent)
+
+
+def test_pti_stop_lpips_stops_at_the_first_step_under_the_threshold(setup):
+    from evaluation.pti import EG3D_PTI_STOP_LPIPS
+    G, _, photo, c = setup
+    pivot = torch.zeros(G.w_dim)
+    full = pti_invert(G, photo, c, pivot=pivot, config=PTIConfig(tune_steps=6))
+    assert full.tune_steps_run == 6
+    threshold = sorted(full.history["lpips"][1:])[2] + 1e-6
+    expected = next(k for k, v in enumerate(full.history["lpips"]) if v <= threshold)
+    stopped = pti_invert(G, photo, c, pivot=pivot, config=PTIConfig(tune_steps=6, lpips_threshold=threshold))
+    assert 0 < stopped.tune_steps_run == expected < 6
+    assert stopped.history["lpips"] == pytest.approx(full.history["lpips"][:expected + 1], rel=1e-5)
+    assert EG3D_PTI_STOP_LPIPS == 0.06
+    with pytest.raises(ValueError, match="lpips_threshold"):
+        PTIConfig(lpips_threshold=0.0).validate()
+    from tests.helpers.cli import run_cli
+    for command in ("invert", "eval"):
+        assert "--pti-stop-lpips" in run_cli(command, "--help").stdout
 
 
 def test_locality_regularization_is_zero_before_tuning(setup):

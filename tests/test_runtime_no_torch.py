@@ -78,3 +78,16 @@ def test_runtime_renders_without_torch(exports, tmp_path):
     want = eager_render(G, ws, camera_batch(G, [(0.3, -0.1)]), path)
     for key in ("image", "image_raw", "depth"):
         assert float(np.abs(got[key] - want[key][0]).max()) <= TOL, key
+
+
+def test_core_runtime_and_handler_import_with_torch_unimportable():
+    """The issue's check, as written: torch set to None in sys.modules, then the torch-free packages import."""
+    code = ("import sys; sys.modules['torch'] = None; import formats, runtime, serve.handler; "
+            "import formats.adapter_file, formats.export_manifest, formats.cameras, formats.model_dir; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('generator', 'export', 'train') "
+            "or m == 'safetensors.torch'); print(bad)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -258,21 +258,34 @@ def test_bounded_load_has_no_server_errors(served, tmp_path):
 
 
 def test_model_api_when_enabled_takes_only_local_archives(served, tmp_path):
-    """A second server with --enable-model-api: remote and out-of-store URLs are refused by allowed_urls."""
+    """A second server with --enable-model-api: remote and out-of-store archives are refused whatever the URL
+    form - a plain absolute path and a symlink out of the store included (serve.model_api_guard) - while the rest
+    of the management API works through the guard, and TorchServe's own management listener is a private socket."""
+    import shutil
     cfg = serve_config(served["store"], tmp_path / "run2")
     cfg.enable_model_api = True
+    foreign = tmp_path / "foreign.mar"
+    shutil.copy(served["store"] / f"{MODEL}.mar", foreign)
+    link = served["store"] / "linked.mar"
+    link.symlink_to(foreign)
     info = start_server(cfg, timeout_s=120)
     try:
         url, key = info.management_url, info.token("management")
-        for bad_url in ("https://example.com/x.mar", "file:///etc/passwd", "../x.mar"):
+        for bad_url in ("https://example.com/x.mar", "file:///etc/passwd", "../x.mar", str(foreign),
+                        f"file://{foreign}", "linked.mar", str(link)):
             query = urllib.parse.urlencode({"url": bad_url, "model_name": "x"})
             status, _, data = http_request(f"{url}/models?{query}", token=key, method="POST")
-            refused = b"does not match any allowed URL" in data or b"Relative path" in data
-            assert status == 404 and refused, (bad_url, status, data)
+            assert status == 403 and b'"field": "url"' in data, (bad_url, status, data)
         status, _, data = http_request(f"{url}/models/{MODEL}", token=key)
         assert status == 200
+        status, _, _ = http_request(f"{url}/models", token="wrong-key")
+        assert status in (400, 401, 403)
+        props = (info.run_dir / "config.properties").read_text()
+        assert "management_address=unix:" in props
     finally:
+        link.unlink()
         assert stop_server(info.run_dir)
+    assert not (info.run_dir / "model_api_guard.pid").exists()
 
 
 def test_stop_by_pid_leaves_nothing(served):

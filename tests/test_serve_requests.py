@@ -183,6 +183,7 @@ def test_generated_config_has_safe_defaults(tmp_path):
     assert props["install_py_dep_per_model"] == "false"
     assert props["enable_envvars_config"] == "false"
     assert props["allowed_urls"].startswith(f"file://{tmp_path}/") and "http" not in props["allowed_urls"][4:]
+    assert "," not in props["allowed_urls"]  # TorchServe splits the setting at commas
     assert props["load_models"] == "a=a,b=b"  # no .mar files here: archived folders
     props = _props(config_properties(ServeConfig(host="10.0.0.5", port_offset=100, enable_model_api=True), ["a"],
                                      tmp_path))

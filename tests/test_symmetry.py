@@ -7,8 +7,8 @@ from generator.cameras import mirror_label, yaw_pitch_of
 from generator.lora import AdapterPolicy, PersonAdapter, attach, detach
 from generator.model_dir import build_generator
 from perception.identity import IdentityEncoder
+from tests.helpers.synthetic import mirror_planes, person_latent
 from train.losses import symmetric_cameras, symmetry_term
-from train.synthetic import mirror_planes, person_latent
 
 
 @pytest.fixture(scope="module")

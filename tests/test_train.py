@@ -1,6 +1,6 @@
 """Personalization (paper §3): ground-truth recovery, resume parity, data checks, sample data, the CLI.
 
-The ground truth is train/synthetic.py's G* = tiny preset + a known random rank-4 LoRA change. Training runs
+The ground truth is tests/helpers/synthetic.py's G* = tiny preset + a known random rank-4 LoRA change. Training runs
 through the real `Trainer` with the known latent as anchors (inversion is tested in test_projector.py) and
 without the symmetry loss (`--no-sym`); the resume test turns the symmetry loss on with a RANDOM IR-SE50.
 """
@@ -16,12 +16,12 @@ from generator.adapter_file import Anchors, load_adapter, read_adapter_meta, sav
 from generator.model_dir import build_generator, save_model_dir, weights_fingerprint
 from perception.identity import IdentityEncoder
 from tests.conftest import REPO
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.synthetic import (HELDOUT_VIEWS, TRAIN_VIEWS, ground_truth_person, person_latent, render_views,
+                                     write_sample_dataset)
 from train.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from train.config import TrainConfig
 from train.data import TrainingDataError, TrainingSet, load_training_set
-from train.synthetic import (HELDOUT_VIEWS, TRAIN_VIEWS, ground_truth_person, person_latent, render_views,
-                             write_sample_dataset)
 from train.trainer import LOG_FILE, IdentityNetworkRequired, Trainer
 
 SAMPLES = REPO / "samples" / "tiny_person"
@@ -229,3 +229,96 @@ def test_cli_with_a_model_dir(tmp_path):
     assert meta["dtype"] == "float16" and meta["policy"]["mode"] == "full"
     assert meta["extra"]["identity_network"] is None
     load_adapter(out, build_generator(model=model))
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+
+def test_recipes_set_the_paper_and_the_authors_values():
+    from train.config import RECIPES, config_from_recipe, describe_recipe, iterations_for_kimg
+    paper = config_from_recipe("paper", rank=4)
+    assert (paper.alpha, paper.train_decoder, paper.sym_weight, paper.sym_every, paper.sym_poses, paper.sym_step) \
+        == (4.0, True, 4.0, 4, "uniform", "joint")
+    assert paper.kimg == 10 and paper.recipe == "paper" and paper.recipe_overrides == ()
+    authors = config_from_recipe("authors", rank=4)
+    assert (authors.alpha, authors.train_decoder, authors.sym_weight, authors.sym_every, authors.sym_poses,
+            authors.sym_step, authors.kimg) == (16.0, False, 1.0, 4, "orbit", "separate", 500)
+    assert not authors.policy().train_decoder
+    mixed = config_from_recipe("authors", {"sym_weight": 4.0, "alpha": None, "iterations": 30}, rank=1)
+    assert mixed.sym_weight == 4.0 and mixed.alpha == 16.0 and mixed.iterations == 30
+    assert mixed.recipe_overrides == ("sym_weight", "iterations")
+    assert mixed.to_dict()["recipe_overrides"] == ["sym_weight", "iterations"]
+    assert config_from_recipe("paper", rank=2).alpha == 2.0          # W = W0 + BA: alpha = r
+    line = describe_recipe(mixed)
+    assert line.startswith("recipe authors: alpha 16, decoder frozen, L_sym weight 4 every 4 steps (separate step, "
+                           "orbit poses), 30 steps x batch 4") and "(set by options: sym_weight, iterations)" in line
+    assert iterations_for_kimg(10, 4) == 2500 and iterations_for_kimg(0.001, 4) == 1
+    assert set(RECIPES) == {"paper", "authors"}
+    with pytest.raises(ValueError, match="recipe 'mine'"):
+        config_from_recipe("mine")
+    with pytest.raises(ValueError, match="sym_poses"):
+        config_from_recipe("paper", {"sym_poses": "spiral"})
+    # the recipe name is a label: a checkpoint made under one name resumes under the other if the values agree
+    same = config_from_recipe("paper", {"alpha": 16.0, "train_decoder": False, "sym_weight": 1.0,
+                                        "sym_poses": "orbit", "sym_step": "separate"}, rank=4)
+    assert same.resume_key() == config_from_recipe("authors", {"iterations": 2500}, rank=4).resume_key()
+
+
+def test_orbit_pairs_are_the_authors_orbit():
+    from generator.cameras import yaw_pitch_of
+    from train.losses import orbit_symmetric_cameras
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        c1, c2, poses = orbit_symmetric_cameras(3, g)
+        assert c1.shape == (3, 25) and torch.equal(c1[0], c1[2])          # one pair for the whole batch
+        (y1, p1), (y2, p2) = poses.tolist()
+        assert abs(y1 + y2) < 0.025   # mirrored to within one frame (0.018) and their 3.14 for pi (0.003)
+        assert abs(p1 - p2) <= 0.25 * 2 * np.pi / 120 + 1e-3 and -0.31 <= p1 <= 0.21
+        cam2world = c1[0, :16].reshape(4, 4).numpy()
+        forward, origin = cam2world[:3, 2], cam2world[:3, 3]
+        assert np.allclose(np.cross(forward, -origin), 0, atol=1e-5)      # looking at the origin, not (0, 0, 0.2)
+        assert yaw_pitch_of(c1[0].numpy())[0] == pytest.approx(y1, abs=1e-4)
+
+
+def test_authors_separate_sym_step_and_frozen_decoder(person, encoder):
+    from train.config import config_from_recipe
+    config = config_from_recipe("authors", {"iterations": 2, "batch": 2}, checkpoint_every=100)
+    trainer = Trainer(build_generator(preset_name="tiny"), person["data"], person["anchors"], config,
+                      identity=encoder)
+    calls = []
+    original = trainer._apply
+
+    def counting(loss):
+        calls.append(float(loss.detach()))
+        return original(loss)
+    trainer._apply = counting
+    result = trainer.run()
+    assert len(calls) == 3                        # step 0: reconstruction step + its own L_sym step; step 1: one
+    assert result.losses["sym"] == pytest.approx(calls[1], rel=1e-6)  # weight 1
+    assert not [k for k in result.adapter.state_dict() if "decoder" in k]  # the OSG decoder stays frozen
+
+
+@pytest.mark.slow
+def test_cli_recipes_are_printed_and_stored(tmp_path):
+    small = tmp_path / "two"
+    small.mkdir()
+    labels = json.loads((SAMPLES / "dataset.json").read_text())["labels"][:2]
+    for name, _ in labels:
+        shutil.copy(SAMPLES / name, small / name)
+    (small / "dataset.json").write_text(json.dumps({"labels": labels}))
+    common = ["train", "--preset", "tiny", "--data", small, "--steps", 2, "--inversion-steps", 2, "--batch", 2,
+              "--no-preview"]
+    authors = run_cli(*common, "--recipe", "authors", "--sym-weight", 2, "--out", tmp_path / "a.safetensors")
+    assert "recipe authors: alpha 16, decoder frozen, L_sym weight 2 every 4 steps (separate step, orbit poses)" \
+        in authors.stdout and "set by options: sym_weight, iterations, batch" in authors.stdout
+    paper = run_cli(*common, "--recipe", "paper", "--no-projector-noise", "--out", tmp_path / "p.safetensors")
+    assert "recipe paper: alpha 4, decoder trained, L_sym weight 4 every 4 steps (joint step, uniform poses)" \
+        in paper.stdout
+    a = read_adapter_meta(tmp_path / "a.safetensors")["extra"]["train_config"]
+    p = read_adapter_meta(tmp_path / "p.safetensors")["extra"]["train_config"]
+    assert (a["recipe"], a["alpha"], a["train_decoder"], a["sym_weight"], a["sym_poses"], a["sym_step"]) == \
+        ("authors", 16.0, False, 2.0, "orbit", "separate")
+    assert a["recipe_overrides"] == ["sym_weight", "iterations", "batch"] and a["projector"]["optimize_noise"]
+    assert (p["recipe"], p["alpha"], p["train_decoder"], p["sym_weight"], p["sym_step"]) == \
+        ("paper", 4.0, True, 4.0, "joint") and not p["projector"]["optimize_noise"]
+    both = run_cli(*common, "--kimg", 1, "--out", tmp_path / "x.safetensors", check=False)
+    assert both.returncode == 2 and "--kimg" in both.stderr

@@ -9,6 +9,5 @@ Modules (imported explicitly; this file imports nothing so that `cli.py --help` 
 * `trainer`    - `Trainer` (resumable training loop) and `personalize` (dataset folder -> adapter file).
 * `checkpoint` - atomic, code-free (safetensors + JSON) checkpoints with every RNG state.
 * `preview`    - the photos / base / personalized / novel-view grid written at the end.
-* `synthetic`  - a ground-truth person G* (tiny preset + known LoRA change) for tests and the sample data.
 * `commands`   - the typer command `cli.py train`.
 """

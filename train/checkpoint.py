@@ -17,7 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from generator.atomic import atomic_file
+from formats.atomic import atomic_file
+from formats.errors import FormatError
+from formats.tensors import read_header
+from formats.versioned_json import parse_versioned_json
 
 FORMAT = "my3dgen-train-checkpoint"
 FORMAT_VERSION = 1
@@ -105,8 +108,12 @@ def save_checkpoint(path: str | Path, *, step: int, adapter: torch.nn.Module, op
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint written by `save_checkpoint`; CheckpointError names the file and what is wrong."""
+    """Read a checkpoint written by `save_checkpoint`; CheckpointError names the file and what is wrong.
+
+    The header is read and checked first (formats.tensors.read_header: a regular file, sizes within
+    formats.limits), so a crafted file is refused before any tensor is allocated; the step must be an int >= 0."""
     path = Path(path)
+    read_header(path, _checkpoint_error)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
@@ -116,12 +123,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if raw is None:
         raise CheckpointError(f"{path}: no '{META_KEY}' metadata (not a my3dgen training checkpoint)")
     try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: metadata is not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r} v{meta.get('format_version')!r} is not "
-                              f"{FORMAT!r} v{FORMAT_VERSION}")
+        meta = parse_versioned_json(raw, str(path), FORMAT, FORMAT_VERSION, what=f"metadata '{META_KEY}'")
+    except FormatError as e:
+        raise CheckpointError(str(e)) from None
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: field 'step' is {step!r}: expected an integer >= 0")
     try:
         adapter_state = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
         opt_meta = meta["optimizer"]
@@ -143,5 +150,19 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                         (py_version, tuple(py_state), py_gauss), cuda)
         return Checkpoint(int(meta["step"]), adapter_state, {"state": state, "param_groups": groups}, rng,
                           tensors["anchors.ws"], tensors["anchors.c"], meta)
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: incomplete or inconsistent checkpoint ({e})") from None
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError) as e:
+        raise CheckpointError(f"{path}: incomplete or inconsistent checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _checkpoint_error(path: str, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {reason}")
+
+
+def read_checkpoint_record(path: str | Path) -> dict:
+    """The checked JSON record of a checkpoint, reading only its header (what `load_checkpoint` checks first)."""
+    meta, _ = read_header(path, _checkpoint_error)
+    try:
+        return parse_versioned_json(meta.get(META_KEY), str(path), FORMAT, FORMAT_VERSION,
+                                    what=f"metadata '{META_KEY}'")
+    except FormatError as e:
+        raise CheckpointError(str(e)) from None

@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from cli_options import ModelDir, PresetName, one_model_source
+
 RANDOM_ID_PREFIX = "random:"
 
 
@@ -20,6 +22,9 @@ def build_identity(id_weights: Optional[Path], id_network: Optional[str], crop: 
     if id_weights is not None:
         if not id_weights.is_file():
             raise typer.BadParameter(f"--id-weights {id_weights}: no such file")
+        from perception.heads_identity import is_heads_identity_file, load_heads_identity
+        if is_heads_identity_file(id_weights):
+            return load_heads_identity(id_weights), f"head-world identity network from {id_weights}"
         encoder = IdentityEncoder.from_file(id_weights, crop=crop)
         return encoder, f"{encoder.arch} from {id_weights} (crop {crop})"
     if id_network is not None:
@@ -36,18 +41,33 @@ def train(
     data: Path = typer.Option(..., "--data", help="Dataset folder made by `cli.py preprocess` (dataset.json with "
                                                    "camera labels + aligned crops)."),
     out: Path = typer.Option(..., "--out", help="Adapter file to write (safetensors)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Base model directory (from `cli.py convert`)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Random-weight preset instead of --model "
-                                                                "(tiny | ffhq512-128): demos and smoke tests."),
+    model: ModelDir = None,
+    preset: PresetName = None,
     mode: str = typer.Option("lora", help="lora (the paper) | full (full fine-tuning baseline)."),
     rank: int = typer.Option(4, help="LoRA rank r."),
-    alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: the rank, i.e. scale 1)."),
-    iterations: Optional[int] = typer.Option(None, help="Training steps (default 2500; 150 with --preset)."),
-    batch: int = typer.Option(4, help="Photos per step."),
+    recipe: str = typer.Option("paper", help="Start from a named recipe: paper (My3DGen §3: alpha = r, decoder "
+                               "trained, lambda_sym 4 every 4 steps in the same step, uniform symmetric poses, "
+                               "10 kimg) | authors (their code's defaults: alpha 16, decoder frozen, L_sym weight 1 "
+                               "in its own step every 4, orbit poses, 500 kimg). Options below override it."),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha (recipe paper: the rank, i.e. scale 1; "
+                                                     "authors: 16)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "--steps",
+                                             help="Training steps (recipe paper: 2500, authors: 125000; 150 with "
+                                                  "--preset)."),
+    kimg: Optional[float] = typer.Option(None, help="Training length in thousands of photos shown, EG3D's unit "
+                                                    "(steps = kimg x 1000 / batch); instead of --steps."),
+    batch: Optional[int] = typer.Option(None, help="Photos per step (both recipes: 4)."),
     lr: float = typer.Option(0.002, help="Adam learning rate of the adapter."),
+    train_decoder: Optional[bool] = typer.Option(None, "--train-decoder/--no-train-decoder",
+                                                 help="Fine-tune the OSG decoder (recipe paper: yes, authors: no)."),
     sym: bool = typer.Option(True, "--sym/--no-sym", help="Symmetry loss (paper §3.3); --no-sym is the ablation."),
-    sym_weight: float = typer.Option(4.0, help="lambda_sym."),
-    sym_every: int = typer.Option(4, help="Apply the symmetry loss every N steps."),
+    sym_weight: Optional[float] = typer.Option(None, help="lambda_sym (recipe paper: 4, authors: 1)."),
+    sym_every: Optional[int] = typer.Option(None, help="Apply the symmetry loss every N steps (both recipes: 4)."),
+    sym_poses: Optional[str] = typer.Option(None, help="Symmetric camera pairs: uniform (per sample, yaw +-0.35, "
+                                                       "pitch +-0.25; recipe paper) | orbit (the authors' 120-frame "
+                                                       "orbit)."),
+    sym_step: Optional[str] = typer.Option(None, help="joint (L_sym in the reconstruction step, paper eq. 3) | "
+                                                      "separate (its own optimizer step, the authors' code)."),
     id_weights: Optional[Path] = typer.Option(None, "--id-weights", help="Identity network for the symmetry "
                                               "loss: IR-SE50 model_ir_se50.pth, arcface_torch .pth or "
                                               "insightface w600k_r50.onnx."),
@@ -61,6 +81,9 @@ def train(
     inversion_lr: float = typer.Option(0.01, help="Peak learning rate of the W inversion."),
     inversion_batch: int = typer.Option(4, help="Photos inverted together (memory: ~2-3 GB each at 512x512)."),
     w_plus: bool = typer.Option(False, help="Invert to W+ (one w per layer) instead of W."),
+    projector_noise: bool = typer.Option(True, "--projector-noise/--no-projector-noise",
+                                         help="Optimise and regularise the noise maps during the W inversion, as "
+                                              "the StyleGAN2 projector does (part of the inversion cache key)."),
     stochastic_render: bool = typer.Option(False, help="Render training images with the official stochastic "
                                                        "depth sampling instead of the deterministic default."),
     seed: int = typer.Option(0, help="Seed of batch sampling, symmetric poses, LoRA init and inversion noise."),
@@ -78,14 +101,19 @@ def train(
     import torch
 
     from generator.model_dir import build_generator
-    from train.checkpoint import CheckpointError
-    from train.config import DEMO_SCALE, ProjectorConfig, TrainConfig
-    from train.data import TrainingDataError
-    from train.trainer import IdentityNetworkRequired, identity_network_help, personalize
+    from train.config import DEMO_SCALE, ProjectorConfig, TrainConfig, config_from_recipe, describe_recipe
+    from train.config import iterations_for_kimg
+    from train.trainer import identity_network_help, personalize
 
-    if (model is None) == (preset is None):
-        raise typer.BadParameter("give exactly one of --model DIR or --preset NAME")
+    one_model_source(model, preset)
     defaults = TrainConfig()
+    if kimg is not None:
+        if iterations is not None:
+            raise typer.BadParameter("give either --kimg or --steps/--iterations, not both")
+        try:
+            iterations = iterations_for_kimg(kimg, batch or defaults.batch)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--kimg") from None
     if preset is not None:
         applied = []
         if iterations is None:
@@ -97,17 +125,18 @@ def train(
         if applied:
             typer.echo(f"--preset {preset} has random weights (demo/smoke test): using demo-scale "
                        f"{' '.join(applied)} (pass them to change)")
-    iterations = defaults.iterations if iterations is None else iterations
     inversion_steps = defaults.projector.steps if inversion_steps is None else inversion_steps
+    explicit = {"alpha": alpha, "iterations": iterations, "batch": batch, "train_decoder": train_decoder,
+                "sym_weight": sym_weight, "sym_every": sym_every, "sym_poses": sym_poses, "sym_step": sym_step}
     try:
-        config = TrainConfig(mode=mode, rank=rank, alpha=float(rank if alpha is None else alpha),
-                             iterations=iterations, batch=batch, lr=lr, sym=sym, sym_weight=sym_weight,
-                             sym_every=sym_every, id_crop=id_crop, lpips_net=lpips_net,
-                             stochastic_render=stochastic_render, seed=seed, checkpoint_every=checkpoint_every,
-                             projector=ProjectorConfig(steps=inversion_steps, lr=inversion_lr, w_plus=w_plus)
-                             ).validate()
+        config = config_from_recipe(
+            recipe, explicit, mode=mode, rank=rank, lr=lr, sym=sym, id_crop=id_crop, lpips_net=lpips_net,
+            stochastic_render=stochastic_render, seed=seed, checkpoint_every=checkpoint_every,
+            projector=ProjectorConfig(steps=inversion_steps, lr=inversion_lr, w_plus=w_plus,
+                                      optimize_noise=projector_noise))
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    typer.echo(describe_recipe(config))
     identity, identity_name = (None, None)
     if sym:
         identity, identity_name = build_identity(id_weights, id_network, id_crop)
@@ -135,9 +164,6 @@ def train(
                              dtype=torch.float16 if fp16 else torch.float32, progress=True, restart=restart,
                              preview=preview, identity_name=identity_name, inversion_batch=inversion_batch,
                              echo=typer.echo)
-    except (TrainingDataError, CheckpointError, IdentityNetworkRequired) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
     except KeyboardInterrupt:
         raise typer.Exit(130)
     total = time.perf_counter() - t0

@@ -8,12 +8,27 @@ Where a value comes from is stated per field. Sources read (clean room: facts on
 * oneThousand1000/EG3D-projector `eg3d/projector/w_projector.py` (the inversion the My3DGen README says the
   authors used) and StyleGAN2-ADA's `projector.py` (the schedule both follow);
 * google/mystyle `hyperparams.py` (tune_steps=1000 epochs, tune_lr=3e-4) for the default length of training.
+
+`RECIPES` names two complete settings (`cli.py train --recipe paper|authors`): the paper's §3 values, or the
+defaults of the authors' code where it differs from the paper. Facts behind `authors` (luchaoqi/my3dgen,
+eg3d/ folder, commit 94efeb2): `train.py` declares `--lora_alpha` with default 16 (the README example passes 1)
+and `--kimg` with default 25000 (a GAN-training default; the README's personalization example uses
+`--kimg=500 --batch=4`); `training_loop.py` builds G with `requires_grad_(False)` and its LoRA wrappers
+re-enable only LoRA tensors, biases, noise strengths and the const, so the OSG decoder stays frozen; the
+symmetry term is its own phase `Gsym_reg` run every `G_reg_interval` = `--density_reg_every` (default 4)
+iterations with its own Adam step on the shared optimizer, and `loss.py` sets `gain = 1` for it (weight 1,
+not 4); its symmetric cameras come from `get_lookat_pose_sampler_pair`: frame i ~ randint(0, 60) of a
+120-frame orbit and frame 119 - i, yaw pi/2 + 0.35 sin(2 * 3.14 * i / 120) (written with 3.14), polar angle
+3.14/2 - 0.05 + 0.25 cos(2 * 3.14 * i / 120), radius 2.7, looking at (0, 0, 0), one pair per step for the
+whole batch. Their default LoRA layout (`original_conv_lora=False`, A [r*k, in*k*k], B [out, r*k]) is not
+one of this project's layouts (`generator.lora.LAYOUTS`), so `authors` keeps the loralib layout.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from generator.lora import AdapterPolicy
 
@@ -50,6 +65,14 @@ class ProjectorConfig:
     that 2x ratio for small test generators such as the `tiny` preset, 128 -> 64, and is 4x cheaper)."""
     w_plus: bool = False
     """Optimise one w per synthesis layer (W+, [num_ws, w_dim]) instead of one w broadcast to all (W)."""
+    optimize_noise: bool = True
+    """Optimise the backbone's per-layer noise maps alongside w, as both projectors do: each map starts as
+    N(0, 1), is regularised towards white noise and renormalised after every step. The maps only help w
+    converge: like the official projectors' result, the anchor is w alone and renders with the fixed 'const'
+    noise. Part of the inversion cache key."""
+    regularize_noise_weight: float = 1e5
+    """Weight of the noise regulariser (both projectors: 1e5): squared autocorrelation of each map with itself
+    shifted by one pixel in x and in y, summed over a pyramid of 2x average-pooled maps down to 8x8."""
 
     def lpips_size(self, img_resolution: int) -> int:
         if self.lpips_resolution is not None:
@@ -78,6 +101,8 @@ class ProjectorConfig:
             raise ValueError(f"projector w_avg_samples={self.w_avg_samples}: must be >= 2")
         if self.lpips_resolution is not None and self.lpips_resolution < 32:
             raise ValueError(f"projector lpips_resolution={self.lpips_resolution}: must be >= 32 (VGG16 pools 4x)")
+        if self.regularize_noise_weight < 0:
+            raise ValueError(f"projector regularize_noise_weight={self.regularize_noise_weight}: must be >= 0")
         return self
 
     def to_dict(self) -> dict:
@@ -131,6 +156,17 @@ class TrainConfig:
     """Symmetric pairs: yaw ~ U(-range, range) and its mirror -yaw (paper §3.4 / loss.py yaw_range 0.35)."""
     sym_pitch_range: float = 0.25
     """Symmetric pairs: one pitch ~ U(-range, range) for both views (paper §3.4 / loss.py pitch_range 0.25)."""
+    sym_poses: str = "uniform"
+    """How the mirrored camera pairs are drawn, one of SYM_POSES: 'uniform' (per sample, yaw and pitch uniform
+    in the ranges above, exactly mirrored; the paper's §3.4 ranges) or 'orbit' (the authors' loss.py: one pair
+    per step, frames i and 119 - i of a 120-frame orbit looking at the origin)."""
+    sym_step: str = "joint"
+    """'joint': lambda_sym * L_sym is added to L_rec in the same optimizer step (paper eq. 3); 'separate': the
+    authors' code, a second Adam step on L_sym alone (their `Gsym_reg` phase) after the reconstruction step."""
+    recipe: str = "paper"
+    """Name of the recipe these settings started from (RECIPES); stored in the adapter's metadata."""
+    recipe_overrides: tuple[str, ...] = ()
+    """Fields the user set explicitly on top of the recipe (stored with it)."""
     id_crop: str = "full"
     """Face crop of the identity network `cli.py train` builds: 'full' = the whole image pooled to 112, as the
     authors' PersonIdentifier.get_feature; 'psp' / 'arcface_ffhq' are tighter crops (perception.identity).
@@ -159,7 +195,11 @@ class TrainConfig:
                    "must be 'full', 'psp' or 'arcface_ffhq'"),
                   (self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1"),
                   (0 <= self.sym_yaw_range <= 1.5 and 0 <= self.sym_pitch_range <= 1.5, "sym ranges",
-                   "must be within [0, 1.5] radians")]
+                   "must be within [0, 1.5] radians"),
+                  (self.sym_weight >= 0, "sym_weight", "must be >= 0"),
+                  (self.sym_poses in SYM_POSES, "sym_poses", f"must be one of {SYM_POSES}"),
+                  (self.sym_step in SYM_STEPS, "sym_step", f"must be one of {SYM_STEPS}"),
+                  (self.recipe in RECIPES, "recipe", f"must be one of {tuple(RECIPES)}")]
         for ok, name, why in checks:
             if not ok:
                 raise ValueError(f"train config {name}={getattr(self, name, None)!r}: {why}")
@@ -169,15 +209,97 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        d["recipe_overrides"] = list(self.recipe_overrides)
         d["projector"] = self.projector.to_dict()
         return d
 
+    @property
+    def kimg(self) -> float:
+        """Training length in thousands of photos shown (EG3D's unit): iterations x batch / 1000."""
+        return self.iterations * self.batch / 1000.0
+
     def resume_key(self) -> dict:
-        """The fields a checkpoint must agree on to be resumed (the run length and checkpoint cadence may change)."""
+        """The fields a checkpoint must agree on to be resumed (the run length and checkpoint cadence may change;
+        the recipe's name is a label, its values are compared field by field)."""
         d = self.to_dict()
-        for k in ("iterations", "checkpoint_every"):
+        for k in ("iterations", "checkpoint_every", "recipe", "recipe_overrides"):
             d.pop(k)
         return d
+
+
+SYM_POSES = ("uniform", "orbit")
+SYM_STEPS = ("joint", "separate")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of TrainConfig values (`cli.py train --recipe NAME`); explicit options override it."""
+
+    name: str
+    summary: str
+    values: MappingProxyType
+    """TrainConfig field -> value. 'alpha' may be the string 'rank' (alpha = r, i.e. delta scale 1)."""
+
+    def settings(self, rank: int) -> dict:
+        """The values with 'rank' resolved, ready for TrainConfig(**...)."""
+        return {k: (float(rank) if v == "rank" else v) for k, v in self.values.items()}
+
+
+def iterations_for_kimg(kimg: float, batch: int) -> int:
+    """Steps that show `kimg` thousand photos at `batch` photos per step (rounded up, at least 1)."""
+    if kimg <= 0 or batch < 1:
+        raise ValueError(f"kimg={kimg} and batch={batch}: kimg must be > 0 and batch >= 1")
+    return max(1, math.ceil(kimg * 1000.0 / batch))
+
+
+RECIPES = {
+    "paper": Recipe("paper", "My3DGen paper §3: W = W0 + BA (alpha = r), decoder fine-tuned, lambda_sym 4 every "
+                    "4 steps in the same step as L_rec (eq. 3), symmetric views uniform in yaw +-0.35 / pitch "
+                    "+-0.25; the paper gives no training length: 10 kimg (2,500 steps at batch 4), our choice",
+                    MappingProxyType({"alpha": "rank", "train_decoder": True, "sym_weight": 4.0, "sym_every": 4,
+                                      "sym_poses": "uniform", "sym_step": "joint", "iterations": 2500,
+                                      "batch": 4})),
+    "authors": Recipe("authors", "the authors' code (luchaoqi/my3dgen eg3d/): lora_alpha 16, decoder frozen, "
+                      "L_sym with gain 1 in its own Adam step every 4 steps, symmetric views from their 120-frame "
+                      "orbit; 500 kimg at batch 4 (their README example) = 125,000 steps",
+                      MappingProxyType({"alpha": 16.0, "train_decoder": False, "sym_weight": 1.0, "sym_every": 4,
+                                        "sym_poses": "orbit", "sym_step": "separate", "iterations": 125000,
+                                        "batch": 4})),
+}
+"""The recipes `cli.py train --recipe` offers (see the module docstring for where each value comes from)."""
+
+RECIPE_FIELDS = ("alpha", "train_decoder", "sym_weight", "sym_every", "sym_poses", "sym_step", "iterations", "batch")
+"""The TrainConfig fields a recipe sets."""
+
+
+def config_from_recipe(recipe: str, explicit: dict | None = None, **fields) -> TrainConfig:
+    """TrainConfig = the recipe's values, then `explicit` (options the user gave, which win and are recorded as
+    overrides), then the remaining `fields` (options no recipe sets, e.g. rank, mode, lr, seed), validated."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe {recipe!r}: expected one of {tuple(RECIPES)}")
+    explicit = {k: v for k, v in (explicit or {}).items() if v is not None}
+    unknown = sorted(set(explicit) - set(RECIPE_FIELDS))
+    if unknown:
+        raise ValueError(f"explicit recipe overrides {unknown}: a recipe sets only {RECIPE_FIELDS}")
+    clash = sorted(set(explicit) & set(fields))
+    if clash:
+        raise ValueError(f"{clash} given both as a recipe override and as a plain field")
+    values = RECIPES[recipe].settings(int(fields.get("rank", TrainConfig.rank)))
+    values.update(explicit)
+    overrides = tuple(k for k in RECIPE_FIELDS if k in explicit)
+    return TrainConfig(**values, **fields, recipe=recipe, recipe_overrides=overrides).validate()
+
+
+def describe_recipe(config: TrainConfig) -> str:
+    """One line for the console: the recipe, the values it set (as used) and which ones options overrode."""
+    parts = [f"alpha {config.alpha:g}", f"decoder {'trained' if config.train_decoder else 'frozen'}",
+             f"L_sym weight {config.sym_weight:g} every {config.sym_every} steps ({config.sym_step} step, "
+             f"{config.sym_poses} poses)" if config.sym else "L_sym off",
+             f"{config.iterations:,} steps x batch {config.batch} = {config.kimg:g} kimg"]
+    text = f"recipe {config.recipe}: " + ", ".join(parts)
+    if config.recipe_overrides:
+        text += f" (set by options: {', '.join(config.recipe_overrides)})"
+    return text
 
 
 DEMO_SCALE = {"iterations": 150, "inversion_steps": 100}

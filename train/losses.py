@@ -82,6 +82,35 @@ def symmetric_cameras(n: int, generator: torch.Generator, yaw_range: float = 0.3
     return torch.from_numpy(c1), torch.from_numpy(c2), torch.stack([yaw, pitch], 1).float()
 
 
+ORBIT_FRAMES = 120
+"""Frames of the authors' symmetric-view orbit (loss.py `get_lookat_pose_sampler_pair`: w_frames = 120)."""
+ORBIT_PI = 3.14
+"""The authors write pi as 3.14 in that orbit; kept, so the poses are theirs to the last digit."""
+
+
+def orbit_symmetric_cameras(n: int, generator: torch.Generator, yaw_range: float = 0.35, pitch_range: float = 0.25,
+                            radius: float = 2.7, pivot: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                            focal: float = FFHQ_FOCAL) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The authors' symmetric pair, repeated for n samples: frames i ~ U{0..59} and 119 - i of their orbit.
+
+    Frame k: yaw 0.35 sin(2 * 3.14 * k / 120) and polar angle 3.14/2 - 0.05 + 0.25 cos(2 * 3.14 * k / 120) in
+    EG3D's LookAtPoseSampler convention (3.14/2 where pi/2 would be frontal), radius 2.7, looking at the origin
+    (their `camera_lookat_point`), not at EG3D's pivot (0, 0, 0.2). Frames i and 119 - i are mirror images only
+    to within one frame (yaw -0.35 sin(2 pi (i + 1) / 120)). Returns c1 [n, 25], c2 [n, 25] and the
+    (yaw, pitch) offsets from frontal of the pair [2, 2].
+    """
+    i = int(torch.randint(0, ORBIT_FRAMES // 2, (1,), generator=generator))
+    poses = []
+    for k in (i, ORBIT_FRAMES - i - 1):
+        phase = 2 * ORBIT_PI * k / ORBIT_FRAMES
+        yaw = ORBIT_PI / 2 + yaw_range * np.sin(phase) - np.pi / 2
+        pitch = ORBIT_PI / 2 - 0.05 + pitch_range * np.cos(phase) - np.pi / 2
+        poses.append((float(yaw), float(pitch)))
+    c1, c2 = (torch.from_numpy(np.stack([lookat_label(y, p, radius=radius, focal=focal, pivot=pivot)] * n))
+              for y, p in poses)
+    return c1, c2, torch.tensor(poses, dtype=torch.float32)
+
+
 def symmetry_term(encoder: IdentityEncoder, img_k1: torch.Tensor, img_k2: torch.Tensor) -> torch.Tensor:
     """L_sym of renders at mirrored cameras (the second is flipped inside `perception.identity.symmetry_loss`)."""
     return symmetry_loss(encoder, img_k1, img_k2)

@@ -4,8 +4,11 @@ Per photo (x, c): start at w_avg, the mean of `w_avg_samples` mapping outputs co
 camera c (as EG3D-projector does); optimise one w (broadcast to every synthesis layer; `w_plus` optimises
 one per layer) with Adam under the projectors' schedule (linear ramp-up, cosine ramp-down, Gaussian noise on
 w that decays over the first 75%); the loss is LPIPS (VGG16) between G.synthesis(w, c)['image'] and x, both
-area-downsampled to 256 (official) - see `ProjectorConfig.lpips_size`. Noise buffers are not optimised: the
-generator renders with its fixed 'const' noise, so an anchor is fully described by w.
+area-downsampled to 256 (official) - see `ProjectorConfig.lpips_size`. With `optimize_noise` (default, as both
+projectors) the backbone's noise maps are optimised too, one set per photo, under the StyleGAN2 noise
+regulariser; they are swapped into G only for the run (`_noise_maps_swapped`, G's own buffers are restored)
+and discarded afterwards, as the projectors discard them: an anchor is fully described by w and renders with
+G's fixed 'const' noise.
 
 Several photos are inverted in one batch: the loss is a sum of per-photo terms and Adam is element-wise, so
 each w follows its own trajectory, with its own noise stream seeded by `seed` (the same as inverting it
@@ -17,6 +20,7 @@ and PROJECTOR_VERSION, so re-running `train` does not invert again.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,8 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from generator.adapter_file import base_fingerprint
-from generator.atomic import atomic_file
-from generator.layers import Personalizable
+from formats.atomic import atomic_file
+from generator.lora import attachment_of
 from generator.model_dir import weights_fingerprint
 from perception.lpips import LPIPS
 from train.config import PROJECTOR_VERSION, ProjectorConfig
@@ -41,23 +45,17 @@ CACHE_META_KEY = "my3dgen_projection"
 
 def model_fingerprint(G: torch.nn.Module) -> str:
     """Fingerprint of what G computes now: base weights (or merged weights) plus any attached adapter(s)."""
-    if getattr(G, "_merged_stash", None) is not None:
-        base = weights_fingerprint(G.state_dict())
-    else:
-        base = base_fingerprint(G)
-    routes = {id(m.personal): m.personal for m in G.modules()
-              if isinstance(m, Personalizable) and m.personal is not None}
-    if not routes:
-        return base
-    h = hashlib.sha256(base.encode())
+    attached = attachment_of(G)
+    if attached is None:
+        return base_fingerprint(G)
+    if attached.merged:
+        return weights_fingerprint(G.state_dict())
+    h = hashlib.sha256(base_fingerprint(G).encode())
+    if attached.index is not None:
+        h.update(attached.index.cpu().numpy().tobytes())
     seen = set()
-    for route in routes.values():
-        adapters = getattr(route, "adapters", None) or [route.adapter]
-        if hasattr(route, "index"):
-            h.update(route.index.cpu().numpy().tobytes())
-        for adapter in adapters:
-            if id(adapter) in seen:
-                continue
+    for adapter in attached.adapters:
+        if id(adapter) not in seen:
             seen.add(id(adapter))
             h.update(weights_fingerprint(adapter.file_tensors()).encode())
     return "sha256:" + h.hexdigest()
@@ -189,6 +187,47 @@ def project_w(G: torch.nn.Module, image: torch.Tensor, c: torch.Tensor, steps: i
                          progress=progress)[0]
 
 
+def noise_layers(G: torch.nn.Module) -> list[torch.nn.Module]:
+    """The backbone synthesis layers that own a 'noise_const' map (the maps the projectors optimise)."""
+    return [m for m in G.backbone.synthesis.modules() if "noise_const" in getattr(m, "_buffers", {})]
+
+
+@contextlib.contextmanager
+def _noise_maps_swapped(layers: list[torch.nn.Module], maps: list[torch.Tensor]):
+    """Render with `maps` ([N, 1, H, W], one per photo) in place of the layers' 'noise_const' buffers; the
+    original buffer objects are put back on exit, whatever happened."""
+    saved = [layer._buffers["noise_const"] for layer in layers]
+    try:
+        for layer, noise in zip(layers, maps):
+            layer._buffers["noise_const"] = noise
+        yield
+    finally:
+        for layer, buffer in zip(layers, saved):
+            layer._buffers["noise_const"] = buffer
+
+
+def noise_regularization(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Per-photo StyleGAN2 noise regulariser [N]: for every map and every level of its 2x average-pool pyramid
+    (down to 8x8), the squared mean of the map times itself rolled one pixel along x, and along y."""
+    total = maps[0].new_zeros(maps[0].shape[0])
+    for noise in maps:
+        while True:
+            total = total + (noise * torch.roll(noise, shifts=1, dims=3)).mean(dim=(1, 2, 3)) ** 2
+            total = total + (noise * torch.roll(noise, shifts=1, dims=2)).mean(dim=(1, 2, 3)) ** 2
+            if noise.shape[2] <= 8:
+                break
+            noise = F.avg_pool2d(noise, kernel_size=2)
+    return total
+
+
+@torch.no_grad()
+def _normalize_noise(maps: list[torch.Tensor]) -> None:
+    """Each photo's map back to zero mean and unit variance (after every step, as the projectors do)."""
+    for noise in maps:
+        noise -= noise.mean(dim=(1, 2, 3), keepdim=True)
+        noise *= noise.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
+
+
 def _downsample(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] > size:
         return F.interpolate(images, size=(size, size), mode="area")
@@ -219,10 +258,13 @@ def _optimise(G, images, cameras, config: ProjectorConfig, seed: int, lpips: LPI
         if config.w_plus:
             w_start = w_start[:, None, :].repeat(1, G.num_ws, 1)
         w_opt = w_start.clone().requires_grad_(True)
-        opt = torch.optim.Adam([w_opt], lr=config.lr, betas=tuple(config.betas))
+        gens = [torch.Generator().manual_seed(int(seed)) for _ in range(n)]
+        layers = noise_layers(G) if config.optimize_noise else []
+        maps = [torch.stack([torch.randn((1,) + tuple(layer.noise_const.shape), generator=g) for g in gens])
+                .to(device).requires_grad_(True) for layer in layers]
+        opt = torch.optim.Adam([w_opt] + maps, lr=config.lr, betas=tuple(config.betas))
         with torch.no_grad():
             target_feats = lpips_features(lp, _downsample(images, size))
-        gens = [torch.Generator().manual_seed(int(seed)) for _ in range(n)]
         noise_shape = tuple(w_opt.shape[1:])
         dist = None
         bar = tqdm(range(config.steps), desc=desc, unit="step", disable=not progress, leave=False,
@@ -235,12 +277,20 @@ def _optimise(G, images, cameras, config: ProjectorConfig, seed: int, lpips: LPI
             scale = (w_std * factor).reshape((n,) + (1,) * len(noise_shape))
             w = w_opt + noise * scale
             ws = w if config.w_plus else w[:, None, :].expand(-1, G.num_ws, -1)
-            synth = G.synthesis(ws, cameras, noise_mode="const")["image"]
+            with _noise_maps_swapped(layers, maps):
+                synth = G.synthesis(ws, cameras, noise_mode="const")["image"]
             dist = lpips_distance(lp, lpips_features(lp, _downsample(synth, size)), target_feats)
-            (grad,) = torch.autograd.grad(dist.sum(), [w_opt])
-            w_opt.grad = grad
+            loss = dist.sum()
+            if maps:
+                loss = loss + config.regularize_noise_weight * noise_regularization(maps).sum()
+            grads = torch.autograd.grad(loss, [w_opt] + maps)
+            for tensor, grad in zip([w_opt] + maps, grads):
+                tensor.grad = grad
             opt.step()
-            w_opt.grad = None
+            for tensor in [w_opt] + maps:
+                tensor.grad = None
+            if maps:
+                _normalize_noise(maps)
             if progress:
                 bar.set_postfix(lpips=f"{float(dist.detach().mean()):.4f}")
         bar.close()

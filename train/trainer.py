@@ -2,9 +2,10 @@
 
 Each step draws `batch` photos, renders their anchors w_i at their cameras c_i through the attached adapter and
 minimises L_rec (LPIPS + lambda_L2 * MSE, on the final and the raw image); every `sym_every`-th step it also
-renders each w_i at a random mirrored camera pair and adds lambda_sym * L_sym (ArcFace features of one view vs
-the flipped other). The authors' code takes a separate Adam step for L_sym (EG3D's lazy-regularization
-phases); here both terms go into the same step, which is eq. 3 of the paper and keeps one optimizer state.
+renders each w_i at a mirrored camera pair (`sym_poses`: uniform per sample, or the authors' orbit) and adds
+lambda_sym * L_sym (ArcFace features of one view vs the flipped other). By default both terms go into the same
+step (`sym_step='joint'`, eq. 3 of the paper); `sym_step='separate'` takes a second Adam step on L_sym alone
+after the reconstruction step, as the authors' code does (EG3D's lazy-regularization phases, one optimizer).
 
 The tri-planes of a step are computed once and rendered at all of its cameras. The generator runs in train
 mode (non-fused modulated convs, as EG3D's 'inference_only' default does during training) with 'const' noise;
@@ -31,14 +32,20 @@ import numpy as np
 import torch
 
 from generator.adapter_file import Anchors, base_fingerprint, save_adapter
-from generator.atomic import atomic_file
+from formats.atomic import atomic_file
 from generator.lora import PersonAdapter, attach, detach
 from perception.identity import IdentityEncoder
 from perception.lpips import LPIPS
 from train.checkpoint import CHECKPOINT_FILE, CheckpointError, RngStates, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.data import TrainingSet, load_training_set
-from train.losses import reconstruction_losses, resize_antialiased, symmetric_cameras, symmetry_term
+from train.losses import (
+    orbit_symmetric_cameras,
+    reconstruction_losses,
+    resize_antialiased,
+    symmetric_cameras,
+    symmetry_term,
+)
 
 LOG_FILE = "log.jsonl"
 PREVIEW_FILE = "preview.png"
@@ -234,6 +241,40 @@ class Trainer:
         perms = [torch.randperm(n, generator=self.sampler) for _ in range(math.ceil(b / n))]
         return torch.cat(perms)[:b]
 
+    def _symmetric_pair(self, b: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mirrored cameras [b, 25] x 2 for L_sym, drawn from the sampler (so a resumed run draws the same)."""
+        cfg, r = self.config, self.G.cfg.rendering
+        if cfg.sym_poses == "orbit":
+            c1, c2, _ = orbit_symmetric_cameras(b, self.sampler, cfg.sym_yaw_range, cfg.sym_pitch_range,
+                                                radius=r.avg_camera_radius)
+        else:
+            c1, c2, _ = symmetric_cameras(b, self.sampler, cfg.sym_yaw_range, cfg.sym_pitch_range,
+                                          radius=r.avg_camera_radius, pivot=tuple(r.avg_camera_pivot))
+        return c1.to(like), c2.to(like)
+
+    def _render(self, ws: torch.Tensor, cams: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Renders of ws [b, num_ws, w_dim] at cams [k * b, 25] (tri-planes computed once, reused k times)."""
+        b = len(ws)
+        copies = len(cams) // b
+        planes = self.G.planes(ws, noise_mode="const")
+        return self.G.render_planes(torch.cat([planes] * copies), torch.cat([ws] * copies), cams,
+                                    sampling="stochastic" if self.config.stochastic_render else "deterministic")
+
+    def _apply(self, loss: torch.Tensor) -> None:
+        """One Adam step on `loss` (non-finite gradients zeroed/clipped, as EG3D's training loop does)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in self.adapter.parameters():
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+        self.optimizer.step()
+
+    def _sym_loss(self, out_images: torch.Tensor) -> torch.Tensor:
+        """L_sym of renders [2b, ...] at (c1, c2): renders clamped to [-1, 1] as the authors' get_feature does."""
+        views = out_images.clamp(-1.0, 1.0)
+        b = len(views) // 2
+        return symmetry_term(self.identity, views[:b], views[b:])
+
     def _train_step(self, step: int) -> dict[str, float]:
         cfg, G = self.config, self.G
         idx = self._draw_indices().to(self.device)
@@ -242,30 +283,23 @@ class Trainer:
         ws = ws if ws.ndim == 3 else ws[:, None, :].expand(-1, G.num_ws, -1)
         cams = self.cameras[idx]
         do_sym = cfg.sym and step % cfg.sym_every == 0
+        joint = do_sym and cfg.sym_step == "joint"
         if do_sym:
-            r = G.cfg.rendering
-            c1, c2, _ = symmetric_cameras(b, self.sampler, cfg.sym_yaw_range, cfg.sym_pitch_range,
-                                          radius=r.avg_camera_radius, pivot=tuple(r.avg_camera_pivot))
-            cams = torch.cat([cams, c1.to(cams), c2.to(cams)])
-        copies = len(cams) // b
-        planes = G.planes(ws, noise_mode="const")
-        out = G.render_planes(torch.cat([planes] * copies), torch.cat([ws] * copies), cams,
-                              sampling="stochastic" if cfg.stochastic_render else "deterministic")
+            c1, c2 = self._symmetric_pair(b, cams)
+        out = self._render(ws, torch.cat([cams, c1, c2]) if joint else cams)
         own = {k: v[:b] for k, v in out.items()}
         terms = reconstruction_losses(own, self.images[idx], self.raw_targets[idx], self.lp,
                                       cfg.lpips_weight, cfg.l2_weight)
         loss = terms["rec"]
-        if do_sym:
-            views = out["image"][b:].clamp(-1.0, 1.0)  # as the authors' PersonIdentifier.get_feature
-            terms["sym"] = symmetry_term(self.identity, views[:b], views[b:])
+        if joint:
+            terms["sym"] = self._sym_loss(out["image"][b:])
             loss = loss + cfg.sym_weight * terms["sym"]
+        self._apply(loss)
+        if do_sym and not joint:  # the authors' separate Gsym_reg phase: its own step, after the main one
+            terms["sym"] = self._sym_loss(self._render(ws, torch.cat([c1, c2]))["image"])
+            self._apply(cfg.sym_weight * terms["sym"])
+            loss = loss.detach() + cfg.sym_weight * terms["sym"].detach()
         terms["loss"] = loss
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for p in self.adapter.parameters():
-            if p.grad is not None:
-                torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
-        self.optimizer.step()
         return {k: float(v.detach()) for k, v in terms.items()}
 
     @contextlib.contextmanager

@@ -88,7 +88,7 @@ Ten 128x128 views of a ground-truth "person" G* = the `tiny` preset generator (s
 rank-4 LoRA change (seed {change_seed}, B ~ N(0, {strength}^2)), rendering latent seed {latent_seed} (truncation
 {truncation}) from the cameras in dataset.json (EG3D labels). Random-weight generators render abstract blobs, not
 faces: this data exercises the pipeline (`cli.py train --preset tiny --data samples/tiny_person ...`), it does not
-show a real person. Regenerate with `python scripts/make_sample_data.py` (deterministic); see train/synthetic.py.
+show a real person. Regenerate with `python scripts/make_sample_data.py` (deterministic); see tests/helpers/synthetic.py.
 """
 
 
@@ -97,7 +97,7 @@ def write_sample_dataset(out_dir, overwrite: bool = False):
     import json
     from pathlib import Path
 
-    from generator.atomic import atomic_dir
+    from formats.atomic import atomic_dir
     from generator.imaging import to_uint8
     from PIL import Image
     from preprocess import write_dataset_json

@@ -3,7 +3,7 @@
 The official global names cannot be pickled the ordinary way because ``training`` / ``torch_utils`` / ``dnnlib``
 are not importable here, so the file is written opcode by opcode. ``module_src`` is a placeholder, so official
 code cannot rebuild modules from such a file; it exists for tests and for handing us weights in official layout.
-The reader is :mod:`generator.official_pickle`; docs/eg3d-reference.md §7 describes the format.
+The reader is :mod:`generator.official_pickle`; docs/OFFICIAL_PICKLE.md describes the format.
 """
 from __future__ import annotations
 

@@ -1,0 +1,241 @@
+"""An export directory's `manifest.json`: what each graph takes and returns, and how the export was made.
+
+Written once, by export.exporter through `build_manifest` + `write_manifest`; read by `ExportManifest.read` (the
+runtime, the TorchServe handler, `cli.py build-engine`, the packager). Layout of an export directory:
+
+    manifest.json              this file
+    mapping.onnx               (z [batch, z_dim], c [batch, 25], truncation_psi [1]) -> ws [batch, num_ws, w_dim]
+    synthesis.onnx             (ws, *adapter inputs) -> planes [batch, 3, C, H, W]
+    render.onnx                (planes, ws, c, *adapter inputs) -> image, image_raw, depth
+    base_adapter.safetensors   keep-LoRA only: the base model's values of every adapter input (B = 0)
+    anchors.safetensors        merged only: the merged person's anchors (W latents, cameras, names)
+    <graph>.engine             TensorRT engines, where built
+
+Top-level fields, in file order:
+
+    format, format_version     'my3dgen-export', 1
+    graphs                     {name: {file, sha256, inputs: [{name, dtype, shape}], outputs: [...],
+                                adapter_inputs: [input names]}}; shapes use 'batch' for the dynamic axis
+    generator                  GeneratorConfig.to_dict() of the base model
+    model                      num_ws, w_dim, z_dim, c_dim, img_resolution, neural_rendering_resolution,
+                               triplane_shape [3, C, H, W]
+    camera                     radius, pivot, focal of the look-at cameras the runtime builds
+    rendering_mode             noise_mode 'const', sampling 'deterministic', fused_modconv false, truncation
+    base_fingerprint           weights fingerprint of the base model (adapter files name the one they need)
+    source                     where the base model came from (model directory or preset)
+    adapter                    mode 'none' | 'merged' | 'keep-lora' and, per mode: merged person name, adapter
+                               file sha256 and its base fingerprint; or the kept-LoRA policy, scale, target list,
+                               and `inputs`: [{input, tensor, target, role, shape, graph, dtype}]
+    precision                  'fp32' or 'fp16' (fp16 weights stored as float16 initializers cast to float32 in
+                               the graph, tri-planes passed between the graphs as float16)
+    opset, versions            ONNX opset; python, torch, onnx, onnxruntime, onnxscript versions
+    verification               eager PyTorch vs onnxruntime on the export's example batch: max abs diffs, tolerance
+    tensorrt                   {check: {graph: {...}}, engines: {graph: {file, fp16, ...}} or null}
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from formats.atomic import write_text
+from formats.errors import ManifestError
+from formats.limits import Limits, current_limits
+from formats.versioned_json import dump_json, read_versioned_json
+
+FORMAT = "my3dgen-export"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+GRAPH_FILES = {"mapping": "mapping.onnx", "synthesis": "synthesis.onnx", "render": "render.onnx"}
+BASE_ADAPTER_FILE = "base_adapter.safetensors"
+ANCHORS_FILE = "anchors.safetensors"
+MODES = ("none", "merged", "keep-lora")
+RENDERING_MODE = {"noise_mode": "const", "sampling": "deterministic", "fused_modconv": False,
+                  "truncation": "psi is the mapping graph input 'truncation_psi' [1]; "
+                                "truncation_cutoff None (every w is truncated)"}
+"""How every export renders (the runtime relies on it: same latent and camera, same image)."""
+SERVED_GRAPHS = ("synthesis", "render")
+"""The graphs a runtime needs; the mapping graph is optional (only for z -> W)."""
+
+
+def graph_entry(file: str, sha256: str, inputs: list[dict], outputs: list[dict], adapter_inputs: list[str]
+                ) -> dict[str, Any]:
+    """One `graphs` item."""
+    return {"file": file, "sha256": sha256, "inputs": inputs, "outputs": outputs, "adapter_inputs": adapter_inputs}
+
+
+def merged_adapter_section(person: str, adapter_sha256: str, adapter_base_fingerprint: str, policy: dict,
+                           anchor_names: list[str] | None) -> dict[str, Any]:
+    """`adapter` of a merged export; `anchor_names` None when the adapter had no anchors (no anchors file)."""
+    return {"mode": "merged", "person": person, "adapter_sha256": adapter_sha256,
+            "adapter_base_fingerprint": adapter_base_fingerprint, "policy": policy,
+            "anchors_file": ANCHORS_FILE if anchor_names is not None else None,
+            "anchor_names": list(anchor_names or [])}
+
+
+def keep_lora_adapter_section(policy: dict, rank: int, alpha: float, layout: str, scale: float, targets: list[list],
+                              inputs: list[dict], example_adapter_sha256: str | None) -> dict[str, Any]:
+    """`adapter` of a keep-LoRA export; `inputs` are {input, tensor, target, role, shape, graph, dtype} rows."""
+    return {"mode": "keep-lora", "policy": policy, "rank": rank, "alpha": alpha, "layout": layout, "scale": scale,
+            "targets": targets, "inputs": inputs, "base_values_file": BASE_ADAPTER_FILE,
+            "example_adapter_sha256": example_adapter_sha256}
+
+
+def build_manifest(*, graphs: dict[str, dict], generator: dict, model: dict, camera: dict, base_fingerprint: str,
+                   source: dict, adapter: dict, precision: str, opset: int, versions: dict,
+                   verification: dict | None, tensorrt_check: dict, engines: dict | None = None) -> dict[str, Any]:
+    """The manifest of an export, every field in its documented place."""
+    if adapter.get("mode") not in MODES:
+        raise ValueError(f"adapter mode {adapter.get('mode')!r}: expected one of {MODES}")
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "graphs": graphs, "generator": generator,
+            "model": model, "camera": camera, "rendering_mode": dict(RENDERING_MODE),
+            "base_fingerprint": base_fingerprint, "source": source, "adapter": adapter, "precision": precision,
+            "opset": opset, "versions": versions, "verification": verification,
+            "tensorrt": {"check": tensorrt_check, "engines": engines}}
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write `directory`/manifest.json atomically."""
+    return write_text(Path(directory) / MANIFEST_FILE, dump_json(manifest))
+
+
+def _plain_file(value: Any) -> bool:
+    """A file name inside the export directory: no folders, no '..', no NUL."""
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value \
+        and "\0" not in value
+
+
+def _is_int(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def check_manifest(m: dict[str, Any], directory: Path, where: str, limits: Limits | None = None) -> None:
+    """The one validator of manifest.json: the type of every field a reader relies on, sizes within
+    formats.limits, file names that stay inside the export directory, and the served graphs present as regular
+    files. ManifestError names the field."""
+    lim = current_limits(limits)
+
+    def need(cond: bool, field: str, why: str) -> None:
+        if not cond:
+            raise ManifestError(where, f"field '{field}' {why}")
+    for key, kind in (("graphs", dict), ("model", dict), ("camera", dict), ("adapter", dict),
+                      ("base_fingerprint", str)):
+        need(key in m, key, "is missing")
+        need(isinstance(m[key], kind), key, f"is not a JSON {'object' if kind is dict else 'string'}")
+    model = m["model"]
+    for key, hi in (("num_ws", lim.max_layers * 4), ("w_dim", lim.max_model_dim), ("z_dim", lim.max_model_dim),
+                    ("img_resolution", lim.max_resolution * 4)):
+        need(isinstance(model.get(key), int), f"model.{key}", "is missing or not an integer")
+        need(_is_int(model[key], 1, hi), f"model.{key}", f"is {model[key]}: expected 1..{hi} (formats.limits)")
+    cam = m["camera"]
+    pivot = cam.get("pivot") if isinstance(cam.get("pivot"), list) else [None]
+    numbers = [cam.get("radius"), cam.get("focal"), *pivot]
+    need(len(numbers) == 5 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                   for v in numbers), "camera", "needs finite 'radius', 'focal' and a 3-number 'pivot'")
+    for g, entry in m["graphs"].items():
+        need(isinstance(entry, dict) and _plain_file(entry.get("file")), f"graphs.{g}.file",
+             "is not a file name inside the export directory")
+        need(all(isinstance(entry.get(k, []), list) for k in ("inputs", "outputs", "adapter_inputs")),
+             f"graphs.{g}", "has inputs/outputs/adapter_inputs that are not lists")
+    for g in SERVED_GRAPHS:
+        if g not in m["graphs"] or not (directory / m["graphs"][g]["file"]).is_file():
+            raise ManifestError(where, f"graph '{g}' is missing from the manifest or the directory")
+    engines = m.get("tensorrt") or {}
+    need(isinstance(engines, dict) and isinstance(engines.get("engines") or {}, dict), "tensorrt",
+         "is not an object with an 'engines' object")
+    for g, entry in (engines.get("engines") or {}).items():
+        need(isinstance(entry, dict) and _plain_file(entry.get("file")), f"tensorrt.engines.{g}.file",
+             "is not a file name inside the export directory")
+    a = m["adapter"]
+    need(a.get("mode") in MODES, "adapter.mode", f"is {a.get('mode')!r}")
+    for key in ("anchors_file", "base_values_file"):
+        need(a.get(key) is None or _plain_file(a[key]), f"adapter.{key}",
+             "is not a file name inside the export directory")
+    if a["mode"] == "merged":
+        need(isinstance(a.get("person"), str) and isinstance(a.get("adapter_sha256"), str), "adapter",
+             "of a merged export needs string 'person' and 'adapter_sha256'")
+    if a["mode"] == "keep-lora":
+        need(isinstance(a.get("policy"), dict) and isinstance(a.get("targets"), list)
+             and isinstance(a.get("inputs"), list) and isinstance(a.get("base_values_file"), str), "adapter",
+             "of a keep-LoRA export needs 'policy', 'targets', 'inputs' and 'base_values_file'")
+        for n, i in enumerate(a["inputs"]):
+            need(isinstance(i, dict) and all(isinstance(i.get(k), str) for k in ("input", "tensor", "graph"))
+                 and isinstance(i.get("shape"), list) and all(_is_int(d, 0, 1 << 31) for d in i["shape"]),
+                 f"adapter.inputs[{n}]", "needs string 'input', 'tensor', 'graph' and an integer 'shape'")
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """A checked manifest: the fields a reader relies on, typed; `raw` is the whole JSON object."""
+
+    directory: Path
+    raw: dict[str, Any]
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike) -> "ExportManifest":
+        """Read and check `directory`/manifest.json: format and version, the required fields, the adapter mode,
+        and that the synthesis and render graphs it names exist. ManifestError names the file and field."""
+        directory = Path(directory)
+        path = directory / MANIFEST_FILE
+        m = read_versioned_json(path, FORMAT, FORMAT_VERSION, ManifestError,
+                                f" (is {directory} an export directory made by `cli.py export`?)")
+        check_manifest(m, directory, str(path))
+        return cls(directory, m)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / MANIFEST_FILE
+
+    @property
+    def mode(self) -> str:
+        """'none', 'merged' or 'keep-lora'."""
+        return self.raw["adapter"]["mode"]
+
+    @property
+    def adapter(self) -> dict[str, Any]:
+        return self.raw["adapter"]
+
+    @property
+    def merged_person(self) -> str | None:
+        return self.adapter.get("person") if self.mode == "merged" else None
+
+    @property
+    def num_ws(self) -> int:
+        return self.raw["model"]["num_ws"]
+
+    @property
+    def w_dim(self) -> int:
+        return self.raw["model"]["w_dim"]
+
+    @property
+    def z_dim(self) -> int:
+        return self.raw["model"]["z_dim"]
+
+    @property
+    def image_size(self) -> int:
+        """Side of the final image (512 for ffhq512-128)."""
+        return self.raw["model"]["img_resolution"]
+
+    @property
+    def base_fingerprint(self) -> str:
+        return self.raw["base_fingerprint"]
+
+    @property
+    def camera(self) -> tuple[float, tuple[float, float, float], float]:
+        """(radius, pivot, focal) of the look-at cameras."""
+        cam = self.raw["camera"]
+        return float(cam["radius"]), tuple(float(x) for x in cam["pivot"]), float(cam["focal"])
+
+    @property
+    def engines(self) -> dict[str, Any] | None:
+        """TensorRT engines by graph, or None."""
+        return (self.raw.get("tensorrt") or {}).get("engines") or None
+
+    def graph(self, name: str) -> dict[str, Any] | None:
+        return self.raw["graphs"].get(name)
+
+    def adapter_inputs(self, graph: str) -> list[dict[str, Any]]:
+        """The keep-LoRA inputs of one graph ([] for other modes)."""
+        return [i for i in self.adapter.get("inputs", []) if i["graph"] == graph]

@@ -1,0 +1,280 @@
+"""docs/HEADS.md's figures and numbers, from the committed head-world models (one command, re-runnable).
+
+    python scripts/heads_figures.py person                    # (re)write samples/heads_person{,_novel}/
+    python scripts/heads_figures.py all [--out docs/heads]     # every figure + numbers.json (~30 min on 2 cores)
+    python scripts/heads_figures.py world|samples|prior|personalize|identity   # one part
+    python scripts/heads_figures.py compare --adapter A --png P  # an adapter's novel views next to the truth
+
+Every number is measured against the head world's ground truth: true renders of the same person, appearance
+and camera. Held-out people come from headworld.params.HELDOUT_SEEDS (never seen by pretraining or the identity
+network). `prior`: W inversion (train.projector) of one frontal photo per person, then LPIPS (AlexNet) at the
+input pose, LPIPS and PSNR at yaw +-0.35 and +-0.6, and the raw depth's mean absolute error inside the head
+(pixels fully covered by it). `personalize`: the demo person's 10 photos -> W anchors + LoRA with the symmetry
+loss (train.trainer.personalize, the identity network of perception/heads_identity.py), compared with the same
+anchors on the base model (W inversion) on the true views at NOVEL_POSES.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from formats.atomic import write_text  # noqa: E402
+from generator.cameras import lookat_label  # noqa: E402
+from generator.imaging import depth_to_uint8, grid, save_png, to_uint8  # noqa: E402
+from headworld.params import DEMO_PERSON_SEED, HELDOUT_SEEDS, Appearance, Identity  # noqa: E402
+from headworld.photos import NOVEL_POSES, PERSON_POSES, write_person  # noqa: E402
+from headworld.render import render  # noqa: E402
+
+PRIOR_PEOPLE = tuple(range(HELDOUT_SEEDS.start + 1, HELDOUT_SEEDS.start + 5))
+"""Held-out people of the prior-quality measurement (the demo person is HELDOUT_SEEDS.start)."""
+PRIOR_YAWS = (0.0, -0.35, 0.35, -0.6, 0.6)
+NUMBERS = "numbers.json"
+
+
+def _lpips():
+    from perception.lpips import LPIPS
+    return LPIPS("alex")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), per sample."""
+    mse = ((a.clamp(-1, 1) - b) ** 2).mean((1, 2, 3))
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def depth_error(depth_raw: torch.Tensor, true_depth: torch.Tensor, true_mask: torch.Tensor) -> torch.Tensor:
+    """Mean |depth - true| per sample over raw pixels fully covered by the head (true maps pooled to raw size)."""
+    k = true_depth.shape[-1] // depth_raw.shape[-1]
+    cover = F.avg_pool2d(true_mask, k)
+    td = F.avg_pool2d(true_depth * true_mask, k) / cover.clamp_min(1e-6)
+    inside = (cover > 0.99).float()
+    return ((depth_raw - td).abs() * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3)).clamp_min(1)
+
+
+def _depth_tile(depth: torch.Tensor, size: int = 128) -> np.ndarray:
+    """A depth map as a size x size grey tile (nearest-neighbour upsampling of the raw 32^2 depth)."""
+    from PIL import Image
+    return np.asarray(Image.fromarray(depth_to_uint8(depth)).resize((size, size), Image.NEAREST))
+
+
+def truth(seed: int, photo: int, poses) -> dict[str, torch.Tensor]:
+    n = len(poses)
+    return render([Identity.from_seed(seed)] * n, [Appearance.from_seed(seed, photo)] * n,
+                  np.stack([lookat_label(y, p) for y, p in poses]), 128)
+
+
+def _update_numbers(out: Path, key: str, value) -> None:
+    path = out / NUMBERS
+    numbers = json.loads(path.read_text()) if path.exists() else {}
+    numbers[key] = value
+    write_text(path, json.dumps(numbers, indent=2) + "\n")
+    print(json.dumps({key: value}, indent=2), flush=True)
+
+
+def cmd_person(out: Path) -> None:
+    note = ("Held-out head-world person (seed DEMO_PERSON_SEED, never seen in pretraining): 10 photos, each with "
+            "its own expression, light and background (Appearance.from_seed(seed, k)); regenerate with "
+            "python scripts/heads_figures.py person")
+    write_person(out, DEMO_PERSON_SEED, PERSON_POSES, list(range(len(PERSON_POSES))), overwrite=True, note=note)
+    novel = out.with_name(out.name + "_novel")
+    write_person(novel, DEMO_PERSON_SEED, NOVEL_POSES, [0] * len(NOVEL_POSES), overwrite=True,
+                 note="True views of the same person under photo 0's appearance from cameras not among the 10 "
+                      "photos' (headworld.photos.NOVEL_POSES): the ground truth of novel-view synthesis.")
+    print(f"wrote {out} and {novel}")
+
+
+def cmd_world(out: Path) -> None:
+    seeds = [HELDOUT_SEEDS.start + 20 + i for i in range(12)]
+    yaws = [(-0.5 + i * 0.09) for i in range(12)]
+    out_t = render([Identity.from_seed(s) for s in seeds], [Appearance.from_seed(s, 1) for s in seeds],
+                   np.stack([lookat_label(y, 0.05 * ((i % 3) - 1)) for i, y in enumerate(yaws)]), 128)
+    tiles = [to_uint8(x) for x in out_t["image"]]
+    save_png(grid(tiles, 6), out / "world_photos.png")
+    depth = [depth_to_uint8(d) for d in out_t["depth"][:6]]
+    save_png(grid(tiles[:6] + depth, 6), out / "world_depth.png")
+
+
+@torch.no_grad()
+def cmd_samples(out: Path, model: Path) -> None:
+    from generator.model_dir import load_model_dir
+    from generator.views import latent_from_seed, render_views
+    G = load_model_dir(model)
+    yaws = [(-0.5, 0.0), (-0.25, 0.0), (0.0, 0.0), (0.25, 0.0), (0.5, 0.0)]
+    outs = []
+    for seed in range(4):
+        z = latent_from_seed(G, seed)
+        ws = G.mapping(z, torch.zeros(1, G.c_dim), truncation_psi=0.8)
+        outs += render_views(G, ws, yaws)
+    save_png(grid([to_uint8(o["image"]) for o in outs], 5), out / "samples.png")
+
+
+def _invert(G, images, cams, steps: int):
+    from train.config import ProjectorConfig
+    from train.projector import project_batch
+    cfg = dataclasses.replace(ProjectorConfig(), steps=steps)
+    return project_batch(G, images, cams, config=cfg, chunk=len(images))
+
+
+def cmd_prior(out: Path, model: Path, steps: int) -> None:
+    from generator.model_dir import load_model_dir
+    G = load_model_dir(model)
+    lp = _lpips()
+    poses = [(y, 0.0) for y in PRIOR_YAWS]
+    truths = [truth(s, 0, poses) for s in PRIOR_PEOPLE]
+    images = torch.stack([t["image"][0] for t in truths])
+    cams = torch.from_numpy(np.stack([lookat_label(0.0, 0.0)] * len(PRIOR_PEOPLE)))
+    t0 = time.time()
+    ws = _invert(G, images, cams, steps)
+    seconds = time.time() - t0
+    per_yaw = {y: {"lpips": [], "psnr": [], "depth_mae": []} for y in PRIOR_YAWS}
+    tiles = []
+    with torch.no_grad():
+        for i, t in enumerate(truths):
+            w = ws[i:i + 1]
+            w = w if w.ndim == 3 else w[:, None].expand(1, G.num_ws, -1)
+            c = torch.from_numpy(np.stack([lookat_label(y, p) for y, p in poses]))
+            o = G.synthesis(w.expand(len(poses), -1, -1), c)
+            d = lp(o["image"].clamp(-1, 1), t["image"])
+            p = psnr(o["image"], t["image"])
+            e = depth_error(o["image_depth"], t["depth"], t["mask"])
+            for j, y in enumerate(PRIOR_YAWS):
+                per_yaw[y]["lpips"].append(float(d[j]))
+                per_yaw[y]["psnr"].append(float(p[j]))
+                per_yaw[y]["depth_mae"].append(float(e[j]))
+            tiles += [to_uint8(x) for x in t["image"]] + [to_uint8(x) for x in o["image"]]
+    save_png(grid(tiles, len(poses)), out / "prior_inversion.png")
+    summary = {f"yaw {y:+.2f}": {k: round(float(np.mean(v)), 4) for k, v in m.items()} for y, m in per_yaw.items()}
+    _update_numbers(out, "prior", {"people": list(PRIOR_PEOPLE), "projector_steps": steps,
+                                   "inversion_seconds": round(seconds, 1), "per_yaw": summary})
+
+
+def cmd_personalize(out: Path, model: Path, person: Path, iterations: int, steps: int, work: Path) -> None:
+    from generator.adapter_file import load_adapter
+    from generator.model_dir import load_model_dir
+    from perception.heads_identity import load_heads_identity
+    from train.config import ProjectorConfig, TrainConfig
+    from train.trainer import personalize
+    G = load_model_dir(model)
+    cfg = dataclasses.replace(TrainConfig(), iterations=iterations,
+                              projector=dataclasses.replace(ProjectorConfig(), steps=steps))
+    t0 = time.time()
+    result = personalize(G, person, work / "person.safetensors", cfg, identity=load_heads_identity(),
+                         identity_name="heads-identity", preview=False, inversion_batch=10)
+    seconds = time.time() - t0
+    adapter, anchors, _ = load_adapter(result.adapter_path, G)
+    res = compare_views(G, adapter, anchors, json.loads((person / "truth.json").read_text()))
+    save_png(res.pop("picture"), out / "personalization.png")
+    _update_numbers(out, "personalization", {"iterations": iterations, "projector_steps": steps,
+                                             "seconds": round(seconds, 1), **res})
+
+
+def compare_views(G, adapter, anchors, info: dict, poses=NOVEL_POSES) -> dict:
+    """LPIPS/PSNR against the truth of every anchor at `poses`, base model (W inversion) vs personalized.
+
+    Anchor k is photo k of the person in `info` (a truth.json); its truth at a pose is the world render of the
+    same person under photo k's appearance. The picture shows anchor 0: truth, W inversion, personalized, then
+    their depth maps (true depth, then the two models' raw depth).
+    """
+    from generator.lora import attach, detach
+    lp = _lpips()
+    poses = list(poses)
+    c = torch.from_numpy(np.stack([lookat_label(y, p) for y, p in poses]))
+    scores = {"w_inversion": [], "personalized": []}
+    psnrs = {"w_inversion": [], "personalized": []}
+    rows = []
+    with torch.no_grad():
+        for k, view in enumerate(info["views"]):
+            t = truth(info["seed"], view["photo"], poses)
+            w = anchors.ws[k:k + 1]
+            w = (w if w.ndim == 3 else w[:, None].expand(1, G.num_ws, -1)).expand(len(poses), -1, -1)
+            base = G.synthesis(w, c)
+            attach(G, adapter)
+            try:
+                pers = G.synthesis(w, c)
+            finally:
+                detach(G)
+            for name, o in (("w_inversion", base), ("personalized", pers)):
+                scores[name] += lp(o["image"].clamp(-1, 1), t["image"]).tolist()
+                psnrs[name] += psnr(o["image"], t["image"]).tolist()
+            if k == 0:
+                rows = ([to_uint8(x) for x in t["image"]] + [to_uint8(x) for x in base["image"]]
+                        + [to_uint8(x) for x in pers["image"]] + [depth_to_uint8(d) for d in t["depth"]]
+                        + [_depth_tile(d) for d in base["image_depth"]] + [_depth_tile(d) for d in pers["image_depth"]])
+    base_l, pers_l = float(np.mean(scores["w_inversion"])), float(np.mean(scores["personalized"]))
+    return {"person_seed": info["seed"], "anchors": len(info["views"]), "novel_poses": poses,
+            "lpips_w_inversion": round(base_l, 4), "lpips_personalized": round(pers_l, 4),
+            "lpips_reduction": round(1 - pers_l / base_l, 4),
+            "psnr_w_inversion": round(float(np.mean(psnrs["w_inversion"])), 2),
+            "psnr_personalized": round(float(np.mean(psnrs["personalized"])), 2),
+            "picture": grid(rows, len(poses))}
+
+
+def cmd_compare(model: Path, person: Path, adapter_path: Path, out_png: Path) -> None:
+    """Novel views of an adapter next to the true views (the demo's step): picture + printed scores."""
+    from generator.adapter_file import load_adapter
+    from generator.model_dir import load_model_dir
+    G = load_model_dir(model)
+    adapter, anchors, _ = load_adapter(adapter_path, G)
+    res = compare_views(G, adapter, anchors, json.loads((person / "truth.json").read_text()))
+    save_png(res.pop("picture"), out_png)
+    print(json.dumps(res, indent=2))
+
+
+def cmd_identity(out: Path) -> None:
+    from perception.heads_identity import HEADS_IDENTITY_WEIGHTS, read_info
+    _update_numbers(out, "identity", read_info(HEADS_IDENTITY_WEIGHTS))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("person", "all", "world", "samples", "prior", "personalize", "identity",
+                                         "compare"))
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "heads")
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "heads")
+    parser.add_argument("--person", type=Path, default=REPO / "samples" / "heads_person")
+    parser.add_argument("--projector-steps", type=int, default=100, help="W inversion steps (prior)")
+    parser.add_argument("--anchor-steps", type=int, default=50, help="W inversion steps of the 10 photos")
+    parser.add_argument("--iterations", type=int, default=200, help="personalization steps")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "heads_figures",
+                        help="personalize: the adapter, its checkpoints and inversion cache")
+    parser.add_argument("--adapter", type=Path, help="compare: the person's adapter file")
+    parser.add_argument("--png", type=Path, help="compare: the picture to write")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.part == "person":
+        cmd_person(args.person)
+        return
+    if args.part == "compare":
+        cmd_compare(args.model, args.person, args.adapter, args.png)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = ("world", "samples", "identity", "prior", "personalize") if args.part == "all" else (args.part,)
+    for part in parts:
+        t0 = time.time()
+        if part == "world":
+            cmd_world(args.out)
+        elif part == "samples":
+            cmd_samples(args.out, args.model)
+        elif part == "identity":
+            cmd_identity(args.out)
+        elif part == "prior":
+            cmd_prior(args.out, args.model, args.projector_steps)
+        else:
+            cmd_personalize(args.out, args.model, args.person, args.iterations, args.anchor_steps, args.work)
+        print(f"{part}: {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""launch/allocator.py: re-exec once under jemalloc, opt-out, the one-line notice, and bit-identical outputs."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from launch.allocator import GUARD_ENV, MODE_ENV, allocator_env, find_library
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = """
+import os, sys
+from launch.allocator import preload, active_allocator
+print("start", flush=True)
+preload()
+import numpy as np, torch
+from generator.model_dir import build_generator
+from generator.cameras import lookat_label
+torch.set_num_threads(1)
+G = build_generator(preset_name="tiny").eval()
+z = torch.from_numpy(np.random.RandomState(0).randn(1, G.z_dim).astype(np.float32))
+c = torch.from_numpy(lookat_label(0.3, -0.1)[None])
+with torch.no_grad():
+    np.save(sys.argv[1], G(z, c)["image"].numpy())
+print("allocator", active_allocator(), os.environ.get("MALLOC_CONF", ""))
+"""
+
+
+def _run(tmp_path, name, **env):
+    full = {k: v for k, v in os.environ.items() if k not in (GUARD_ENV, MODE_ENV, "LD_PRELOAD", "MALLOC_CONF")}
+    full.update(env)
+    out = tmp_path / f"{name}.npy"
+    r = subprocess.run([sys.executable, "-c", PROBE, str(out)], cwd=REPO, env=full, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r, np.load(out)
+
+
+@pytest.mark.skipif(find_library("jemalloc") is None, reason="jemalloc not installed (apt-get install libjemalloc2)")
+def test_jemalloc_reexec_once_and_bit_identical(tmp_path):
+    r_sys, img_sys = _run(tmp_path, "system", **{MODE_ENV: "system"})
+    r_je, img_je = _run(tmp_path, "jemalloc")
+    assert "allocator system" in r_sys.stdout
+    assert "allocator jemalloc background_thread:true" in r_je.stdout
+    assert r_je.stdout.count("start") == 2  # the original process and its one re-exec, no loop
+    assert img_sys.tobytes() == img_je.tobytes()
+
+
+def test_missing_library_prints_one_line_and_runs_on(tmp_path):
+    r, _ = _run(tmp_path, "none", **{MODE_ENV: "tcmalloc"}) if find_library("tcmalloc") is None else (None, None)
+    if r is None:
+        pytest.skip("tcmalloc is installed: nothing is missing")
+    assert "allocator system" in r.stdout and r.stdout.count("start") == 1
+    assert len([line for line in r.stderr.splitlines() if "not found" in line]) == 1
+
+
+def test_child_environment_and_errors(tmp_path):
+    assert allocator_env({MODE_ENV: "system"}) == {}
+    with pytest.raises(ValueError, match=MODE_ENV):
+        allocator_env({MODE_ENV: "glibc"})
+    with pytest.raises(FileNotFoundError, match="MY3DGEN_ALLOCATOR_LIB"):
+        allocator_env({"MY3DGEN_ALLOCATOR_LIB": str(tmp_path / "missing.so")})
+    lib = find_library("auto")
+    if lib is not None:
+        env = allocator_env({})
+        assert env["LD_PRELOAD"] == lib
+        assert allocator_env({"LD_PRELOAD": lib}).get("LD_PRELOAD") is None  # already preloaded: not twice

@@ -1,0 +1,63 @@
+"""scripts/gpu_check.sh --dry-run end to end on the CPU (the same code the GPU machine runs), plus its helpers."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench.gpu_check import Report, markdown, timed
+from tests.conftest import REPO, official_fixture_dir
+
+
+@pytest.mark.slow
+def test_dry_run_end_to_end(tmp_path):
+    if official_fixture_dir() is None:
+        pytest.fail("official EG3D fixture not found: set MY3DGEN_FIXTURES or place shared/ beside the checkout")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "GPU_WHEELS": str(tmp_path / "no_wheels"),
+           "MY3DGEN_FIXTURES": str(official_fixture_dir()), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(["bash", str(REPO / "scripts/gpu_check.sh"), "--dry-run"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert (out / "gpu_check.md").read_text().startswith("# GPU check (dry run")
+    assert (out / "gpu_check.log").is_file()
+    s = report["sections"]
+    assert report["dry_run"] and report["config"]["preset"] == "tiny"
+    assert list(s) == ["env", "parity", "forward", "lora_train", "mixed", "cudagraph", "compile", "tensorrt"]
+    assert all(sec["ok"] for sec in s.values()), {k: v.get("error") for k, v in s.items() if not v["ok"]}
+    assert s["parity"]["passed"] and max(s["parity"]["max_abs_diff_vs_official"].values()) < 1e-4
+    rows = s["forward"]["rows"]
+    assert {(r["op"], r["dtype"], r["batch"]) for r in rows} == {
+        (op, dt, b) for op in ("full", "novel") for dt in ("fp32", "bf16") for b in (1, 2)}
+    assert all("error" not in r and r["ms"] > 0 for r in rows), rows
+    bf16 = [r["max_abs_diff_vs_fp32"] for r in rows if r["dtype"] == "bf16"]
+    assert all(0 < d < 0.1 for d in bf16), bf16  # bf16 really ran, and stayed close
+    assert s["lora_train"]["step_median_s"] > 0 and s["lora_train"]["trainable_parameters"] > 0
+    assert s["mixed"]["parity_passed"] and s["mixed"]["mixed_images_per_s"] > 0
+    assert "CUDA" in s["cudagraph"]["skipped"]
+    assert s["compile"]["rows"] and all("error" not in r for r in s["compile"]["rows"]), s["compile"]["rows"]
+    assert "skipped" in s["tensorrt"] or "render" in s["tensorrt"]
+
+
+def test_timed_excludes_warmup_and_reports_the_median():
+    calls = []
+    t = timed(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=5)
+    assert len(calls) == 7 and t["repeats"] == 5 and t["warmup"] == 2
+    assert 0 <= t["min_s"] <= t["median_s"]
+
+
+def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path):
+    report = Report(tmp_path, dry_run=True, config={})
+    report.record("env", lambda: {"device": "cpu"})
+    report.record("broken", lambda: 1 / 0)
+    report.record("after", lambda: {"rows": [{"op": "full", "dtype": "fp32", "batch": 1, "ms": 2.0}]})
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
+    assert not saved["broken"]["ok"] and "ZeroDivisionError" in saved["broken"]["error"]
+    assert saved["after"]["ok"]
+    md = markdown(report.to_dict())
+    assert "FAILED: `ZeroDivisionError" in md and "| full | fp32 | 1 | 2 |" in md

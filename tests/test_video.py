@@ -1,0 +1,136 @@
+"""Turntable and interpolation videos (generator/video.py, media/video_writer.py) on the tiny preset."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from generator.adapter_file import Anchors, save_adapter
+from generator.cameras import lookat_label
+from generator.imaging import to_uint8
+from generator.lora import PersonAdapter, attach
+from generator.model_dir import build_generator
+from generator.video import (Orbit, VideoOptions, interpolate_camera, interpolation_frames, turntable_frames,
+                             write_turntable)
+from media import video_writer
+from media.video_writer import read_video, write_video
+from tests.helpers.cli import run_cli
+
+
+@pytest.fixture(scope="module")
+def G():
+    return build_generator(preset_name="tiny")
+
+
+@pytest.fixture(scope="module")
+def ws(G):
+    with torch.no_grad():
+        return G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(1)), torch.zeros(1, 25),
+                         truncation_psi=0.7)
+
+
+def test_orbit_is_eg3d_gen_videos_orbit():
+    views = Orbit().views(4)
+    expected = [(0.0, 0.2), (0.35, -0.05), (0.0, -0.3), (-0.35, -0.05)]
+    assert np.allclose(views, expected, atol=1e-12)
+
+
+@pytest.mark.skipif(video_writer.ffmpeg_exe() is None, reason="imageio-ffmpeg is not installed")
+def test_16_frame_turntable_mp4_decodes_to_16_frames_of_the_right_size(G, ws, tmp_path):
+    info = write_turntable(G, ws, tmp_path / "t.mp4", VideoOptions(frames=16, fps=8, size=64), progress=False)
+    assert (info.path, info.format, info.frames, info.width, info.height) == (tmp_path / "t.mp4", "H.264 mp4",
+                                                                              16, 64, 64)
+    decoded = read_video(info.path)
+    assert len(decoded) == 16 and all(f.shape == (64, 64, 3) for f in decoded)
+    rendered = list(itertools.islice(turntable_frames(G, ws, 16, size=64), 5))   # frames 0-4 (two batches)
+    errors = [np.abs(d.astype(float) - r).mean() for d, r in zip(decoded, rendered)]
+    assert max(errors) < 6, errors                      # lossy H.264, but the same pictures in the same order
+    assert np.abs(rendered[0].astype(float) - rendered[4]).mean() > 2 * max(errors)  # and the head turns
+
+
+def test_without_ffmpeg_an_mp4_request_writes_a_gif_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(video_writer, "ffmpeg_exe", lambda: None)
+    frames = [np.full((16, 16, 3), 40 * k, np.uint8) for k in range(5)]
+    info = write_video(frames, tmp_path / "v.mp4", fps=10)
+    assert info.path == tmp_path / "v.gif" and info.format == "GIF" and "instead of the mp4" in info.note
+    assert not (tmp_path / "v.mp4").exists()
+    back = read_video(info.path)
+    assert len(back) == 5 and all(np.array_equal(b, f) for b, f in zip(back, frames))
+
+
+def test_bad_frames_and_paths_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="must end in"):
+        write_video([np.zeros((16, 16, 3), np.uint8)], tmp_path / "v.avi")
+    with pytest.raises(ValueError, match="even sides"):
+        write_video([np.zeros((15, 16, 3), np.uint8)], tmp_path / "v.gif")
+    with pytest.raises(ValueError, match="frame 1"):
+        write_video([np.zeros((16, 16, 3), np.uint8), np.zeros((18, 16, 3), np.uint8)], tmp_path / "v.gif")
+    assert not list(tmp_path.iterdir())
+
+
+def test_camera_interpolation_is_exact_at_the_ends_and_stays_on_the_orbit():
+    a, b = lookat_label(0.4, 0.1), lookat_label(-0.3, -0.2)
+    assert np.array_equal(interpolate_camera(a, b, 0.0), a) and np.array_equal(interpolate_camera(a, b, 1.0), b)
+    mid = interpolate_camera(a, b, 0.5).astype(np.float64)
+    pos = mid[:16].reshape(4, 4)[:3, 3]
+    assert abs(np.linalg.norm(pos) - 2.7) < 0.02                       # not cut inside the sphere (lerp: 2.63)
+    forward = mid[:16].reshape(4, 4)[:3, 2]
+    to_pivot = (np.array([0, 0, 0.2]) - pos) / np.linalg.norm(np.array([0, 0, 0.2]) - pos)
+    assert math.degrees(math.acos(min(1.0, forward @ to_pivot))) < 0.5   # still looking at the face
+
+
+def test_interpolation_first_and_last_frames_are_the_anchors_renders(G):
+    person = PersonAdapter.create(G)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in person.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    anchors = Anchors(torch.randn(2, G.w_dim, generator=g),
+                      torch.from_numpy(np.stack([lookat_label(0.3, 0.05), lookat_label(-0.25, -0.1)])), ["a", "b"])
+    attach(G, person)
+    try:
+        wa, wb = anchors.ws_plus(G.num_ws)[:1], anchors.ws_plus(G.num_ws)[1:]
+        frames = list(interpolation_frames(G, wa, anchors.c[0], wb, anchors.c[1], frames=3))
+        with torch.no_grad():
+            ra = to_uint8(G.synthesis(wa, anchors.c[:1])["image"][0])
+            rb = to_uint8(G.synthesis(wb, anchors.c[1:])["image"][0])
+    finally:
+        attach(G, None)
+    assert np.array_equal(frames[0], ra) and np.array_equal(frames[-1], rb)
+    assert not np.array_equal(frames[1], ra) and not np.array_equal(frames[1], rb)
+
+
+def test_cli_interpolation_video_of_a_persons_anchors(G, tmp_path):
+    person = PersonAdapter.create(G)
+    anchors = Anchors(torch.randn(2, G.w_dim, generator=torch.Generator().manual_seed(3)),
+                      torch.from_numpy(np.stack([lookat_label(0.3, 0), lookat_label(-0.3, 0)])), ["left", "right"])
+    path = save_adapter(tmp_path / "p.safetensors", person, G, anchors)
+    out = tmp_path / "i.gif"
+    proc = run_cli("render", "--preset", "tiny", "--adapter", path, "--video", "interpolate", "--anchor", "left",
+                   "--to", "1", "--frames", 4, "--size", 32, "--out", out)
+    assert f"wrote {out} (GIF, 4 frames, 32x32" in proc.stdout
+    assert len(read_video(out)) == 4
+    proc = run_cli("render", "--preset", "tiny", "--adapter", path, "--video", "interpolate", "--anchor", "left",
+                   "--to", "nobody", "--out", out, check=False)
+    assert proc.returncode == 2 and "--to: unknown anchor 'nobody'" in proc.stderr
+
+
+@pytest.mark.slow  # the tiny exports it needs (~15 s each on 2 cores) are shared with the runtime tests in a session
+@pytest.mark.skipif(video_writer.ffmpeg_exe() is None, reason="imageio-ffmpeg is not installed")
+def test_runtime_turntable_is_the_same_orbit_without_torch(tmp_path_factory, tmp_path):
+    """The torch-free runtime's video (media/runtime_video.py) shows the runtime's own novel views, frame by frame."""
+    from media.runtime_video import runtime_turntable
+    from runtime import Runtime
+    from tests.test_export import TinyExports, tiny_generator
+    exports = TinyExports(tmp_path_factory, tiny_generator())
+    rt = Runtime(exports["keep"], exports["people"], threads=2)
+    info = runtime_turntable(rt, "alice", 0, tmp_path / "rt.mp4", frames=6, fps=6)
+    assert (info.frames, info.width) == (6, rt.novel_view("alice", anchor=0).image.shape[-1])
+    decoded = read_video(info.path)
+    views = Orbit().views(6)
+    want = [rt.novel_view("alice", anchor=0, yaw=y, pitch=p).to_uint8() for y, p in views]
+    assert len(decoded) == 6
+    assert max(np.abs(d.astype(float) - w).mean() for d, w in zip(decoded, want)) < 6
