@@ -372,9 +372,7 @@ def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path:
                     "focal": FFHQ_FOCAL},
             base_fingerprint=fingerprint, source=source or {}, adapter=adapter_section,
             precision="fp16" if opts.fp16 else "fp32", opset=opts.opset, versions=_versions(),
-            verification=verification, tensorrt_check=checks)
-        if mixed_precision is not None:
-            manifest["mixed_precision"] = mixed_precision  # optional: which nodes of each graph compute in fp16
+            verification=verification, tensorrt_check=checks, mixed_precision=mixed_precision)
         if opts.trt:
             manifest["tensorrt"]["engines"] = build_engines(tmp, max_batch=opts.max_batch)
         write_manifest(tmp, manifest)

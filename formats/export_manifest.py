@@ -85,15 +85,18 @@ def keep_lora_adapter_section(policy: dict, rank: int, alpha: float, layout: str
 
 def build_manifest(*, graphs: dict[str, dict], generator: dict, model: dict, camera: dict, base_fingerprint: str,
                    source: dict, adapter: dict, precision: str, opset: int, versions: dict,
-                   verification: dict | None, tensorrt_check: dict, engines: dict | None = None) -> dict[str, Any]:
-    """The manifest of an export, every field in its documented place."""
+                   verification: dict | None, tensorrt_check: dict, engines: dict | None = None,
+                   mixed_precision: dict | None = None) -> dict[str, Any]:
+    """The manifest of an export, every field in its documented place; `mixed_precision` (fp16 exports only:
+    which nodes of each graph compute in fp16) is optional, so readers of format version 1 ignore it."""
     if adapter.get("mode") not in MODES:
         raise ValueError(f"adapter mode {adapter.get('mode')!r}: expected one of {MODES}")
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "graphs": graphs, "generator": generator,
             "model": model, "camera": camera, "rendering_mode": dict(RENDERING_MODE),
             "base_fingerprint": base_fingerprint, "source": source, "adapter": adapter, "precision": precision,
             "opset": opset, "versions": versions, "verification": verification,
-            "tensorrt": {"check": tensorrt_check, "engines": engines}}
+            "tensorrt": {"check": tensorrt_check, "engines": engines},
+            **({"mixed_precision": mixed_precision} if mixed_precision is not None else {})}
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Path:
