@@ -232,6 +232,8 @@ def bench_model(name: str, reps: int, threads: int, work: Path, log) -> ModelRep
     rep.swap["first use of a person: parse + check adapter file fp16 (ms)"] = (time.perf_counter() - t0) * 1000 / reps
     rep.swap["merged: export one person (s)"] = rep.export_seconds["merged (per person)"]
     rep.swap["merged: load that person's 3 sessions (ms)"] = merged_load_ms
+    from bench.deploy import measure as deploy_rows  # native adapters, mixed-person batches (issue 15)
+    rep.swap.update(deploy_rows(G, work / name / "deploy", reps, threads, _make_person, log))
 
     rep.sizes["adapter file fp32 (bytes)"] = (people / "alice.safetensors").stat().st_size
     rep.sizes["adapter file fp16 (bytes)"] = (work / name / "alice_fp16.safetensors").stat().st_size

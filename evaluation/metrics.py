@@ -71,3 +71,25 @@ class ImageMetrics:
         """What a report records about these metrics."""
         return {"lpips": f"LPIPS v0.1 ({self.lpips_net}), images clamped to [-1, 1]",
                 "dists": "DISTS (VGG16, alpha/beta of dists-pytorch), images clamped and mapped to [0, 1]"}
+
+
+# ---- ground-truth metrics (the head world knows the true image and depth of every view)
+
+def psnr(x: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per sample of images in [-1, 1] (x clamped; peak-to-peak 2) against the true images."""
+    _check_images(x, truth)
+    mse = ((x.clamp(-1, 1) - truth) ** 2).mean((1, 2, 3))
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def depth_error(depth_raw: torch.Tensor, true_depth: torch.Tensor, true_mask: torch.Tensor) -> torch.Tensor:
+    """Mean |depth - true depth| per sample over the raw pixels fully covered by the true surface.
+
+    depth_raw [N, 1, r, r] is the generator's raw depth; the true depth and coverage mask [N, 1, R, R] (R a multiple
+    of r) are area-pooled to r first, the depth as a coverage-weighted mean."""
+    import torch.nn.functional as F
+    k = true_depth.shape[-1] // depth_raw.shape[-1]
+    cover = F.avg_pool2d(true_mask, k)
+    td = F.avg_pool2d(true_depth * true_mask, k) / cover.clamp_min(1e-6)
+    inside = (cover > 0.99).float()
+    return ((depth_raw - td).abs() * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3)).clamp_min(1)

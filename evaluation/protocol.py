@@ -14,6 +14,10 @@ Synthesis (Tables 2 and 3, Figure 3), per model:
   the W projector (`anchor_steps`). Test anchors are the PTI pivots of the test photos (stage 1 of PTI is
   the same W projection the paper prescribes for test anchors, 600 instead of 500 steps).
 
+Ground truth (optional, not in the paper): where the photos come from a world that can render the truth (the
+head world), `ground_truth(i)` gives the true images, depth and mask of test photo i's person and appearance at
+other cameras; the PTI-tuned model renders the pivot there and gets LPIPS, PSNR and depth error against them.
+
 Everything random is seeded, and drawn independently of the model: every model sees the same pairs, the
 same t values and the same poses, so differences between rows come from the models alone.
 
@@ -178,6 +182,20 @@ def render_poses(G, ws: torch.Tensor, poses, batch: int = 10) -> torch.Tensor:
     return torch.cat(out)
 
 
+@dataclass
+class TrueViews:
+    """The truth of one test photo at other cameras: same person, same appearance."""
+
+    poses: list[tuple[float, float]]
+    """(yaw, pitch) of each view."""
+    images: torch.Tensor
+    """[P, 3, S, S] in [-1, 1] at the generator's resolution."""
+    depth: torch.Tensor
+    """[P, 1, S, S] depth along the unit ray (the generator's image_depth convention)."""
+    mask: torch.Tensor
+    """[P, 1, S, S] coverage of the true surface in [0, 1]."""
+
+
 class Protocol:
     """Runs the protocol for several models on one person's test and reference photos.
 
@@ -186,8 +204,10 @@ class Protocol:
 
     def __init__(self, G, test: Photos, reference: Photos, backend: IdentityBackend,
                  config: EvalConfig | None = None, cache_dir: str | Path | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None,
+                 ground_truth: Callable[[int], TrueViews] | None = None):
         self.G, self.config = G, (config or EvalConfig()).validate()
+        self.ground_truth = ground_truth
         self.backend, self.cache_dir = backend, cache_dir
         self.log = log or (lambda message: None)
         if self.config.max_test_photos is not None:
@@ -287,7 +307,9 @@ class Protocol:
                     detach(self.G)
             scores = self.scorer.score(renders)
             cross = self._cross_view(i, r) if self.config.cross_view else None
+            truth = self._true_views(i, r) if self.ground_truth is not None else None
             per_photo.append({"photo": photo_name, "dists": dists, "lpips": lpips, "cross_view": cross,
+                              "ground_truth": truth,
                               "lpips_latent_only": float(self.metrics.lpips(r.image_latent.unsqueeze(0),
                                                                             photo.unsqueeze(0))[0]),
                               "id_scores": _nan_to_none(scores.scores), "id_nearest": scores.nearest.tolist(),
@@ -301,6 +323,9 @@ class Protocol:
             "lpips": _mean_std([p["lpips"] for p in per_photo]),
             "id": summarize(np.array([_none_to_nan(p["id_scores"]) for p in per_photo])),
         }
+        if self.ground_truth is not None:
+            summary["ground_truth"] = {k: _mean_std(sum((p["ground_truth"][k] for p in per_photo), []))
+                                       for k in ("lpips", "psnr", "depth_mae")}
         if self.config.cross_view:
             summary["cross_view"] = {k: _mean_std(sum((p["cross_view"][k] for p in per_photo), []))
                                      for k in ("dists", "lpips")}
@@ -322,6 +347,23 @@ class Protocol:
         return {"photos": [self.test.names[j] for j in others],
                 "dists": self.metrics.dists(renders, targets).tolist(),
                 "lpips": self.metrics.lpips(renders, targets).tolist()}
+
+    def _true_views(self, i: int, r) -> dict:
+        """LPIPS, PSNR and raw-depth error of inversion i (tuned model, pivot) at the true views of test photo i."""
+        from evaluation.metrics import depth_error, psnr
+        truth = self.ground_truth(i)
+        cams = camera_batch(self.G, truth.poses)
+        with frozen(self.G), torch.no_grad():
+            attach(self.G, r.adapter)
+            try:
+                out = self.G.synthesis(r.ws.expand(len(cams), -1, -1), cams, noise_mode="const",
+                                       sampling="deterministic")
+            finally:
+                detach(self.G)
+        return {"poses": [list(p) for p in truth.poses],
+                "lpips": self.metrics.lpips(out["image"], truth.images).tolist(),
+                "psnr": psnr(out["image"], truth.images).tolist(),
+                "depth_mae": depth_error(out["image_depth"], truth.depth, truth.mask).tolist()}
 
     def _train_anchors(self, person, anchors) -> tuple[torch.Tensor, list[str]]:
         """One latent per reference photo: the adapter's stored anchor of that name, else a projection."""

@@ -27,6 +27,9 @@ def export(model: ModelDir = None, preset: PresetName = None,
            trt: bool = typer.Option(False, "--trt", help="Also build fp16 TensorRT engines (needs TensorRT)."),
            trt_check: bool = typer.Option(False, "--trt-check", help="Print the TensorRT operator-support report."),
            max_batch: int = typer.Option(8, help="Largest batch of the TensorRT engines."),
+           mixed_batch: int = typer.Option(0, "--mixed-batch", help="--keep-lora: also export static-batch-N graphs "
+                                                                      "that render N requests of N different people "
+                                                                      "in one run (0: none)."),
            verify: bool = typer.Option(True, help="Compare onnxruntime with eager PyTorch after exporting."),
            overwrite: bool = typer.Option(False, help="Replace an existing export directory."),
            out: Path = typer.Option(..., "--out", help="Export directory to write.")):
@@ -47,7 +50,7 @@ def export(model: ModelDir = None, preset: PresetName = None,
     if keep_lora and adapter is None:
         policy = AdapterPolicy(rank=rank, alpha=float(alpha if alpha is not None else rank), layout=layout)
     opts = ExportOptions(mode=mode, fp16=fp16, opset=opset, trt=trt, max_batch=max_batch, verify=verify,
-                         person=person, policy=policy, overwrite=overwrite)
+                         person=person, policy=policy, overwrite=overwrite, mixed_batch=mixed_batch)
     path = export_model(out, model=model, preset=preset, adapter=adapter, options=opts)
     m = read_manifest(path)
     a = m["adapter"]

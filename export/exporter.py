@@ -5,7 +5,11 @@ Modes (formats.export_manifest documents the directory):
   * merge      one person's adapter merged into G's weights while tracing (restored after): only they are served;
   * keep       every LoRA A/B and personal full tensor of an adapter policy is an input of the synthesis and
                render graphs, W = W0 + scale * B @ A computed in the graph: one graph serves every person whose
-               adapter has the same policy. The mapping network stays frozen (no adapter inputs).
+               adapter has the same policy. The mapping network stays frozen (no adapter inputs). The base
+               values (LoRA A = B = 0, the base full tensors) are the inputs' defaults (overridable initializers):
+               with no adapter feed the graphs render the base model, and onnxruntime's native LoRA adapters
+               (`.onnx_adapter`, runtime.native_adapters) replace them. `mixed_batch` N adds static-batch-N
+               copies of both graphs whose adapter inputs carry one person per sample (mixed-person batches).
 
 Graphs are exported with torch.onnx's dynamo exporter (opset >= 18: its only target; the TorchScript exporter
 cannot export the FIR filter of generator/ops.py with a dynamic batch), in the deterministic inference mode with
@@ -36,10 +40,11 @@ from onnx import numpy_helper
 
 from export.manifest import io_spec, trt_check_summary
 from export.onnx_graphs import AdapterInput, MappingGraph, RenderGraph, SynthesisGraph, graph_of
+from formats.adapter_file import FORMAT_VERSION as ADAPTER_FORMAT_VERSION
 from formats.atomic import atomic_dir
 from formats.cameras import FFHQ_FOCAL
-from formats.export_manifest import (ANCHORS_FILE, BASE_ADAPTER_FILE, GRAPH_FILES, build_manifest, graph_entry,
-                                     keep_lora_adapter_section, merged_adapter_section, write_manifest)
+from formats.export_manifest import (ANCHORS_FILE, BASE_ADAPTER_FILE, GRAPH_FILES, MIXED_GRAPH_FILES, build_manifest,
+                                     graph_entry, keep_lora_adapter_section, merged_adapter_section, write_manifest)
 from formats.fingerprint import sha256_file
 from formats.names import NAME_RULE, is_valid_name
 from formats.tensors import save_safetensors
@@ -88,6 +93,10 @@ class ExportOptions:
     """Replace an existing export directory."""
     seed: int = 0
     """Seed of the example inputs."""
+    mixed_batch: int = 0
+    """Keep-LoRA: also export the synthesis and render graphs at a static batch N whose adapter inputs carry one
+    person per sample (leading axis N), so one run renders N requests of N people (0: none). Static because an
+    ONNX Conv's group count (the per-sample weights' grouped convolution) cannot follow a dynamic batch."""
 
     def validate(self, has_adapter: bool) -> "ExportOptions":
         if self.mode not in MODES:
@@ -101,6 +110,8 @@ class ExportOptions:
                               f"emits opset 18+; TensorRT handles GridSample best at 18)")
         if self.example_batch < 2:
             raise ExportError(f"example_batch={self.example_batch}: must be >= 2 so the batch axis stays dynamic")
+        if self.mixed_batch and (self.mode != "keep" or not 2 <= self.mixed_batch <= 1024 or self.fp16):
+            raise ExportError(f"mixed_batch={self.mixed_batch}: needs --keep-lora, fp32 (not --fp16) and 2..1024")
         if self.max_batch < 1:
             raise ExportError(f"max_batch={self.max_batch}: must be >= 1")
         if self.person is not None and not is_valid_name(self.person):
@@ -220,6 +231,92 @@ def convert_weights_fp16(path: Path, min_elements: int = 16) -> int:
     return converted
 
 
+def base_adapter_values(G: TriPlaneGenerator, inputs: list[AdapterInput]) -> dict[str, np.ndarray]:
+    """The base model's value of every keep-LoRA input, by input name: the base tensor for a personal full tensor,
+    zeros for LoRA A and B (B @ A = 0). The base values file and the graphs' input defaults both hold these."""
+    base = dict(G.named_parameters())
+    return {i.input_name: base[i.target_key].detach().float().numpy().reshape(i.shape) if i.role == "full"
+            else np.zeros(i.shape, np.float32) for i in inputs}
+
+
+def add_input_defaults(path: Path, values: dict[str, np.ndarray]) -> None:
+    """Give graph inputs default values: an initializer named like a graph input is an overridable default (ONNX
+    IR >= 4), so the graph runs without a feed for it and onnxruntime's LoRA adapters (RunOptions) can replace it."""
+    if not values:
+        return
+    model = onnx.load(str(path))
+    spec = {i.name: i.type.tensor_type for i in model.graph.input}
+    for name, value in values.items():
+        if name not in spec:
+            raise ExportError(f"{path.name}: no graph input {name!r} to give a default value")
+        t = spec[name]
+        shape = [d.dim_value for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype).reshape(shape), name))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def without_input_defaults(src: Path, dst: Path) -> bool:
+    """Write to `dst` a copy of graph `src` without the default values of its inputs (initializers named like a
+    graph input), so TensorRT's ONNX parser keeps those inputs as engine inputs instead of weights; False (nothing
+    written) when `src` has none."""
+    model = onnx.load(str(src))
+    inputs = {i.name for i in model.graph.input}
+    kept = [t for t in model.graph.initializer if t.name not in inputs]
+    if len(kept) == len(model.graph.initializer):
+        return False
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    onnx.save(model, str(dst))
+    return True
+
+
+def _mixed_example(n: int, tensors: list[torch.Tensor], *batch: torch.Tensor) -> list:
+    """Examples of a static mixed batch n: the batch tensors cycled to n samples, each adapter tensor given a
+    leading per-sample axis n."""
+    idx = torch.arange(n) % batch[0].shape[0]
+    return [t[idx] for t in batch] + [[t.detach().unsqueeze(0).expand(n, *t.shape).contiguous() for t in tensors]]
+
+
+def _export_mixed_graphs(G, live, paths: dict[str, Path], syn_in, ren_in, file_tensors, ws, c, planes, opts) -> None:
+    """The synthesis and render graphs at the static batch opts.mixed_batch, adapter inputs [N, *shape]: the layers
+    read per-sample tensors (lora_delta keeps the leading axis), the modulated convs run grouped per sample."""
+    n = opts.mixed_batch
+    ws_n, syn_t = _mixed_example(n, [file_tensors[i.tensor_name] for i in syn_in], ws)
+    _export_graph(SynthesisGraph(G, syn_in, live), (ws_n, syn_t), paths["synthesis"],
+                  ["ws"] + [i.input_name for i in syn_in], ["planes"], (None, [None] * len(syn_in)), opts.opset)
+    planes_n, ws_n, c_n, ren_t = _mixed_example(n, [file_tensors[i.tensor_name] for i in ren_in], planes, ws, c)
+    _export_graph(RenderGraph(G, ren_in, live), (planes_n, ws_n, c_n, ren_t), paths["render"],
+                  ["planes", "ws", "c"] + [i.input_name for i in ren_in], ["image", "image_raw", "depth"],
+                  (None, None, None, [None] * len(ren_in)), opts.opset)
+
+
+def _verify_mixed(paths, mixed_paths, ws, c, file_tensors, base_values, syn_in, ren_in, n: int) -> float:
+    """Max abs difference between the mixed graphs (sample k: the verification adapter for odd k, the base model
+    for even k) and each sample run alone through the dynamic-batch graphs."""
+    idx = np.arange(n) % ws.shape[0]
+    ws_n, c_n = ws.numpy()[idx], c.numpy()[idx]
+
+    def person(k: int, spec) -> dict[str, np.ndarray]:
+        return {i.input_name: file_tensors[i.tensor_name].numpy() if k % 2 else base_values[i.input_name]
+                for i in spec}
+
+    def stacked(spec) -> dict[str, np.ndarray]:
+        return {i.input_name: np.stack([person(k, [i])[i.input_name] for k in range(n)]) for i in spec}
+    syn, ren = _ort_session(paths["synthesis"]), _ort_session(paths["render"])
+    planes = _ort_session(mixed_paths["synthesis"]).run(None, {"ws": ws_n, **stacked(syn_in)})[0]
+    outs = [planes, *_ort_session(mixed_paths["render"]).run(None, {"planes": planes, "ws": ws_n, "c": c_n,
+                                                                     **stacked(ren_in)})]
+    worst = 0.0
+    for k in range(n):
+        p1 = syn.run(None, {"ws": ws_n[k:k + 1], **person(k, syn_in)})[0]
+        one = [p1, *ren.run(None, {"planes": p1, "ws": ws_n[k:k + 1], "c": c_n[k:k + 1], **person(k, ren_in)})]
+        worst = max(worst, *(float(np.abs(a[0].astype(np.float32) - b[k].astype(np.float32)).max())
+                             for a, b in zip(one, outs)))
+    return worst
+
+
 def _ort_session(path: Path):
     import onnxruntime as ort
     so = ort.SessionOptions()
@@ -262,7 +359,8 @@ def _graph_state(G: TriPlaneGenerator, mode: str, adapter: PersonAdapter | None)
     if mode == "base":
         yield None
         return
-    live = AdapterTensors(adapter.targets, adapter.policy) if mode == "keep" else None
+    live = AdapterTensors(adapter.targets, adapter.policy, fc_after_gain=adapter.fc_after_gain) if mode == "keep" \
+        else None
     handle = attach(G, live if mode == "keep" else adapter)
     try:
         if mode == "merge":
@@ -344,6 +442,9 @@ def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path:
                           paths["render"], ["planes", "ws", "c"] + [i.input_name for i in ren_in],
                           ["image", "image_raw", "depth"], ({0: batch}, {0: batch}, {0: batch}, [None] * len(ren_in)),
                           opts.opset)
+            mixed_paths = {g: tmp / f for g, f in MIXED_GRAPH_FILES.items()} if opts.mixed_batch else {}
+            if mixed_paths:
+                _export_mixed_graphs(G, live, mixed_paths, syn_in, ren_in, file_tensors, ws, c, planes_ref, opts)
         mixed_precision = None
         if opts.fp16:
             from export.fp16_graph import convert_export_graphs
@@ -351,17 +452,24 @@ def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path:
             for p in paths.values():
                 convert_weights_fp16(p)
 
+        base_values = base_adapter_values(G, inputs)
+        for g in ("synthesis", "render"):
+            add_input_defaults(paths[g], {i.input_name: base_values[i.input_name] for i in inputs if i.graph == g})
+
         verification = None
         if opts.verify:
             verification = _verify(paths, z, c, ws, ref, planes_ref, file_tensors, syn_in, ren_in, opts)
+            if mixed_paths:
+                verification["mixed_batch_max_abs_diff"] = _verify_mixed(paths, mixed_paths, ws, c, file_tensors,
+                                                                         base_values, syn_in, ren_in, opts.mixed_batch)
 
         adapter_section = _adapter_section(opts, G, adapter, anchors, meta, adapter_path, person, inputs, tmp)
         graphs = {}
-        for name, p in paths.items():
+        for name, p in [*paths.items(), *((f"{g}_mixed", p) for g, p in mixed_paths.items())]:
             gin, gout = io_spec(p)
             graphs[name] = graph_entry(p.name, sha256_file(p), gin, gout,
-                                       [i.input_name for i in inputs if i.graph == name])
-        checks = {name: trt_check_summary(p) for name, p in paths.items()}
+                                       [i.input_name for i in inputs if i.graph == name.removesuffix("_mixed")])
+        checks = {name: trt_check_summary(tmp / g["file"]) for name, g in graphs.items()}
         cfg = G.cfg
         manifest = build_manifest(
             graphs=graphs, generator=cfg.to_dict(),
@@ -412,20 +520,16 @@ def _adapter_section(opts, G, adapter, anchors, meta, adapter_path, person, inpu
         return merged_adapter_section(person, sha256_file(adapter_path), meta["base_fingerprint"], meta["policy"],
                                       list(anchors.names) if anchors is not None else None)
     policy = adapter.policy
-    base = dict(G.named_parameters())
-    values = {}
-    for i in inputs:
-        if i.role == "full":
-            values[i.input_name] = base[i.target_key].detach().float().numpy()
-        else:
-            values[i.input_name] = np.zeros(i.shape, np.float32)
-    save_safetensors(tmp / BASE_ADAPTER_FILE, values, {"what": "base-model values of the keep-LoRA inputs (LoRA B = 0)"})
+    save_safetensors(tmp / BASE_ADAPTER_FILE, base_adapter_values(G, inputs),
+                     {"what": "base-model values of the keep-LoRA inputs (LoRA A = B = 0)"})
     return keep_lora_adapter_section(
         dataclasses.asdict(policy), policy.rank, policy.alpha, policy.layout, policy.scale,
         [[t.key, t.kind, list(t.shape)] for t in adapter.targets.values()],
         [{"input": i.input_name, "tensor": i.tensor_name, "target": i.target_key, "role": i.role,
           "shape": list(i.shape), "graph": i.graph, "dtype": "float32"} for i in inputs],
-        sha256_file(adapter_path) if adapter_path is not None else None)
+        sha256_file(adapter_path) if adapter_path is not None else None,
+        ADAPTER_FORMAT_VERSION if adapter.fc_after_gain else 1, defaults_in_graph=True,
+        mixed_batch=opts.mixed_batch or None)
 
 
 def build_engines(export_dir: str | os.PathLike, max_batch: int = 8, fp16: bool = True,
@@ -436,11 +540,15 @@ def build_engines(export_dir: str | os.PathLike, max_batch: int = 8, fp16: bool 
     --refit-from) instead of a rebuild."""
     from export.tensorrt_build import build_engine, import_tensorrt
     import_tensorrt()
+    import tempfile
     export_dir = Path(export_dir)
     engines = {}
     for name, f in GRAPH_FILES.items():
-        info = build_engine(export_dir / f, export_dir / f"{name}.engine", fp16=fp16, max_batch=max_batch,
-                            refit=refit)
+        with tempfile.TemporaryDirectory(prefix="my3dgen-trt-") as tmp:
+            src = export_dir / f
+            if without_input_defaults(src, Path(tmp) / f):  # TensorRT's parser would bake defaults in as weights
+                src = Path(tmp) / f
+            info = build_engine(src, export_dir / f"{name}.engine", fp16=fp16, max_batch=max_batch, refit=refit)
         engines[name] = {"file": f"{name}.engine", "fp16": info.fp16, "tensorrt_version": info.tensorrt_version,
                          "refit": info.refit, "max_batch": max_batch, "size_bytes": info.size_bytes,
                          "build_seconds": round(info.build_seconds, 2)}

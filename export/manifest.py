@@ -25,10 +25,11 @@ def _value_spec(info: onnx.ValueInfoProto) -> dict[str, Any]:
 
 
 def io_spec(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
-    """(inputs, outputs) of an ONNX file as [{name, dtype, shape}] (weights are not loaded)."""
+    """(inputs, outputs) of an ONNX file as [{name, dtype, shape}] (weights are not loaded); an input that is also
+    an initializer has a default value in the graph and is marked `default: True` (feeds may leave it out)."""
     model = onnx.load(str(path), load_external_data=False)
     init = {i.name for i in model.graph.initializer}
-    inputs = [_value_spec(i) for i in model.graph.input if i.name not in init]
+    inputs = [{**_value_spec(i), **({"default": True} if i.name in init else {})} for i in model.graph.input]
     return inputs, [_value_spec(o) for o in model.graph.output]
 
 

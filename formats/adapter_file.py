@@ -7,7 +7,7 @@ or float16. Nothing in the file is executed.
 
 Metadata key 'my3dgen_adapter' holds JSON (`adapter_metadata` writes it, `read_adapter` checks it):
 
-    format, format_version   'my3dgen-adapter', 1
+    format, format_version   'my3dgen-adapter', 2 (1 still reads; see FORMAT_VERSION)
     rank, alpha, layout      the LoRA rank, its alpha (scale = alpha / rank) and 'loralib' or 'flat'
     policy                   the full adapter policy (generator.lora.AdapterPolicy as a dict)
     targets                  [[base key, 'lora' | 'full', base shape], ...] in the model's order
@@ -36,7 +36,18 @@ from formats.tensors import parse_safetensors, read_file_bytes, read_header, sha
 from formats.versioned_json import parse_versioned_json
 
 FORMAT = "my3dgen-adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2: the LoRA delta of a fully connected layer (the style affines; the mapping's FCs) acts after the
+layer's equalized-lr weight gain, W0 * gain + (alpha / r) * B @ A, as in the authors' code, instead of before it
+(version 1: (W0 + (alpha / r) * B @ A) * gain, which moved the style layers ~sqrt(w_dim) times less per step).
+Convolution deltas are the same in both. Version-1 files keep their own rule (`lora_fc_after_gain`)."""
+READABLE_VERSIONS = (1, 2)
+
+
+def lora_fc_after_gain(format_version: int) -> bool:
+    """Whether an adapter of `format_version` adds its fully connected LoRA deltas after the layer's gain."""
+    return format_version >= 2
+
 META_KEY = "my3dgen_adapter"
 ANCHOR_KEYS = ("anchors.ws", "anchors.c")
 LAYOUTS = ("loralib", "flat")
@@ -63,12 +74,17 @@ def lora_tensor_names(key: str) -> tuple[str, str]:
 
 
 def adapter_metadata(*, rank: int, alpha: float, layout: str, policy: dict[str, Any], targets: list[list],
-                     base_fingerprint: str, dtype: str, anchor_names: list[str], extra: dict | None = None
-                     ) -> dict[str, Any]:
-    """The 'my3dgen_adapter' JSON object of a new adapter file (fields in their documented order)."""
+                     base_fingerprint: str, dtype: str, anchor_names: list[str], extra: dict | None = None,
+                     format_version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """The 'my3dgen_adapter' JSON object of a new adapter file (fields in their documented order).
+
+    `format_version` 1 is only for re-saving an adapter that was read from a version-1 file (its fully connected
+    deltas keep the version-1 rule)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: adapters are stored as {' or '.join(DTYPES)}")
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "rank": rank, "alpha": alpha, "layout": layout,
+    if format_version not in READABLE_VERSIONS:
+        raise ValueError(f"format_version={format_version!r}: expected one of {READABLE_VERSIONS}")
+    return {"format": FORMAT, "format_version": format_version, "rank": rank, "alpha": alpha, "layout": layout,
             "policy": policy, "targets": targets, "base_fingerprint": base_fingerprint, "dtype": dtype,
             "anchor_names": list(anchor_names), "extra": extra or {}}
 
@@ -102,7 +118,7 @@ def check_metadata(raw: str | None, where: str, limits: Limits | None = None) ->
         raise AdapterFileError(where, f"metadata '{META_KEY}' of {len(raw)} bytes exceeds the limit "
                                       f"max_metadata_bytes={lim.max_metadata_bytes}; "
                                       + raise_hint("max_metadata_bytes"))
-    meta = parse_versioned_json(raw, where, FORMAT, FORMAT_VERSION, AdapterFileError, what=f"metadata '{META_KEY}'")
+    meta = parse_versioned_json(raw, where, FORMAT, READABLE_VERSIONS, AdapterFileError, what=f"metadata '{META_KEY}'")
     for key, kind in (("rank", int), ("alpha", (int, float)), ("layout", str), ("policy", dict), ("targets", list),
                       ("base_fingerprint", str)):
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):

@@ -7,15 +7,18 @@ runtime, the TorchServe handler, `cli.py build-engine`, the packager). Layout of
     mapping.onnx               (z [batch, z_dim], c [batch, 25], truncation_psi [1]) -> ws [batch, num_ws, w_dim]
     synthesis.onnx             (ws, *adapter inputs) -> planes [batch, 3, C, H, W]
     render.onnx                (planes, ws, c, *adapter inputs) -> image, image_raw, depth
+    synthesis_mixed.onnx,      keep-LoRA with a mixed batch N only: the same graphs at a static batch N whose
+    render_mixed.onnx          adapter inputs have a leading axis N (one person per sample)
     base_adapter.safetensors   keep-LoRA only: the base model's values of every adapter input (B = 0)
     anchors.safetensors        merged only: the merged person's anchors (W latents, cameras, names)
     <graph>.engine             TensorRT engines, where built
 
 Top-level fields, in file order:
 
-    format, format_version     'my3dgen-export', 1
-    graphs                     {name: {file, sha256, inputs: [{name, dtype, shape}], outputs: [...],
-                                adapter_inputs: [input names]}}; shapes use 'batch' for the dynamic axis
+    format, format_version     'my3dgen-export', 2 (version 1 exports still load: no input defaults, no mixed graphs)
+    graphs                     {name: {file, sha256, inputs: [{name, dtype, shape[, default]}], outputs: [...],
+                                adapter_inputs: [input names]}}; shapes use 'batch' for the dynamic axis;
+                               `default: true` marks an input the graph holds a value for (may be left unfed)
     generator                  GeneratorConfig.to_dict() of the base model
     model                      num_ws, w_dim, z_dim, c_dim, img_resolution, neural_rendering_resolution,
                                triplane_shape [3, C, H, W]
@@ -25,7 +28,12 @@ Top-level fields, in file order:
     source                     where the base model came from (model directory or preset)
     adapter                    mode 'none' | 'merged' | 'keep-lora' and, per mode: merged person name, adapter
                                file sha256 and its base fingerprint; or the kept-LoRA policy, scale, target list,
-                               and `inputs`: [{input, tensor, target, role, shape, graph, dtype}]
+                               and `inputs`: [{input, tensor, target, role, shape, graph, dtype}];
+                               version 2 adds `defaults_in_graph` (the base values are overridable initializers of
+                               the graphs, so onnxruntime's native LoRA adapters apply and no feed runs the base
+                               model), `mixed_batch` (N of the *_mixed graphs, or null) and
+                               `adapter_format_version` (the adapter-file version whose LoRA rule the graphs
+                               compute; version-1 manifests: 1)
     precision                  'fp32' or 'fp16' (fp16 weights stored as float16 initializers cast to float32 in
                                the graph, tri-planes passed between the graphs as float16)
     opset, versions            ONNX opset; python, torch, onnx, onnxruntime, onnxscript versions
@@ -46,9 +54,12 @@ from formats.limits import Limits, current_limits
 from formats.versioned_json import dump_json, read_versioned_json
 
 FORMAT = "my3dgen-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 GRAPH_FILES = {"mapping": "mapping.onnx", "synthesis": "synthesis.onnx", "render": "render.onnx"}
+MIXED_GRAPH_FILES = {"synthesis": "synthesis_mixed.onnx", "render": "render_mixed.onnx"}
+"""Served graph -> file of its static mixed-person-batch form (keep-LoRA exports with a mixed batch)."""
 BASE_ADAPTER_FILE = "base_adapter.safetensors"
 ANCHORS_FILE = "anchors.safetensors"
 MODES = ("none", "merged", "keep-lora")
@@ -76,11 +87,20 @@ def merged_adapter_section(person: str, adapter_sha256: str, adapter_base_finger
 
 
 def keep_lora_adapter_section(policy: dict, rank: int, alpha: float, layout: str, scale: float, targets: list[list],
-                              inputs: list[dict], example_adapter_sha256: str | None) -> dict[str, Any]:
-    """`adapter` of a keep-LoRA export; `inputs` are {input, tensor, target, role, shape, graph, dtype} rows."""
+                              inputs: list[dict], example_adapter_sha256: str | None, adapter_format_version: int,
+                              defaults_in_graph: bool = False, mixed_batch: int | None = None) -> dict[str, Any]:
+    """`adapter` of a keep-LoRA export; `inputs` are {input, tensor, target, role, shape, graph, dtype} rows.
+    `adapter_format_version` is the adapter-file version whose LoRA rule the graphs compute (formats.adapter_file:
+    version 2 adds fully connected deltas after the gain); exports without the key compute version 1's."""
     return {"mode": "keep-lora", "policy": policy, "rank": rank, "alpha": alpha, "layout": layout, "scale": scale,
             "targets": targets, "inputs": inputs, "base_values_file": BASE_ADAPTER_FILE,
-            "example_adapter_sha256": example_adapter_sha256}
+            "example_adapter_sha256": example_adapter_sha256, "adapter_format_version": adapter_format_version,
+            "defaults_in_graph": bool(defaults_in_graph), "mixed_batch": mixed_batch}
+
+
+def keep_lora_adapter_format(adapter_section: dict) -> int:
+    """The adapter-file version whose LoRA rule a keep-LoRA export's graphs compute (1 for older exports)."""
+    return int(adapter_section.get("adapter_format_version", 1))
 
 
 def build_manifest(*, graphs: dict[str, dict], generator: dict, model: dict, camera: dict, base_fingerprint: str,
@@ -167,6 +187,8 @@ def check_manifest(m: dict[str, Any], directory: Path, where: str, limits: Limit
             need(isinstance(i, dict) and all(isinstance(i.get(k), str) for k in ("input", "tensor", "graph"))
                  and isinstance(i.get("shape"), list) and all(_is_int(d, 0, 1 << 31) for d in i["shape"]),
                  f"adapter.inputs[{n}]", "needs string 'input', 'tensor', 'graph' and an integer 'shape'")
+        need(a.get("mixed_batch") is None or _is_int(a["mixed_batch"], 2, 1024), "adapter.mixed_batch",
+             f"is {a.get('mixed_batch')!r}: expected null or an integer 2..1024")
 
 
 @dataclass(frozen=True)
@@ -182,7 +204,7 @@ class ExportManifest:
         and that the synthesis and render graphs it names exist. ManifestError names the file and field."""
         directory = Path(directory)
         path = directory / MANIFEST_FILE
-        m = read_versioned_json(path, FORMAT, FORMAT_VERSION, ManifestError,
+        m = read_versioned_json(path, FORMAT, READABLE_VERSIONS, ManifestError,
                                 f" (is {directory} an export directory made by `cli.py export`?)")
         check_manifest(m, directory, str(path))
         return cls(directory, m)
@@ -238,6 +260,17 @@ class ExportManifest:
 
     def graph(self, name: str) -> dict[str, Any] | None:
         return self.raw["graphs"].get(name)
+
+    @property
+    def adapter_defaults_in_graph(self) -> bool:
+        """Keep-LoRA graphs carry the base adapter values as overridable initializers (format 2)."""
+        return self.mode == "keep-lora" and self.adapter.get("defaults_in_graph") is True
+
+    @property
+    def mixed_batch(self) -> int | None:
+        """N of the static mixed-person-batch graphs ('synthesis_mixed', 'render_mixed'), or None."""
+        n = self.adapter.get("mixed_batch") if self.mode == "keep-lora" else None
+        return n if n and all(self.graph(f"{g}_mixed") for g in SERVED_GRAPHS) else None
 
     def adapter_inputs(self, graph: str) -> list[dict[str, Any]]:
         """The keep-LoRA inputs of one graph ([] for other modes)."""

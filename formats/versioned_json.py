@@ -10,12 +10,14 @@ from typing import Any
 from formats.errors import FormatError
 
 
-def parse_versioned_json(text: str | bytes | None, where: str, fmt: str, version: int,
+def parse_versioned_json(text: str | bytes | None, where: str, fmt: str, version: int | tuple[int, ...],
                          error: type[FormatError] = FormatError, what: str = "metadata") -> dict[str, Any]:
-    """The JSON object in `text`, checked to be format `fmt` version `version`; otherwise `error(where, reason)`.
+    """The JSON object in `text`, checked to be format `fmt` of version `version` (or one of several readable
+    versions); otherwise `error(where, reason)`.
 
     `what` words the messages ('metadata' for a key inside a safetensors header, 'file' for a JSON file).
     """
+    versions = (version,) if isinstance(version, int) else tuple(version)
     if text is None:
         raise error(where, f"no {what}")
     try:
@@ -24,9 +26,11 @@ def parse_versioned_json(text: str | bytes | None, where: str, fmt: str, version
         raise error(where, f"{what} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
         raise error(where, f"{what} is not a JSON object")
-    if value.get("format") != fmt or value.get("format_version") != version:
+    found = value.get("format_version")
+    if value.get("format") != fmt or isinstance(found, bool) or found not in versions:
+        expected = "/".join(str(v) for v in versions)
         raise error(where, f"field 'format'/'format_version' is {value.get('format')!r}/"
-                           f"{value.get('format_version')!r}, expected {fmt!r}/{version}")
+                           f"{found!r}, expected {fmt!r}/{expected}")
     return value
 
 

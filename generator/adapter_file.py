@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from formats.adapter_file import META_KEY, adapter_metadata, read_adapter, read_adapter_meta
+from formats.adapter_file import (FORMAT_VERSION, META_KEY, adapter_metadata, lora_fc_after_gain, read_adapter,
+                                 read_adapter_meta)
 from formats.atomic import atomic_file
 from formats.errors import AdapterFileError
 from generator.lora import AdapterPolicy, PersonAdapter, base_state_dict, plan
@@ -86,7 +87,8 @@ def save_adapter(path: str | os.PathLike, adapter: PersonAdapter, G: torch.nn.Mo
                             policy=dataclasses.asdict(policy),
                             targets=[[t.key, t.kind, list(t.shape)] for t in adapter.targets.values()],
                             base_fingerprint=base_fingerprint(G), dtype=str(dtype).replace("torch.", ""),
-                            anchor_names=anchors.names if anchors is not None else [], extra=extra)
+                            anchor_names=anchors.names if anchors is not None else [], extra=extra,
+                            format_version=FORMAT_VERSION if adapter.fc_after_gain else 1)
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
     return Path(path)
@@ -111,7 +113,7 @@ def load_adapter(path: str | os.PathLike, G: torch.nn.Module, check_base: bool =
     if listed != [(t.key, t.kind, tuple(t.shape)) for t in targets]:
         raise AdapterFileError(where, f"its target list does not match this base model's architecture "
                                       f"({len(listed)} targets in the file, {len(targets)} expected)")
-    adapter = PersonAdapter(targets, policy)
+    adapter = PersonAdapter(targets, policy, fc_after_gain=lora_fc_after_gain(meta["format_version"]))
     with torch.no_grad():
         for name, param in adapter.file_tensors().items():
             param.copy_(torch.from_numpy(data.tensors[name]).to(param.dtype))

@@ -2,7 +2,11 @@
 
 A person's adapter is a `PersonAdapter`: for every targeted weight W0 a pair (A, B) with
 
-    W = W0 + lora_delta(A, B) = W0 + (alpha / r) * reshape(B @ A)   (before equalized-lr gains, modulation, demod.)
+    W = W0 + lora_delta(A, B) = W0 + (alpha / r) * reshape(B @ A)   (before modulation and demodulation)
+
+on the layer's stored weight; for a fully connected layer (the style affines) the scale is divided by the layer's
+equalized-lr gain g, so that the layer computes W0 g + (alpha / r) B A: the delta acts after the gain, as in the
+authors' code (adapter format 2; `fc_after_gain=False` keeps format 1's rule, delta before the gain, exactly).
 
 and its own trainable copies of the other personal tensors (biases, noise strengths, the 4x4 const, the OSG
 decoder). Two conv layouts: 'loralib' (A [r*k, in*k], B [out*k, r*k]; the paper's ~0.6M budget) and 'flat'
@@ -35,14 +39,17 @@ from generator.lora_targets import (LAYER_KINDS, PARTS, AdapterPolicy, Role, Tar
 __all__ = ["AdapterPolicy", "AdapterTensors", "Attachment", "LAYER_KINDS", "LayerAdapter", "LayerTensors", "LoraPair",
            "PARTS", "PersonAdapter", "Role", "Target", "attach", "attach_mixed", "attachment_of", "base_state_dict",
            "count_table", "detach", "layer_tensors", "lora_delta", "lora_shapes", "lora_tensor_names", "merge",
-           "merged_state_dict", "module_roles", "part_roots", "plan", "unmerge"]
+           "merged_state_dict", "module_roles", "part_roots", "plan", "target_scale", "unmerge"]
 
 # ------------------------------------------------------------------------------------------ the delta
 
 def lora_delta(lora_A: torch.Tensor, lora_B: torch.Tensor, shape: torch.Size | tuple[int, ...],
                scale: float) -> torch.Tensor:
-    """scale * reshape(B @ A) to the weight's `shape`: the change a LoRA pair makes to its weight."""
-    return (lora_B @ lora_A).reshape(shape) * scale
+    """scale * reshape(B @ A) to the weight's `shape`: the change a LoRA pair makes to its weight.
+
+    A and B may carry leading per-sample axes (a keep-LoRA graph of a mixed-person batch): the delta then has
+    them too, [N, *shape], which the layers read as one weight per sample."""
+    return (lora_B @ lora_A).reshape(*lora_B.shape[:-2], *shape) * scale
 
 
 @dataclass
@@ -73,14 +80,21 @@ class LayerTensors:
         return base
 
 
-def layer_tensors(targets: Iterable[Target], tensors: Mapping[str, torch.Tensor], scale: float
-                  ) -> dict[str, LayerTensors]:
+def target_scale(target: Target, scale: float, fc_after_gain: bool) -> float:
+    """The factor on reshape(B @ A) for `target`: alpha / r, over a fully connected layer's gain when its delta
+    acts after the gain (format 2). With `fc_after_gain=False` it is alpha / r exactly (format 1)."""
+    return scale / target.gain if fc_after_gain and target.gain != 1.0 else scale
+
+
+def layer_tensors(targets: Iterable[Target], tensors: Mapping[str, torch.Tensor], scale: float,
+                  fc_after_gain: bool = True) -> dict[str, LayerTensors]:
     """Module name -> LayerTensors for an adapter given as file-named `tensors` (see PersonAdapter.file_tensors)."""
     out: dict[str, LayerTensors] = {}
     for t in targets:
         module, _, leaf = t.key.rpartition(".")
         view = out.setdefault(module, LayerTensors(tensors, scale))
         if t.kind == "lora":
+            view.scale = target_scale(t, scale, fc_after_gain)
             if leaf != "weight":
                 raise ValueError(f"LoRA target {t.key}: only a layer's 'weight' takes a LoRA pair")
             view.lora = lora_tensor_names(t.key)
@@ -90,17 +104,13 @@ def layer_tensors(targets: Iterable[Target], tensors: Mapping[str, torch.Tensor]
 
 
 class LoraPair(nn.Module):
-    """A and B of one weight; `delta()` = scale * reshape(B @ A) to the weight's shape."""
+    """A and B of one weight (the delta they make is `LayerTensors.tensor`'s)."""
 
-    def __init__(self, shape: tuple[int, ...], a_shape, b_shape, scale: float):
+    def __init__(self, a_shape, b_shape):
         super().__init__()
-        self.shape, self.scale = tuple(shape), scale
         self.lora_A = nn.Parameter(torch.empty(a_shape))
         self.lora_B = nn.Parameter(torch.zeros(b_shape))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-
-    def delta(self) -> torch.Tensor:
-        return lora_delta(self.lora_A, self.lora_B, self.shape, self.scale)
 
 
 def _module_key(key: str) -> str:
@@ -110,9 +120,11 @@ def _module_key(key: str) -> str:
 class PersonAdapter(nn.Module):
     """All personal tensors of one person. Its state dict is what a training checkpoint stores."""
 
-    def __init__(self, targets: list[Target], policy: AdapterPolicy, base: nn.Module | None = None):
+    def __init__(self, targets: list[Target], policy: AdapterPolicy, base: nn.Module | None = None,
+                 fc_after_gain: bool = True):
         super().__init__()
         self.policy = policy
+        self.fc_after_gain = fc_after_gain  # FC deltas act after the layer's gain (format 2); False: format-1 files
         self.targets = {t.key: t for t in targets}
         self.lora = nn.ModuleDict()
         self.full = nn.ParameterDict()
@@ -120,7 +132,7 @@ class PersonAdapter(nn.Module):
         for t in targets:
             if t.kind == "lora":
                 a, b = t.lora_shapes
-                self.lora[_module_key(t.key)] = LoraPair(t.shape, a, b, policy.scale)
+                self.lora[_module_key(t.key)] = LoraPair(a, b)
             else:
                 init = base_params[t.key].detach().clone() if t.key in base_params else torch.zeros(t.shape)
                 self.full[_module_key(t.key)] = nn.Parameter(init)
@@ -150,7 +162,8 @@ class PersonAdapter(nn.Module):
     def tensor_for(self, key: str, base: torch.Tensor) -> torch.Tensor:
         """The tensor that replaces base tensor `key` when this adapter is active."""
         module, _, leaf = key.rpartition(".")
-        view = layer_tensors(self.targets.values(), self.file_tensors(), self.policy.scale).get(module)
+        view = layer_tensors(self.targets.values(), self.file_tensors(), self.policy.scale,
+                             self.fc_after_gain).get(module)
         return base if view is None else view.tensor(leaf, base)
 
 
@@ -164,6 +177,8 @@ class AdapterTensors:
     targets: dict[str, Target]
     policy: AdapterPolicy
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    fc_after_gain: bool = True
+    """As PersonAdapter.fc_after_gain."""
 
     def file_tensors(self) -> dict[str, torch.Tensor]:
         return self.tensors
@@ -224,7 +239,8 @@ class Attachment:
         self.G, self.adapters, self.index = G, list(adapters), index
         self.merged = False
         self.attached = False
-        views = [layer_tensors(a.targets.values(), a.file_tensors(), a.policy.scale) for a in self.adapters]
+        views = [layer_tensors(a.targets.values(), a.file_tensors(), a.policy.scale, a.fc_after_gain)
+                 for a in self.adapters]
         modules = dict(G.named_modules())
         self._layers: list[tuple[str, Personalizable, LayerAdapter]] = []
         wanted = set().union(*views) if views else set()
@@ -354,7 +370,8 @@ def base_state_dict(G: nn.Module) -> dict[str, torch.Tensor]:
 def merged_state_dict(G: nn.Module, adapter: PersonAdapter) -> dict[str, torch.Tensor]:
     """G's base state dict with the adapter baked in (W0 + delta, personal copies); G is not modified."""
     sd = {k: v.detach().clone() for k, v in base_state_dict(G).items()}
-    for module, view in layer_tensors(adapter.targets.values(), adapter.file_tensors(), adapter.policy.scale).items():
+    for module, view in layer_tensors(adapter.targets.values(), adapter.file_tensors(), adapter.policy.scale,
+                                      adapter.fc_after_gain).items():
         for leaf in view.names():
             key = f"{module}.{leaf}"
             sd[key] = view.tensor(leaf, sd[key]).detach().clone()

@@ -119,6 +119,9 @@ class Target:
     """The generator part of its layer (Role.part)."""
     layer: str | None = None
     """The kind of its layer (Role.kind)."""
+    gain: float = 1.0
+    """The equalized-lr gain a fully connected layer multiplies its weight by (lr_multiplier / sqrt(in)); 1 for
+    every other layer. Adapters of format 2 divide an FC layer's LoRA delta by it, so the delta acts after it."""
 
     @property
     def numel(self) -> int:
@@ -147,6 +150,7 @@ def plan(G: nn.Module, policy: AdapterPolicy) -> list[Target]:
     """The personal tensors of `G` under `policy`, in state-dict order."""
     policy.validate()
     roles = module_roles(G)
+    modules = dict(G.named_modules())
     targets: list[Target] = []
     for key, tensor in G.named_parameters():
         module, _, leaf = key.rpartition(".")
@@ -156,7 +160,9 @@ def plan(G: nn.Module, policy: AdapterPolicy) -> list[Target]:
             continue
         shape = tuple(tensor.shape)
         pair = lora_shapes(shape, policy.rank, policy.layout) if kind == "lora" else None
-        targets.append(Target(key, kind, shape, pair, role.part, role.kind))
+        layer = modules[module]
+        gain = float(layer.weight_gain) if isinstance(layer, FullyConnectedLayer) else 1.0
+        targets.append(Target(key, kind, shape, pair, role.part, role.kind, gain))
     return targets
 
 

@@ -5,7 +5,8 @@ camera radius and pivot). Tri-planes are computed once.
 
 Interpolation (the paper's synthesis, Figures 8-9): between two anchors of a person, w = (1 - t) w_a + t w_b in W
 (W+ when the anchors are W+) and the camera moves from anchor a's to anchor b's along the rigid-motion geodesic
-(`interpolate_camera`), t = k / (n - 1), so the first and last frames are exactly the anchors' own renders.
+(`media.camera_path.interpolate_camera`, shared with the torch-free runtime), t = k / (n - 1), so the first and
+last frames are exactly the anchors' own renders.
 
 Frames come out as HxWx3 uint8 arrays, resized to `size` when asked; `media.video_writer` writes them.
 """
@@ -15,36 +16,15 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from generator.imaging import to_uint8
 from generator.triplane import TriPlaneGenerator
 from generator.views import camera_batch
+from media.camera_path import interpolate_camera
 from media.orbit import Orbit, check_frames
 
 VIDEO_KINDS = ("turntable", "interpolate")
-
-
-def _pose_from(m_from: np.ndarray, m_to: np.ndarray, s: float) -> np.ndarray:
-    """m_from moved the fraction s of the way to m_to along the screw motion between them (4x4 float64)."""
-    log_rel = scipy.linalg.logm(np.linalg.inv(m_from) @ m_to)
-    return m_from @ scipy.linalg.expm(s * np.real(log_rel))
-
-
-def interpolate_camera(c_a: np.ndarray, c_b: np.ndarray, t: float) -> np.ndarray:
-    """The camera label [25] a fraction t of the way from label c_a to c_b.
-
-    cam2world follows the rigid-motion (SE(3)) geodesic, so a camera looking at a pivot keeps looking near it and
-    does not cut inside the orbit as a straight line would; intrinsics are interpolated linearly. The geodesic is
-    evaluated from the nearer end, so t = 0 and t = 1 give c_a and c_b exactly.
-    """
-    a = np.asarray(c_a, np.float64).reshape(25)
-    b = np.asarray(c_b, np.float64).reshape(25)
-    ma, mb = a[:16].reshape(4, 4), b[:16].reshape(4, 4)
-    pose = _pose_from(ma, mb, t) if t <= 0.5 else _pose_from(mb, ma, 1.0 - t)
-    k = (1.0 - t) * a[16:] + t * b[16:]
-    return np.concatenate([pose.reshape(16), k]).astype(np.float32)
 
 
 def _resized(frame: np.ndarray, size: int | None) -> np.ndarray:

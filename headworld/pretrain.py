@@ -10,6 +10,7 @@ Checkpoints are written atomically to RUN/checkpoint.pt (torch.save of tensors a
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -38,17 +39,26 @@ class PretrainConfig:
     preset: str = "heads"
     batch: int = 4
     lr: float = 2e-3
-    mapping_lr_scale: float = 30.0
-    """The mapping's layers have lr_multiplier 0.01 (EG3D); their Adam lr is lr * this."""
+    mapping_lr_scale: float = 100.0
+    """The mapping's layers have lr_multiplier 0.01 (EG3D); their Adam lr is lr * this, so that they learn as fast
+    as the synthesis layers (at 30x the first run's prior ignored most of z and rendered one average head)."""
+    decay_steps: int = 24_000
+    """The learning rate follows a cosine from lr down to lr * final_lr_scale at this step, then stays there."""
+    final_lr_scale: float = 0.05
     betas: tuple[float, float] = (0.9, 0.99)
     w_raw: float = 1.0
     w_depth: float = 1.0
     w_bg_depth: float = 0.1
     first_shards: int = 2
     steps_per_shard: int = 60
-    total_shards: int = 24
+    total_shards: int = 64
     save_every: int = 100
     log_every: int = 10
+
+    def lr_scale(self, step: int) -> float:
+        """Factor on every group's base learning rate at `step` (cosine decay)."""
+        t = min(step, self.decay_steps) / self.decay_steps
+        return self.final_lr_scale + (1 - self.final_lr_scale) * 0.5 * (1 + math.cos(math.pi * t))
 
     def shards_at(self, step: int) -> int:
         """Shards in use at `step`: first_shards, then one more every steps_per_shard steps."""
@@ -133,6 +143,7 @@ def train(cfg: PretrainConfig, run: Path, minutes: float, max_steps: int, export
         rng.set_state(ck["rng"])
         step = int(ck["step"])
         log(f"resumed from step {step}")
+    base_lrs = [cfg.lr, cfg.lr * cfg.mapping_lr_scale]
     data_dir = run / "data"
     in_use, data = 0, None
     start = time.time()
@@ -151,6 +162,8 @@ def train(cfg: PretrainConfig, run: Path, minutes: float, max_steps: int, export
         ws = G.mapping(z, c)
         out = G.synthesis(ws, c, sampling="stochastic", noise_mode="const")
         parts = losses(out, targets(batch, raw_res), cfg)
+        for group, base in zip(opt.param_groups, base_lrs):
+            group["lr"] = base * cfg.lr_scale(step)
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         opt.step()

@@ -7,6 +7,7 @@ H.264 in yuv420p halves the chroma planes). The file appears atomically (temp fi
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -16,6 +17,8 @@ import numpy as np
 from formats.atomic import atomic_file
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
+CONTENT_TYPES = {".mp4": "video/mp4", ".gif": "image/gif"}
+"""The media type of each video file kind (an HTTP response's Content-Type)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class VideoInfo:
     height: int
     fps: float
     note: str = ""
+
+    @property
+    def content_type(self) -> str:
+        """video/mp4 or image/gif: what was actually written (a GIF where an mp4 was asked for without ffmpeg)."""
+        return CONTENT_TYPES[self.path.suffix.lower()]
 
     def summary(self) -> str:
         text = f"wrote {self.path} ({self.format}, {self.frames} frames, {self.width}x{self.height}, {self.fps:g} fps)"
@@ -115,6 +123,33 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: floa
     with atomic_file(path) as tmp:
         count, (w, h) = _write_mp4(frames, tmp, fps, bitrate) if kind == "mp4" else _write_gif(frames, tmp, fps)
     return VideoInfo(path, "H.264 mp4" if kind == "mp4" else "GIF", count, w, h, fps, note)
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    """A video in memory: its bytes and what they hold (info.path names the deleted temp file)."""
+
+    data: bytes
+    info: VideoInfo
+
+    @property
+    def content_type(self) -> str:
+        return self.info.content_type
+
+
+def encode_video(frames: Iterable[np.ndarray], fmt: str = "mp4", fps: float = 30.0, bitrate: str = "10M"
+                 ) -> EncodedVideo:
+    """`frames` as the bytes of an mp4 (or, without ffmpeg, a GIF: see `EncodedVideo.content_type`) or a GIF.
+
+    Written by `write_video` into a private temp folder (ffmpeg's mp4 muxer needs a seekable file for
+    +faststart), read back and deleted.
+    """
+    suffix = f".{fmt}"
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"video format must be one of {', '.join(s[1:] for s in VIDEO_SUFFIXES)}, got {fmt!r}")
+    with tempfile.TemporaryDirectory(prefix="my3dgen-video-") as tmp:
+        info = write_video(frames, Path(tmp) / f"video{suffix}", fps=fps, bitrate=bitrate)
+        return EncodedVideo(info.path.read_bytes(), info)
 
 
 def read_video(path: str | os.PathLike) -> list[np.ndarray]:

@@ -10,10 +10,11 @@ torch-free `formats` package, which the runtime wheel and every `.mar` ship alon
 """
 from runtime.errors import (AdapterInvalid, BudgetExceeded, ExportInvalid, InvalidRequest, RuntimeErrorBase,
                             UnknownPerson)
+from runtime.batching import ViewRequest
 from runtime.requests import RequestLimits
 from runtime.result import RenderResult
 from runtime.runtime import Runtime
 
 __all__ = ["Runtime", "RenderResult", "RequestLimits", "RuntimeErrorBase", "UnknownPerson", "InvalidRequest",
-           "BudgetExceeded", "AdapterInvalid", "ExportInvalid"]
+           "BudgetExceeded", "AdapterInvalid", "ExportInvalid", "ViewRequest"]
 __version__ = "0.1.0"

@@ -15,15 +15,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from formats.adapter_file import AdapterData, read_adapter
+from formats.adapter_file import AdapterData, lora_fc_after_gain, read_adapter
 from formats.atomic import copy_file
 from formats.errors import AdapterFileError, FormatError
-from formats.export_manifest import ExportManifest
+from formats.export_manifest import ExportManifest, keep_lora_adapter_format
 from formats.names import is_valid_name
 from formats.limits import Limits, current_limits
 from formats.tensors import read_safetensors
 from runtime.cache import LRUCache
 from runtime.errors import AdapterInvalid, ExportInvalid, InvalidRequest, UnknownPerson
+from runtime.native_adapters import (GraphFeeds, base_feeds, numpy_feeds, person_feeds, remove_native_adapters,
+                                     write_native_adapters)
 from runtime.requests import Anchor
 
 GRAPHS = ("synthesis", "render")
@@ -37,8 +39,10 @@ class Person:
     """None: the base model."""
     identity: str
     """'base', 'merged:<adapter sha256>' or 'adapter:<adapter sha256>'."""
-    feeds: dict[str, dict[str, np.ndarray]]
-    """Adapter inputs per graph ('synthesis', 'render'); empty dicts for merged and adapter-free exports."""
+    feeds: dict[str, GraphFeeds]
+    """Adapter inputs per graph ('synthesis', 'render'): numpy arrays and, where the export and the people folder
+    allow, the person's native onnxruntime adapter (runtime.native_adapters); empty for merged and adapter-free
+    exports."""
     anchor_ws: np.ndarray | None = None
     """[K, num_ws, w_dim] float32 W+ anchors, or None."""
     anchor_c: np.ndarray | None = None
@@ -47,6 +51,14 @@ class Person:
 
     def anchor_latent(self, ref: Anchor, field_name: str = "anchor") -> np.ndarray:
         """W+ [num_ws, w_dim] of anchor `ref` (a name, an index, or a string of digits)."""
+        return self.anchor_ws[self.anchor_index(ref, field_name)]
+
+    def anchor_camera(self, ref: Anchor, field_name: str = "anchor") -> np.ndarray:
+        """The camera label [25] of anchor `ref`'s photo."""
+        return self.anchor_c[self.anchor_index(ref, field_name)]
+
+    def anchor_index(self, ref: Anchor, field_name: str = "anchor") -> int:
+        """Index of anchor `ref` (a name, an index, or a string of digits); InvalidRequest naming the field."""
         if self.anchor_ws is None:
             who = "the base model" if self.name is None else f"{self.name!r}"
             raise InvalidRequest(field_name, f"{who} has no anchors: pass a latent instead")
@@ -59,7 +71,7 @@ class Person:
                 raise InvalidRequest(field_name, f"unknown anchor {ref!r}; {self.name!r} has: "
                                                  f"{', '.join(self.anchor_names[:20])}")
             i = self.anchor_names.index(ref)
-        return self.anchor_ws[i]
+        return i
 
 
 def is_index(text: str) -> bool:
@@ -128,24 +140,47 @@ class PeopleStore:
             return {"name": name, "anchors": list(p.anchor_names), "rank": pol.get("rank"), "alpha": pol.get("alpha"),
                     "layout": pol.get("layout"), "fingerprint": a["adapter_sha256"],
                     "base_fingerprint": self.manifest.base_fingerprint, "mode": "merged"}
-        data = self._entry(name)[0]
+        data, person = self._entry(name)
         return {"name": name, "anchors": list(data.anchor_names), "rank": data.meta["rank"],
                 "alpha": data.meta["alpha"], "layout": data.meta["layout"], "fingerprint": data.sha256,
                 "base_fingerprint": data.meta["base_fingerprint"], "dtype": data.meta.get("dtype"),
-                "parameters": data.num_parameters, "file_bytes": data.file_bytes, "mode": "keep-lora"}
+                "parameters": data.num_parameters, "file_bytes": data.file_bytes, "mode": "keep-lora",
+                "native_adapter": {g: f.native for g, f in person.feeds.items()},
+                "native_adapter_why_not": {g: f.why_numpy for g, f in person.feeds.items() if f.why_numpy}}
 
     # ------------------------------------------------------------------ changes
 
     def add(self, name: str, adapter_path: str | os.PathLike) -> None:
-        """Check an adapter file against this export, then copy it to people_dir/<name>.safetensors atomically."""
+        """Check an adapter file against this export, then copy it to people_dir/<name>.safetensors atomically and
+        write the person's native onnxruntime adapter files (runtime.native_adapters) where the export takes them."""
         if self.mode != "keep-lora":
             raise InvalidRequest("name", f"this export is {self.mode!r}: people can only be added to a keep-LoRA "
                                          f"export (re-export with --keep-lora)")
         if self.people_dir is None:
             raise InvalidRequest("people_dir", "this runtime was created without a people_dir")
-        self._check(self._read(adapter_path))
+        data = self._read(adapter_path)
+        self._check(data)
         copy_file(adapter_path, self.people_dir / f"{name}.safetensors")
+        self._write_native(name, data)
         self.forget(name)
+
+    def write_native(self, name: str) -> list[Path]:
+        """(Re)write the native adapter files of the person already in people_dir (`cli.py people add` copies the
+        adapter itself); returns the files written ([] for exports without default adapter values)."""
+        if self.mode != "keep-lora" or self.people_dir is None:
+            raise InvalidRequest("name", f"this export is {self.mode!r} (or has no people folder): native adapters "
+                                         f"need a keep-LoRA export and a people folder")
+        data = self._read(self.people_dir / f"{name}.safetensors", name)
+        self._check(data)
+        written = self._write_native(name, data)
+        self.forget(name)
+        return written
+
+    def _write_native(self, name: str, data: AdapterData) -> list[Path]:
+        if not self.manifest.adapter_defaults_in_graph:
+            remove_native_adapters(self.people_dir, name)
+            return []
+        return write_native_adapters(self.people_dir, name, data.sha256, data.tensors, self._inputs)
 
     def remove(self, name: str) -> None:
         """Delete people_dir/<name>.safetensors (UnknownPerson when there is none)."""
@@ -153,6 +188,7 @@ class PeopleStore:
         if path is None or not path.is_file():
             raise UnknownPerson(name, f"unknown person {name!r}: no {name}.safetensors in the people directory")
         path.unlink()
+        remove_native_adapters(self.people_dir, name)
         self.forget(name)
 
     def forget(self, name: str) -> None:
@@ -197,7 +233,13 @@ class PeopleStore:
             data = self._read(path, name)
             self._check(data)
             self._on_load()
-            feeds = {g: {i["input"]: data.tensors[i["tensor"]] for i in self._inputs[g]} for g in GRAPHS}
+            if self.manifest.adapter_defaults_in_graph:
+                feeds = {g: person_feeds(self.people_dir, name, data.sha256, g, self._inputs[g], data.tensors)
+                         for g in GRAPHS}
+            else:
+                feeds = {g: numpy_feeds(self._inputs[g], data.tensors, "export without default adapter values "
+                                        "(manifest format 1): native adapters need a re-export")
+                         for g in GRAPHS}
             entry = (data, Person(name, f"adapter:{data.sha256}", feeds, self._w_plus(data.anchor_ws),
                                   data.anchor_c, list(data.anchor_names)))
             self._adapters.put(stamp, entry)
@@ -218,6 +260,13 @@ class PeopleStore:
         if diffs:
             raise AdapterInvalid(where, "its adapter policy differs from this keep-LoRA export's: " + ", ".join(diffs)
                                  + "; re-export with --keep-lora --adapter <a file of this policy>")
+        theirs_after = lora_fc_after_gain(data.meta["format_version"])
+        if theirs_after != lora_fc_after_gain(keep_lora_adapter_format(exp)):
+            raise AdapterInvalid(where, f"it is an adapter of format version {data.meta['format_version']}, whose "
+                                        f"fully connected LoRA deltas act {'after' if theirs_after else 'before'} the "
+                                        f"layer gain, and this export's graphs compute the other rule (format "
+                                        f"{keep_lora_adapter_format(exp)}); re-export with --keep-lora --adapter "
+                                        f"{where}, or export it merged")
         if [list(t) for t in data.meta["targets"]] != exp["targets"]:
             raise AdapterInvalid(where, f"its target list ({len(data.meta['targets'])} tensors) differs from this "
                                         f"export's ({len(exp['targets'])})")
@@ -230,7 +279,7 @@ class PeopleStore:
     def _base_person(self) -> Person:
         """The base model (keep-LoRA: the base values of every adapter input), or the merged person."""
         a, directory = self.manifest.adapter, self.manifest.directory
-        empty = {g: {} for g in GRAPHS}
+        empty = {g: GraphFeeds() for g in GRAPHS}
         if self.mode == "none":
             return Person(None, "base", empty)
         if self.mode == "merged":
@@ -258,7 +307,9 @@ class PeopleStore:
         missing = [i["input"] for i in a["inputs"] if i["input"] not in t]
         if missing:
             raise ExportInvalid(str(path), f"missing base values for {missing[:5]}")
-        return Person(None, "base", {g: {i["input"]: t[i["input"]] for i in self._inputs[g]} for g in GRAPHS})
+        by_tensor = {i["tensor"]: t[i["input"]] for i in a["inputs"]}
+        defaults = self.manifest.adapter_defaults_in_graph
+        return Person(None, "base", {g: base_feeds(self._inputs[g], by_tensor, defaults) for g in GRAPHS})
 
     def _w_plus(self, ws: np.ndarray | None) -> np.ndarray | None:
         """Anchors [K, w_dim] -> [K, num_ws, w_dim]; W+ anchors are returned as they are."""

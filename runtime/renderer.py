@@ -1,56 +1,134 @@
 """The graphs of an export, run: mapping (z -> W+), synthesis (W+ -> tri-planes), render (tri-planes + camera ->
-images). Graphs run on onnxruntime or TensorRT engines (runtime.session); cameras come from formats.cameras."""
+images). Graphs run on onnxruntime or TensorRT engines (runtime.session); cameras come from formats.cameras.
+
+A person's adapter reaches a graph as runtime.native_adapters.GraphFeeds: their native onnxruntime adapter (active in
+RunOptions) where the graph takes one; on a graph bound to a CUDA device, their adapter values uploaded once and
+kept there as OrtValues (onnxruntime's I/O binding ignores active adapters); else numpy feeds. `adapter_paths`
+counts which path each run took. Mixed-
+person batches run the export's static-batch `*_mixed` graphs with per-sample adapter arrays. Tri-planes stay on the
+device (OrtValues) when synthesis and render both run there through I/O binding.
+"""
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from formats.cameras import lookat_label
 from formats.export_manifest import ExportManifest
 from runtime.errors import ExportInvalid
-from runtime.session import Graph, choose_providers, open_graph
+from runtime.native_adapters import GraphFeeds
+from runtime.session import Graph, OrtGraph, choose_providers, open_graph
+
+SERVED = ("synthesis", "render")
 
 
 class Renderer:
-    """Opens the synthesis and render graphs at once and the mapping graph on first use."""
+    """Opens the synthesis and render graphs at once, the mapping and mixed-batch graphs on first use.
 
-    def __init__(self, manifest: ExportManifest, providers: str | Sequence[str] = "auto", threads: int | None = None):
+    `io_binding`: force onnxruntime's I/O binding on or off (default: on for the CUDA / TensorRT EPs only)."""
+
+    def __init__(self, manifest: ExportManifest, providers: str | Sequence[str] = "auto", threads: int | None = None,
+                 io_binding: bool | None = None):
         self.manifest = manifest
         self.providers = choose_providers(providers, engines_present=bool(manifest.engines))
         self.threads = threads
-        self._graphs: dict[str, Graph] = {g: self._open(g) for g in ("synthesis", "render")}
-        self._mapping_lock = threading.Lock()
+        self.io_binding = io_binding
+        self._graphs: dict[str, Graph] = {g: self._open(g) for g in SERVED}
+        self._lazy_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._paths = {"defaults": 0, "native": 0, "device": 0, "numpy": 0}
 
     def _open(self, name: str) -> Graph:
         return open_graph(self.manifest.directory, name, self.manifest.graph(name), self.providers, self.threads,
-                          self.manifest.engines)
+                          self.manifest.engines, self.io_binding)
+
+    def _lazy(self, name: str, why: str) -> Graph:
+        with self._lazy_lock:
+            if name not in self._graphs:
+                if self.manifest.graph(name) is None:
+                    raise ExportInvalid(str(self.manifest.directory), f"this export has no {name} graph ({why})")
+                self._graphs[name] = self._open(name)
+            return self._graphs[name]
+
+    def graph(self, name: str) -> Graph:
+        """A loaded graph ('synthesis', 'render', or a lazily opened 'mapping' / '*_mixed' graph)."""
+        return self._graphs[name] if name in self._graphs else self._lazy(name, "asked for by name")
 
     @property
     def graph_providers(self) -> dict[str, str]:
         """The provider each loaded graph actually runs on."""
         return {g: s.provider for g, s in self._graphs.items()}
 
+    @property
+    def adapter_paths(self) -> dict[str, int]:
+        """How many graph runs with adapter inputs ran the base model on the graph's defaults (no feed), got a
+        person's adapter natively (RunOptions), as values kept on the device, or as numpy feeds."""
+        with self._count_lock:
+            return dict(self._paths)
+
+    @property
+    def planes_on_device(self) -> bool:
+        """Whether synthesis leaves its tri-planes on the device for render (both bound to the same device)."""
+        s, r = self._graphs["synthesis"], self._graphs["render"]
+        return (isinstance(s, OrtGraph) and isinstance(r, OrtGraph) and s.io_binding and r.io_binding
+                and s.device == r.device != "cpu")
+
     def camera(self, yaw: float, pitch: float) -> np.ndarray:
         """[1, 25] label of the export's look-at camera at (yaw, pitch)."""
         radius, pivot, focal = self.manifest.camera
         return lookat_label(yaw, pitch, radius=radius, focal=focal, pivot=pivot)[None]
 
-    def planes(self, ws: np.ndarray, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Tri-planes of W+ latents [B, num_ws, w_dim] (feeds: the person's synthesis adapter inputs)."""
-        return self._graphs["synthesis"].run({"ws": ws, **feeds})["planes"]
+    def _run(self, graph: Graph, feeds: dict[str, Any], adapter: GraphFeeds, keep: tuple[str, ...] = ()
+             ) -> dict[str, Any]:
+        """Run `graph` with the person's adapter: natively where both sides can, as device-resident values on a
+        bound device graph, else as numpy feeds."""
+        if adapter.graph_defaults and isinstance(graph, OrtGraph):
+            path, extra, options = "defaults", {}, None
+        elif adapter.native and graph.native_adapters:
+            path, extra, options = "native", adapter.rest, adapter.run_options
+        elif isinstance(graph, OrtGraph) and graph.io_binding and graph.device != "cpu" and adapter.arrays:
+            path, extra, options = "device", adapter.on_device(graph), None
+        else:
+            path, extra, options = "numpy", adapter.arrays, None
+        if adapter.arrays:
+            with self._count_lock:
+                self._paths[path] += 1
+        return graph.run({**feeds, **extra}, keep_on_device=keep, run_options=options)
 
-    def render(self, planes: np.ndarray, ws: np.ndarray, c: np.ndarray, feeds: dict[str, np.ndarray]
-               ) -> dict[str, np.ndarray]:
-        """image, image_raw, depth of tri-planes seen from cameras c [B, 25]."""
-        return self._graphs["render"].run({"planes": planes, "ws": ws, "c": c, **feeds})
+    def planes(self, ws: np.ndarray, adapter: GraphFeeds) -> Any:
+        """Tri-planes of W+ latents [B, num_ws, w_dim]: a numpy array, or an OrtValue left on the device when
+        `planes_on_device`."""
+        keep = ("planes",) if self.planes_on_device else ()
+        return self._run(self._graphs["synthesis"], {"ws": ws}, adapter, keep)["planes"]
+
+    def render(self, planes: Any, ws: np.ndarray, c: np.ndarray, adapter: GraphFeeds) -> dict[str, np.ndarray]:
+        """image, image_raw, depth of tri-planes (array or device OrtValue) seen from cameras c [B, 25]."""
+        return self._run(self._graphs["render"], {"planes": planes, "ws": ws, "c": c}, adapter)
+
+    @property
+    def mixed_batch(self) -> int | None:
+        """N of the export's mixed-person-batch graphs, or None."""
+        return self.manifest.mixed_batch
+
+    def planes_mixed(self, ws: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Tri-planes of exactly `mixed_batch` samples, sample k with the adapter arrays [N, ...][k]."""
+        graph = self._lazy("synthesis_mixed", "export with --mixed-batch N")
+        return self._count_mixed(graph.run({"ws": ws, **arrays}))["planes"]
+
+    def render_mixed(self, planes: np.ndarray, ws: np.ndarray, c: np.ndarray, arrays: dict[str, np.ndarray]
+                     ) -> dict[str, np.ndarray]:
+        """image, image_raw, depth of exactly `mixed_batch` samples with per-sample adapter arrays."""
+        graph = self._lazy("render_mixed", "export with --mixed-batch N")
+        return self._count_mixed(graph.run({"planes": planes, "ws": ws, "c": c, **arrays}))
+
+    def _count_mixed(self, out: dict[str, Any]) -> dict[str, Any]:
+        with self._count_lock:
+            self._paths["numpy"] += 1
+        return out
 
     def map(self, z: np.ndarray, c: np.ndarray, psi: float) -> np.ndarray:
         """W+ of z [B, z_dim] with conditioning cameras c [B, 25] and truncation psi."""
-        with self._mapping_lock:
-            if "mapping" not in self._graphs:
-                if self.manifest.graph("mapping") is None:
-                    raise ExportInvalid(str(self.manifest.directory), "this export has no mapping graph")
-                self._graphs["mapping"] = self._open("mapping")
-        return self._graphs["mapping"].run({"z": z, "c": c, "truncation_psi": np.array([psi], np.float32)})["ws"]
+        graph = self._lazy("mapping", "only given latents can be rendered")
+        return graph.run({"z": z, "c": c, "truncation_psi": np.array([psi], np.float32)})["ws"]

@@ -4,6 +4,11 @@ No torch: numpy + onnxruntime (TensorRT engines where present). A request runs a
 
     latent (anchor W, or given W / W+)  --synthesis graph-->  tri-planes  --render graph(camera)-->  images
 
+Videos: `orbit` (a turntable on EG3D's gen_videos.py orbit, media.orbit) and `interpolation` (the paper's synthesis
+between two anchors, latent and camera interpolated: media.camera_path) return the frames;
+media.video_writer.encode_video / write_video turn them into an mp4 or GIF. media/ is numpy + Pillow (+ the
+optional imageio-ffmpeg), shipped beside the runtime in its wheel and in every `.mar`.
+
 `Runtime` is the typed interface that callers (`python -m runtime`, serve/handler.py, bench/) use. It composes
 small parts, each with one job:
 
@@ -15,6 +20,10 @@ small parts, each with one job:
                                              BudgetExceeded without running, one that finishes late raises it with
                                              the result attached
     runtime.renderer.Renderer                the graphs and the look-at cameras
+    runtime.native_adapters                  a person's adapter per graph: native onnxruntime adapter files,
+                                             values kept on a CUDA device, or numpy feeds
+    runtime.batching                         `render_batch`: N queued requests in one run per person, or in the
+                                             export's mixed-person graphs (one person per sample)
     runtime.requests                         validation of every argument (InvalidRequest names the field)
 
 Export modes (manifest 'adapter.mode'): 'none' serves only the base model (person=None); 'merged' serves only the
@@ -34,7 +43,10 @@ import numpy as np
 from formats.errors import ManifestError
 from formats.export_manifest import ExportManifest
 from formats.limits import Limits
+from media.camera_path import interpolate_camera, interpolation_weights, view_angles
+from media.orbit import Orbit
 from runtime import requests as check
+from runtime.batching import Run, ViewRequest, plan_runs
 from runtime.budget import LatencyBudget
 from runtime.errors import (AdapterInvalid, BudgetExceeded, ExportInvalid, InvalidRequest, RuntimeErrorBase,
                             UnknownPerson)
@@ -43,6 +55,7 @@ from runtime.planes import PlaneCache, latent_key
 from runtime.renderer import Renderer
 from runtime.requests import Anchor, RequestLimits
 from runtime.result import RenderResult
+from runtime.session import to_numpy
 from runtime.stats import Counters
 
 
@@ -55,7 +68,8 @@ class Runtime:
 
     def __init__(self, export_dir: str | os.PathLike, people_dir: str | os.PathLike | None = None,
                  providers: str | Sequence[str] = "auto", plane_cache_size: int = 64, adapter_cache_size: int = 16,
-                 threads: int | None = None, limits: RequestLimits | None = None, file_limits: Limits | None = None):
+                 threads: int | None = None, limits: RequestLimits | None = None, file_limits: Limits | None = None,
+                 io_binding: bool | None = None):
         self.export_dir = Path(export_dir)
         try:
             self.manifest = ExportManifest.read(self.export_dir)
@@ -65,7 +79,7 @@ class Runtime:
         self._counters = Counters()
         self.people_store = PeopleStore(self.manifest, people_dir, adapter_cache_size,
                                         on_load=lambda: self._counters.add("adapter_loads"), limits=file_limits)
-        self.renderer = Renderer(self.manifest, providers, threads)
+        self.renderer = Renderer(self.manifest, providers, threads, io_binding)
         self.planes = PlaneCache(plane_cache_size)
         self.budget = LatencyBudget()
 
@@ -177,6 +191,62 @@ class Runtime:
         views = [(yaw_range * math.sin(2 * math.pi * k / n), pitch) for k in range(n)]
         return self._render_views(p, ws, views, budget, t0, timings)
 
+    def orbit(self, person: str | None, anchor: Anchor | None = None, latent: Any = None, frames: int = 16,
+              orbit: Orbit = Orbit(), budget_ms: float | None = None) -> list[RenderResult]:
+        """`frames` views along `orbit` (default: EG3D's gen_videos.py turntable, as `cli.py render --video
+        turntable`) of an anchor or a latent: one synthesis (or none), `frames` renders. The budget covers the
+        whole call; frame 0's timings carry the synthesis."""
+        t0 = time.perf_counter()
+        budget = check.budget_ms(budget_ms)
+        views = [(check.angle("yaw", yaw, self.limits), check.angle("pitch", pitch, self.limits))
+                 for yaw, pitch in orbit.views(check.frames(frames, self.limits))]
+        p, timings = self._resolve(person)
+        t_map = time.perf_counter()
+        ws = self._latent(p, anchor, latent)
+        timings["mapping"] = _ms(t_map)
+        return self._render_views(p, ws, views, budget, t0, timings)
+
+    def anchor_view(self, person: str | None, anchor: Anchor, budget_ms: float | None = None) -> RenderResult:
+        """Anchor `anchor` (name or index) of `person` seen from its own photo's camera (not a look-at view)."""
+        t0 = time.perf_counter()
+        budget = check.budget_ms(budget_ms)
+        p, timings = self._resolve(person)
+        t_map = time.perf_counter()
+        ws, c = self._anchor(p, anchor, "anchor")
+        timings["mapping"] = _ms(t_map)
+        return self._render_views(p, ws, [view_angles(c)], budget, t0, timings, cameras=[c])[0]
+
+    def interpolation(self, person: str | None, a: Anchor, b: Anchor, frames: int = 16,
+                      budget_ms: float | None = None) -> list[RenderResult]:
+        """The paper's synthesis (Figures 8-9) from anchor `a` to anchor `b`: frame k, at t = k / (frames - 1),
+        renders (1 - t) w_a + t w_b from the camera a fraction t of the way from a's photo camera to b's
+        (media.camera_path), so the first and last frames are `anchor_view(a)` and `anchor_view(b)`.
+
+        Every frame is its own latent: a synthesis and a render each. The budget covers the whole call: it is
+        checked against the stage estimates before anything runs, and before and after every frame.
+        """
+        t0 = time.perf_counter()
+        budget = check.budget_ms(budget_ms)
+        ts = interpolation_weights(check.frames(frames, self.limits, lo=2))
+        p, timings = self._resolve(person)
+        t_map = time.perf_counter()
+        (wa, ca), (wb, cb) = self._anchor(p, a, "a"), self._anchor(p, b, "b")
+        timings["mapping"] = _ms(t_map)
+        self.budget.check(budget, _ms(t0), {"synthesis": len(ts), "render": len(ts)},
+                          f"{len(ts)} syntheses + {len(ts)} renders")
+        results: list[RenderResult] = []
+        for k, t in enumerate(ts):
+            start = t0 if k == 0 else time.perf_counter()
+            left = None if budget is None else budget - (start - t0) * 1000.0
+            if left is not None and left <= 0:
+                raise BudgetExceeded(f"budget_ms={budget:g} exceeded after {k} of {len(ts)} frames", budget, None,
+                                     _ms(t0), False, result=results)
+            ws = ((1.0 - t) * wa + t * wb).astype(np.float32)   # exact at both ends: 0 * w + 1 * w'
+            c = interpolate_camera(ca, cb, t)
+            results += self._render_views(p, ws, [view_angles(c)], left, start, timings if k == 0 else {},
+                                          cameras=[c])
+        return results
+
     def map(self, z: np.ndarray, c: np.ndarray | None = None, truncation_psi: float = 0.7) -> np.ndarray:
         """The mapping graph: z [z_dim] or [B, z_dim] (and conditioning cameras [B, 25], default frontal) -> W+."""
         z = np.asarray(z, dtype=np.float32)
@@ -196,6 +266,75 @@ class Runtime:
         self._counters.add("mapping_runs")
         return ws[0] if single else ws
 
+    def render_batch(self, requests: Sequence[ViewRequest]) -> list[RenderResult | RuntimeErrorBase]:
+        """Render N queued novel-view requests (of any people) in as few graph runs as runtime.batching plans:
+        one run per person, or the export's mixed-person graphs. Returns, in request order, each request's
+        RenderResult or the RuntimeErrorBase that refused it (one bad request does not fail the others).
+        Tri-planes of the batch pass through host memory (they are stacked and split per sample)."""
+        t0 = time.perf_counter()
+        out: list[Any] = [None] * len(requests)
+        todo = []
+        for i, r in enumerate(requests):
+            try:
+                yaw, pitch = check.angle("yaw", r.yaw, self.limits), check.angle("pitch", r.pitch, self.limits)
+                p, timings = self._resolve(r.person)
+                ws = self._latent(p, r.anchor, r.latent)
+            except RuntimeErrorBase as e:
+                out[i] = e
+                continue
+            key = latent_key(ws)
+            cached = self.planes.get(p.name, p.identity, key)
+            self._counters.add("plane_cache_misses" if cached is None else "plane_cache_hits")
+            todo.append({"i": i, "p": p, "ws": ws, "key": key, "yaw": yaw, "pitch": pitch, "adapter_ms":
+                         timings["adapter"], "planes": None if cached is None else to_numpy(cached),
+                         "hit": cached is not None, "synthesis_ms": 0.0})
+        identity = lambda q: q["p"].identity  # noqa: E731
+        for run in plan_runs([q for q in todo if q["planes"] is None], identity, self.renderer.mixed_batch):
+            ts = time.perf_counter()
+            planes = to_numpy(self._batch_run(run, "synthesis", {"ws": self._stack(run, "ws")})["planes"])
+            ms = _ms(ts)
+            self._counters.add("synthesis_runs")
+            for k, q in enumerate(run.items):
+                q["planes"], q["synthesis_ms"] = planes[k:k + 1], ms
+                self.planes.put(q["p"].name, q["p"].identity, q["key"], q["planes"])
+        for run in plan_runs(todo, identity, self.renderer.mixed_batch):
+            tr = time.perf_counter()
+            cams = [self.renderer.camera(q["yaw"], q["pitch"]) for q in run.items]
+            res = self._batch_run(run, "render", {"planes": self._stack(run, "planes"), "ws": self._stack(run, "ws"),
+                                                  "c": np.concatenate(cams + cams[-1:] * run.padding)})
+            ms = _ms(tr)
+            self._counters.add("render_runs")
+            for k, q in enumerate(run.items):
+                t = {"mapping": 0.0, "adapter": q["adapter_ms"], "synthesis": q["synthesis_ms"], "render": ms,
+                     "total": _ms(t0)}
+                out[q["i"]] = RenderResult(image=res["image"][k].astype(np.float32),
+                                           image_raw=res["image_raw"][k].astype(np.float32),
+                                           depth=res["depth"][k].astype(np.float32), timings=t, cache_hit=q["hit"],
+                                           person=q["p"].name, yaw=q["yaw"], pitch=q["pitch"], latent_key=q["key"])
+        return out
+
+    @staticmethod
+    def _stack(run: Run, name: str) -> np.ndarray:
+        """The run's samples of `name` (W+ latents, or tri-planes [1, ...] each) stacked, padded to run.size."""
+        parts = [q[name] if name == "planes" else q[name][None] for q in run.items]
+        return np.concatenate(parts + parts[-1:] * run.padding)
+
+    def _batch_run(self, run: Run, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+        """One run of `graph`: the person's own feeds for a one-person run, per-sample adapter arrays (padded)
+        through the mixed graph otherwise."""
+        people = [q["p"] for q in run.items]
+        if not run.mixed:
+            adapter = people[0].feeds[graph]
+            if graph == "synthesis":
+                return {"planes": self.renderer.planes(feeds["ws"], adapter)}
+            return self.renderer.render(feeds["planes"], feeds["ws"], feeds["c"], adapter)
+        people += people[-1:] * run.padding
+        arrays = {name: np.stack([p.feeds[graph].arrays[name] for p in people])
+                  for name in people[0].feeds[graph].arrays}
+        if graph == "synthesis":
+            return {"planes": self.renderer.planes_mixed(feeds["ws"], arrays)}
+        return self.renderer.render_mixed(feeds["planes"], feeds["ws"], feeds["c"], arrays)
+
     def warmup(self, person: str | None = None, latent: np.ndarray | None = None) -> RenderResult:
         """Run both graphs once (a fresh latent, so synthesis runs) to prime the stage-time estimates."""
         if latent is None:
@@ -210,7 +349,8 @@ class Runtime:
 
     def stats(self) -> dict[str, Any]:
         return {**self.counters, "plane_cache": self.planes.stats(), "adapter_cache": self.people_store.cache_stats(),
-                "estimates_ms": self.estimates(), "providers": self.graph_providers}
+                "estimates_ms": self.estimates(), "providers": self.graph_providers,
+                "adapter_paths": self.renderer.adapter_paths, "planes_on_device": self.renderer.planes_on_device}
 
     def clear_caches(self) -> None:
         self.planes.clear()
@@ -232,8 +372,16 @@ class Runtime:
             raise InvalidRequest("anchor", "give 'anchor' or 'latent' (this person has no anchors)")
         return p.anchor_latent(check.anchor("anchor", 0 if anchor is None else anchor))
 
+    def _anchor(self, p: Person, ref: Any, field_name: str) -> tuple[np.ndarray, np.ndarray]:
+        """W+ latent and photo camera label [25] of anchor `ref`."""
+        i = p.anchor_index(check.anchor(field_name, ref), field_name)
+        return p.anchor_ws[i], p.anchor_c[i].astype(np.float32)
+
     def _render_views(self, p: Person, ws: np.ndarray, views: list[tuple[float, float]], budget: float | None,
-                      t0: float, timings: dict[str, float]) -> list[RenderResult]:
+                      t0: float, timings: dict[str, float], cameras: list[np.ndarray] | None = None
+                      ) -> list[RenderResult]:
+        """Render latent ws from each (yaw, pitch) look-at view, or from the given camera labels [25] (then
+        `views` holds their angles for the results)."""
         key = latent_key(ws)
         planes = self.planes.get(p.name, p.identity, key)
         hit = planes is not None
@@ -252,7 +400,8 @@ class Runtime:
         results = []
         for k, (yaw, pitch) in enumerate(views):
             tr = time.perf_counter()
-            out = self.renderer.render(planes, ws_b, self.renderer.camera(yaw, pitch), p.feeds["render"])
+            c = self.renderer.camera(yaw, pitch) if cameras is None else cameras[k].reshape(1, 25)
+            out = self.renderer.render(planes, ws_b, c, p.feeds["render"])
             render_ms = _ms(tr)
             self._counters.add("render_runs")
             self.budget.observe("render", render_ms)

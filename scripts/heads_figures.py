@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
+from evaluation.metrics import depth_error, psnr  # noqa: E402
 from formats.atomic import write_text  # noqa: E402
 from generator.cameras import lookat_label  # noqa: E402
 from generator.imaging import depth_to_uint8, grid, save_png, to_uint8  # noqa: E402
@@ -45,21 +45,6 @@ NUMBERS = "numbers.json"
 def _lpips():
     from perception.lpips import LPIPS
     return LPIPS("alex")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), per sample."""
-    mse = ((a.clamp(-1, 1) - b) ** 2).mean((1, 2, 3))
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
-
-
-def depth_error(depth_raw: torch.Tensor, true_depth: torch.Tensor, true_mask: torch.Tensor) -> torch.Tensor:
-    """Mean |depth - true| per sample over raw pixels fully covered by the head (true maps pooled to raw size)."""
-    k = true_depth.shape[-1] // depth_raw.shape[-1]
-    cover = F.avg_pool2d(true_mask, k)
-    td = F.avg_pool2d(true_depth * true_mask, k) / cover.clamp_min(1e-6)
-    inside = (cover > 0.99).float()
-    return ((depth_raw - td).abs() * inside).sum((1, 2, 3)) / inside.sum((1, 2, 3)).clamp_min(1)
 
 
 def _depth_tile(depth: torch.Tensor, size: int = 128) -> np.ndarray:

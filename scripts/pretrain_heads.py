@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data", help="render the training shards (skips shards already written)")
     d.add_argument("--run", type=Path, default=REPO / "runs" / "heads")
-    d.add_argument("--shards", type=int, default=24)
+    d.add_argument("--shards", type=int, default=64)
     d.add_argument("--threads", type=int, default=1)
     d.add_argument("--worker", default="0/1", help="I/N: render shards I, I+N, I+2N, ... (run N workers at once)")
     t = sub.add_parser("train", help="train or resume")

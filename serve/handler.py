@@ -1,8 +1,9 @@
 """TorchServe handler: novel views, interpolations and the list of people of one exported model, over HTTP.
 
-Runs inside a TorchServe worker from the extracted `.mar`, which ships this file, `serve/requests.py` and the
-torch-free `runtime` and `formats` packages next to the exported graphs (`export/`). It imports only the standard
-library, numpy, PIL, `serve.requests`, `formats` and `runtime`, whose typed `Runtime` it calls directly.
+Runs inside a TorchServe worker from the extracted `.mar`, which ships this file, `serve/requests.py`,
+`serve/metrics.py` and the torch-free `runtime`, `formats` and `media` packages next to the exported graphs
+(`export/`). It imports only the standard library, numpy, PIL, those modules and packages, and calls the typed
+`Runtime` directly. Every request is counted in TorchServe's Prometheus metrics (serve/metrics.py).
 
 Responses (see model_store/README.md):
 - image ops, `"response": "image"` (default): the PNG/JPEG bytes with their Content-Type; per-stage timings in a
@@ -10,6 +11,10 @@ Responses (see model_store/README.md):
   outcome in `X-My3DGen-Cache`; an interpolation with `frames` returns one horizontal strip of `frames` square
   images side by side without gaps (`X-My3DGen-Frames`, `X-My3DGen-Frame-Size` say how to cut it).
 - `"response": "json"`: `{"image": base64}` or `{"frames": [base64, ...]}` plus `timings`, `cache_hit`, sizes.
+- `video` op: the mp4 (`video/mp4`) or GIF (`image/gif`; also where an mp4 was asked for and the server has no
+  ffmpeg, then `X-My3DGen-Note` says so) with the same timing and cache headers, `X-My3DGen-Frames`,
+  `X-My3DGen-Frame-Size` and `X-My3DGen-Fps`. Frames come from media.runtime_video (the runtime's orbit or
+  anchor-to-anchor interpolation), encoded by media.video_writer.
 - errors: a JSON object `{"error", "field", "status", "type"}` with a 4xx/5xx status. Every exception is caught
   and mapped here, so no request can take a worker down.
 
@@ -35,10 +40,14 @@ import numpy as np
 from PIL import Image
 
 from formats.names import NAME_RULE, is_valid_name
+from media.runtime_video import render_video, video_frames
+from media.video_writer import encode_video
 from runtime import (AdapterInvalid, BudgetExceeded, InvalidRequest, RenderResult, Runtime, RuntimeErrorBase,
                      UnknownPerson)
-from serve.requests import (Interpolate, Limits, NovelView, Output, People, PersonInfo, Request, RequestError,
-                            parse_request)
+from runtime.batching import ViewRequest
+from serve.metrics import Outcome, ServeMetrics, cache_delta
+from serve.requests import (FIELDS, Interpolate, Limits, NovelView, Output, People, PersonInfo, Request,
+                            RequestError, Video, parse_request)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +69,8 @@ class HandlerConfig:
     """Largest `budget_ms` a request may ask for; keep it under responseTimeout (a timed-out worker is killed)."""
     max_frames: int = 16
     """Most frames per interpolation request (the runtime's own limit applies too)."""
+    max_video_frames: int = 64
+    """Most frames per video request (the runtime's own limit applies too)."""
     providers: Any = "auto"
     """onnxruntime providers for the runtime: "auto" or a list of provider names."""
     plane_cache_size: int = 64
@@ -97,13 +108,6 @@ def encode(pixels: np.ndarray, output: Output, default_quality: int = 90) -> byt
     return buf.getvalue()
 
 
-def resize(pixels: np.ndarray, size: Optional[int]) -> np.ndarray:
-    """Square HWC uint8 resized to size x size (unchanged when size is None or already the size)."""
-    if size is None or pixels.shape[0] == size:
-        return pixels
-    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.LANCZOS))
-
-
 def strip(frames: list) -> np.ndarray:
     """Square HWC uint8 frames side by side, no gaps: frame i is columns [i*S, (i+1)*S)."""
     return np.concatenate(frames, axis=1)
@@ -125,7 +129,12 @@ class Service:
         lim = runtime.limits
         self.limits = Limits(max_abs_yaw=lim.max_abs_yaw, max_abs_pitch=lim.max_abs_pitch,
                              max_frames=min(cfg.max_frames, lim.max_frames), image_size=runtime.image_size,
-                             default_budget_ms=cfg.default_budget_ms, max_budget_ms=float(cfg.max_budget_ms))
+                             default_budget_ms=cfg.default_budget_ms, max_budget_ms=float(cfg.max_budget_ms),
+                             max_video_frames=min(cfg.max_video_frames, lim.max_frames))
+        self.metrics = ServeMetrics(model_name)
+        self._batched: dict[int, Any] = {}
+        """Request index -> RenderResult or RuntimeErrorBase rendered ahead by `render_batched` (this batch)."""
+        self._batched_cache: dict[int, dict] = {}
 
     @classmethod
     def from_context(cls, context: Any) -> "Service":
@@ -161,26 +170,66 @@ class Service:
 
     # ---------------------------------------------------------------- request handling
     def handle_one(self, raw: Any, idx: int, context: Any) -> Any:
-        """One request -> response body; sets status, content type and headers on `context` for index `idx`."""
+        """One request -> response body; sets status, content type and headers on `context` for index `idx`,
+        and counts the request in the metrics (op, status, stage times, plane-cache lookups, budget refusals)."""
+        outcome = Outcome()
+        before = self.rt.counters
+        body = self._respond(raw, idx, context, outcome)
+        cache = self._batched_cache.pop(idx, None) or cache_delta(before, self.rt.counters)
+        self.metrics.record(context, idx, outcome, cache)
+        return body
+
+    def render_batched(self, raws: list) -> None:
+        """TorchServe batching (batchSize > 1): render the batch's novel views without a budget together, in as
+        few graph runs as `Runtime.render_batch` plans (one per person, or mixed-person graphs), before each
+        request is answered on its own by `handle_one`. Anything else, or any failure here, is left to it."""
+        self._batched.clear()
+        self._batched_cache.clear()
+        picked = []
+        for idx, raw in enumerate(raws):
+            try:
+                req = parse_request(raw, self.limits)
+                if isinstance(req, NovelView) and req.budget_ms is None:
+                    if req.person is not None:
+                        self._check_person(req.person)
+                    picked.append((idx, req))
+            except Exception:  # noqa: BLE001 - the request gets its error when handled on its own
+                continue
+        if len(picked) < 2:
+            return
+        try:
+            done = self.rt.render_batch([ViewRequest(r.person, r.anchor, r.latent, r.yaw, r.pitch) for _, r in picked])
+        except Exception as e:  # noqa: BLE001 - each request is then rendered on its own
+            logger.warning("batched rendering failed (%s: %s); rendering the batch one by one", type(e).__name__, e)
+            return
+        for (idx, _), res in zip(picked, done):
+            self._batched[idx] = res
+            if isinstance(res, RenderResult):
+                self._batched_cache[idx] = {"hit": int(res.cache_hit), "miss": int(not res.cache_hit)}
+
+    def _respond(self, raw: Any, idx: int, context: Any, outcome: Outcome) -> Any:
         t0 = time.perf_counter()
         try:
             req = parse_request(raw, self.limits)
+            outcome.op = _OPS[type(req)]
             t_parse = (time.perf_counter() - t0) * 1000
-            return self._dispatch(req, idx, context, t0, t_parse)
+            return self._dispatch(req, idx, context, t0, t_parse, outcome)
         except RequestError as e:
-            return self._error(context, idx, e)
+            return self._error(context, idx, e, outcome, raw)
         except RuntimeErrorBase as e:
-            return self._error(context, idx, self._map_runtime_error(e, raw))
+            return self._error(context, idx, self._map_runtime_error(e, raw), outcome, raw)
         except MemoryError:
             logger.error("out of memory in request %d", idx, exc_info=True)
-            return self._error(context, idx, RequestError(507, "body", "out of memory", "out_of_resources"))
+            return self._error(context, idx, RequestError(507, "body", "out of memory", "out_of_resources"), outcome,
+                               raw)
         except Exception as e:  # noqa: BLE001 - the worker must survive any request
             ref = uuid.uuid4().hex[:12]
             logger.error("internal error %s in request %d: %s", ref, idx, e, exc_info=True)
             return self._error(context, idx, RequestError(500, "body", f"internal error (reference {ref}: "
-                                                                       f"{type(e).__name__})", "internal"))
+                                                                       f"{type(e).__name__})", "internal"), outcome,
+                               raw)
 
-    def _dispatch(self, req: Request, idx: int, context: Any, t0: float, t_parse: float) -> Any:
+    def _dispatch(self, req: Request, idx: int, context: Any, t0: float, t_parse: float, outcome: Outcome) -> Any:
         if isinstance(req, People):
             return self._json(context, idx, {"model": self.model_name, "people": sorted(self.rt.people())})
         if isinstance(req, PersonInfo):
@@ -190,12 +239,18 @@ class Service:
                                              "info": json.loads(json.dumps(info, default=str))})
         if req.person is not None:
             self._check_person(req.person)
+        if isinstance(req, Video):
+            return self._video(context, idx, req, t0, t_parse, outcome)
         if isinstance(req, NovelView):
-            results = [self.rt.novel_view(req.person, anchor=req.anchor, latent=req.latent, yaw=req.yaw,
-                                          pitch=req.pitch, budget_ms=req.budget_ms)]
+            done = self._batched.pop(idx, None)
+            if isinstance(done, RuntimeErrorBase):
+                raise done
+            results = [done] if done is not None else [
+                self.rt.novel_view(req.person, anchor=req.anchor, latent=req.latent, yaw=req.yaw, pitch=req.pitch,
+                                   budget_ms=req.budget_ms)]
         else:
             results = self._interpolate(req, t0)
-        return self._images(context, idx, req, results, t0, t_parse)
+        return self._images(context, idx, req, results, t0, t_parse, outcome)
 
     def _interpolate(self, req: Interpolate, t0: float) -> list[RenderResult]:
         results = []
@@ -222,18 +277,45 @@ class Service:
             raise RequestError(404, "person", f"unknown person {person!r} for model {self.model_name!r}",
                                "unknown_person")
 
-    def _images(self, context: Any, idx: int, req: NovelView | Interpolate, results: list[RenderResult], t0: float,
-                t_parse: float) -> Any:
-        t_enc = time.perf_counter()
-        out = req.output
-        frames = [resize(r.to_uint8(), out.size) for r in results]  # the runtime's own uint8 rounding
-        size = frames[0].shape[0]
+    @staticmethod
+    def _summary(results: list[RenderResult], t_parse: float) -> tuple[dict, int, str]:
+        """Stage timings summed over the results (plus parsing), how many hit the plane cache, the cache header."""
         timings = {"parse": t_parse}
         for r in results:
             for k, v in r.timings.items():
                 timings[k] = timings.get(k, 0.0) + float(v)
         hits = sum(r.cache_hit for r in results)
         cache = "hit" if hits == len(results) else "miss" if hits == 0 else f"partial-{hits}/{len(results)}"
+        return timings, hits, cache
+
+    def _video(self, context: Any, idx: int, req: Video, t0: float, t_parse: float, outcome: Outcome) -> bytes:
+        results = render_video(self.rt, req.kind, req.person, anchor=req.anchor, latent=req.latent, a=req.a,
+                               b=req.b, frames=req.frames, budget_ms=req.budget_ms)
+        t_enc = time.perf_counter()
+        video = encode_video(video_frames(results, req.size), req.format, req.fps)
+        timings, _, cache = self._summary(results, t_parse)
+        timings["encode"] = (time.perf_counter() - t_enc) * 1000
+        timings["handler"] = (time.perf_counter() - t0) * 1000
+        outcome.timings = timings
+        context.set_response_status(200, "OK", idx=idx)
+        context.set_response_content_type(idx, video.content_type)
+        context.set_response_header(idx, "Server-Timing", server_timing(timings))
+        context.set_response_header(idx, "X-My3DGen-Cache", cache)
+        context.set_response_header(idx, "X-My3DGen-Frames", str(video.info.frames))
+        context.set_response_header(idx, "X-My3DGen-Frame-Size", str(video.info.width))
+        context.set_response_header(idx, "X-My3DGen-Fps", f"{video.info.fps:g}")
+        if video.info.note:
+            context.set_response_header(idx, "X-My3DGen-Note", video.info.note)
+        return video.data
+
+    def _images(self, context: Any, idx: int, req: NovelView | Interpolate, results: list[RenderResult], t0: float,
+                t_parse: float, outcome: Outcome) -> Any:
+        t_enc = time.perf_counter()
+        out = req.output
+        frames = video_frames(results, out.size)  # the runtime's own uint8 rounding, Lanczos resize
+        size = frames[0].shape[0]
+        timings, hits, cache = self._summary(results, t_parse)
+        outcome.timings = timings
         if out.response == "json":
             encoded = [base64.b64encode(encode(f, out, self.cfg.jpeg_quality)).decode("ascii") for f in frames]
             timings["encode"] = (time.perf_counter() - t_enc) * 1000
@@ -263,8 +345,14 @@ class Service:
         context.set_response_content_type(idx, "application/json")
         return json.dumps(body)
 
-    def _error(self, context: Any, idx: int, e: RequestError) -> str:
+    def _error(self, context: Any, idx: int, e: RequestError, outcome: Outcome, raw: Any) -> str:
         logger.info("request %d refused: %d %s (%s)", idx, e.status, e.field, e.message)
+        outcome.status = e.status
+        if outcome.op == "invalid":
+            op = _field_of(raw, "op")
+            outcome.op = op if isinstance(op, str) and op in FIELDS else "invalid"
+        if e.kind == "budget_exceeded":
+            outcome.budget_refusal = "before" if e.status == 503 else "after"
         return self._json(context, idx, e.to_dict(), e.status, _PHRASES.get(e.status, "Error"))
 
     def _map_runtime_error(self, e: RuntimeErrorBase, raw: Any) -> RequestError:
@@ -282,6 +370,10 @@ class Service:
             return RequestError(400, e.field, msg)
         return RequestError(500, "body", msg, "runtime_error")
 
+
+_OPS = {NovelView: "novel_view", Interpolate: "interpolate", Video: "video", People: "people",
+        PersonInfo: "person"}
+"""The op label of each parsed request type (serve/metrics.py)."""
 
 _PHRASES = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 422: "Unprocessable Entity",
             500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout",
@@ -314,9 +406,8 @@ def handle(data: Optional[list], context: Any) -> Optional[list]:
         _SERVICE = Service.from_context(context)
     if data is None:
         return None
-    out = []
-    for idx, item in enumerate(data):
-        raw = item.get("body") if isinstance(item, dict) and item.get("body") is not None else (
-            item.get("data") if isinstance(item, dict) else None)
-        out.append(_SERVICE.handle_one(raw, idx, context))
-    return out
+    raws = [item.get("body") if isinstance(item, dict) and item.get("body") is not None else (
+        item.get("data") if isinstance(item, dict) else None) for item in data]
+    if len(raws) > 1:  # batchSize > 1: the batch's novel views share graph runs
+        _SERVICE.render_batched(raws)
+    return [_SERVICE.handle_one(raw, idx, context) for idx, raw in enumerate(raws)]

@@ -1,7 +1,9 @@
 """Package an exported model as a TorchServe archive `model_store/<name>.mar`, written atomically.
 
-The archive is self-contained: the exported graphs (`export/`), the torch-free `runtime` and `formats` packages
-(the runtime reads every file through `formats`), the handler and `serve/requests.py`, and a `model-config.yaml` (workers, batching, timeouts, the handler's limits). TorchServe puts
+The archive is self-contained: the exported graphs (`export/`), the torch-free `runtime`, `formats` and `media`
+packages (the runtime reads every file through `formats`; videos come from `media`), the handler with
+`serve/requests.py` and `serve/metrics.py`, and a `model-config.yaml` (workers, batching, timeouts, the handler's
+limits). TorchServe puts
 the extracted archive first on the worker's PYTHONPATH, so the worker imports the `runtime` shipped with the model
 rather than whatever is installed: the archive keeps working when the repository moves or changes. People's
 adapters are not in the archive: they live in `model_store/people/<name>/` and come and go without a restart.
@@ -27,7 +29,7 @@ ARCHIVE_FORMATS = ("default", "zip-store", "no-archive")
 RESERVED_NAMES = ("people",)
 """Names that would collide with the model store's own folders."""
 
-SERVE_FILES = ("__init__.py", "requests.py", "handler.py")
+SERVE_FILES = ("__init__.py", "requests.py", "metrics.py", "handler.py")
 """The files of this package that the worker needs."""
 
 
@@ -46,7 +48,7 @@ class PackageConfig:
     max_workers: int = 1
     """TorchServe maxWorkers."""
     batch_size: int = 1
-    """TorchServe batchSize: requests handed to one handle() call (each is rendered on its own)."""
+    """TorchServe batchSize: requests handed to one handle() call (their novel views share graph runs)."""
     max_batch_delay_ms: int = 50
     """TorchServe maxBatchDelay: how long the frontend waits to fill a batch."""
     response_timeout_s: int = 60
@@ -147,6 +149,7 @@ def package_model(export_dir: str | os.PathLike, cfg: PackageConfig) -> Path:
     import yaml
 
     import formats
+    import media
     import runtime
     cfg.validate()
     export_dir = Path(export_dir).resolve()
@@ -168,6 +171,7 @@ def package_model(export_dir: str | os.PathLike, cfg: PackageConfig) -> Path:
         shutil.copytree(export_dir, payload / "export", ignore=_ignore)
         shutil.copytree(runtime_dir, payload / "runtime", ignore=_ignore)
         shutil.copytree(Path(formats.__file__).resolve().parent, payload / "formats", ignore=_ignore)
+        shutil.copytree(Path(media.__file__).resolve().parent, payload / "media", ignore=_ignore)
         (payload / "serve").mkdir()
         for name in SERVE_FILES:
             shutil.copy2(serve_dir / name, payload / "serve" / name)
@@ -266,7 +270,26 @@ def add_person(model_store: str | os.PathLike, name: str, person: str, adapter_f
         raise FileExistsError(f"{dest} exists (pass overwrite / --overwrite to replace it)")
     if check:
         check_adapter(model_store, name, src)
-    return copy_file(src, dest)  # the temp file is '.<person>.safetensors.*.tmp': never listed while half-written
+    copy_file(src, dest)  # the temp file is '.<person>.safetensors.*.tmp': never listed while half-written
+    write_native_adapters(model_store, name, person)
+    return dest
+
+
+def write_native_adapters(model_store: str | os.PathLike, name: str, person: str) -> list:
+    """The person's onnxruntime-native adapter files next to their adapter (runtime.native_adapters), for a
+    packaged export whose graphs carry default adapter values; [] otherwise (the runtime then feeds arrays and
+    says why in the person's info)."""
+    from formats.export_manifest import ExportManifest
+    from runtime.people import PeopleStore
+    store = Path(model_store).resolve()
+    archive = next((p for p in (store / f"{name}.mar", store / name) if p.exists()), None)
+    if archive is None:
+        return []
+    with tempfile.TemporaryDirectory(prefix="my3dgen-native-") as tmp:
+        manifest = ExportManifest.read(_extract_export(archive, Path(tmp)))
+        if not manifest.adapter_defaults_in_graph:
+            return []
+        return PeopleStore(manifest, people_dir(model_store, name)).write_native(person)
 
 
 def remove_person(model_store: str | os.PathLike, name: str, person: str) -> bool:
@@ -274,8 +297,10 @@ def remove_person(model_store: str | os.PathLike, name: str, person: str) -> boo
     if not is_valid_name(person):
         raise ValueError(f"person {person!r}: use {NAME_RULE}")
     path = people_dir(model_store, name) / f"{person}.safetensors"
+    from runtime.native_adapters import remove_native_adapters
     try:
         path.unlink()
+        remove_native_adapters(path.parent, person)
         return True
     except FileNotFoundError:
         return False

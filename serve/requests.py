@@ -13,6 +13,10 @@ Requests are JSON objects with an `op`:
   "format": "png"|"jpeg", "size": int, "quality": int, "budget_ms": f, "response": "image"|"json"}`
 - `{"op": "interpolate", "person": P, "a": A, "b": B, "t": f | "frames": n, "yaw", "pitch", "format", "size",
   "quality", "budget_ms", "response"}`
+- `{"op": "video", "kind": "turntable", "person": P, "anchor": A | "latent": [...], "frames": n, "fps": f,
+  "size": even int, "format": "mp4"|"gif", "budget_ms": f}`: EG3D's turntable orbit;
+  `{"op": "video", "kind": "interpolate", "person": P, "a": A, "b": B, ...}`: latent and camera from anchor a's
+  photo to anchor b's. The response is the video's bytes.
 - `{"op": "people"}` and `{"op": "person", "person": P}`.
 
 Unknown fields are refused (a typo such as `"yaww"` must not silently render the frontal view).
@@ -36,10 +40,17 @@ FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
 RESPONSES = ("image", "json")
 """`image`: the encoded image bytes with timings in headers; `json`: base64 image(s) and timings in a JSON body."""
 
+VIDEO_FORMATS = {"mp4": "video/mp4", "gif": "image/gif"}
+"""Video encodings and their content types (an mp4 comes back as a GIF, so said by its Content-Type, where the
+server has no ffmpeg)."""
+
+VIDEO_KINDS = ("turntable", "interpolate")
+
 _OUTPUT_FIELDS = ("format", "size", "quality", "budget_ms", "response")
 FIELDS = {
     "novel_view": ("op", "person", "anchor", "latent", "yaw", "pitch") + _OUTPUT_FIELDS,
     "interpolate": ("op", "person", "a", "b", "t", "frames", "yaw", "pitch") + _OUTPUT_FIELDS,
+    "video": ("op", "kind", "person", "anchor", "latent", "a", "b", "frames", "fps", "size", "format", "budget_ms"),
     "people": ("op",),
     "person": ("op", "person"),
 }
@@ -85,6 +96,12 @@ class Limits:
     """Most numbers a `latent` may hold (W+ of the full model is 14 x 512 = 7168)."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted."""
+    max_video_frames: int = 64
+    """Most frames of one video (min of the runtime's max_frames and the model config's)."""
+    default_video_frames: int = 16
+    """Frames of a video request that gives no `frames`."""
+    max_fps: float = 60.0
+    """Largest `fps` of a video."""
 
     @property
     def request_limits(self) -> RequestLimits:
@@ -144,6 +161,30 @@ class Interpolate:
 
 
 @dataclass(frozen=True)
+class Video:
+    """A turntable (of an anchor or latent) or an interpolation (from anchor a to anchor b), encoded as a video."""
+
+    kind: str
+    """`turntable` or `interpolate`."""
+    person: Optional[str]
+    anchor: Optional[Anchor]
+    """turntable: anchor name or index (exclusive with latent)."""
+    latent: Optional[np.ndarray]
+    """turntable: W [w_dim] or W+ [num_ws, w_dim] (exclusive with anchor)."""
+    a: Optional[Anchor]
+    """interpolate: the first frame's anchor."""
+    b: Optional[Anchor]
+    """interpolate: the last frame's anchor."""
+    frames: int
+    fps: float
+    size: Optional[int]
+    """Even square frame side in pixels (None: the model's)."""
+    format: str
+    """`mp4` or `gif`."""
+    budget_ms: Optional[float]
+
+
+@dataclass(frozen=True)
 class People:
     """List the people of this model."""
 
@@ -155,7 +196,7 @@ class PersonInfo:
     person: str
 
 
-Request = NovelView | Interpolate | People | PersonInfo
+Request = NovelView | Interpolate | Video | People | PersonInfo
 
 
 def _reject_constant(name: str):
@@ -226,6 +267,8 @@ def _parse(body: dict, limits: Limits) -> Request:
         return People()
     if op == "person":
         return PersonInfo(check.name(_required(body, "person")))
+    if op == "video":
+        return _video(body, limits)
     yaw = check.angle("yaw", _get(body, "yaw", 0.0), limits.request_limits)
     pitch = check.angle("pitch", _get(body, "pitch", 0.0), limits.request_limits)
     output = _output(body, limits)
@@ -233,14 +276,7 @@ def _parse(body: dict, limits: Limits) -> Request:
     if op == "novel_view":
         person = body.get("person")
         person = None if person is None else check.name(person)
-        has_anchor, has_latent = body.get("anchor") is not None, body.get("latent") is not None
-        if has_anchor == has_latent:
-            raise RequestError(400, "anchor" if not has_anchor else "latent",
-                               "give exactly one of 'anchor' (name or index) or 'latent'")
-        if has_anchor and person is None:
-            raise RequestError(400, "person", "'anchor' needs a 'person' (the base model has no anchors)")
-        anchor = check.anchor("anchor", body["anchor"]) if has_anchor else None
-        latent = _latent(body["latent"], limits) if has_latent else None
+        anchor, latent = _anchor_or_latent(body, person, limits)
         return NovelView(person, anchor, latent, yaw, pitch, budget, output)
     person = check.name(_required(body, "person"))
     a = check.anchor("a", _required(body, "a"))
@@ -255,6 +291,55 @@ def _parse(body: dict, limits: Limits) -> Request:
         raise RequestError(400, "t", "missing field 't' (a weight in [0, 1]) or 'frames' (a count >= 2)")
     t = check.weight("t", body["t"])
     return Interpolate(person, a, b, (t,), False, yaw, pitch, budget, output)
+
+
+def _anchor_or_latent(body: dict, person: str | None, limits: Limits):
+    """(anchor, latent) of a request that takes exactly one of them; an anchor needs a person."""
+    has_anchor, has_latent = body.get("anchor") is not None, body.get("latent") is not None
+    if has_anchor == has_latent:
+        raise RequestError(400, "anchor" if not has_anchor else "latent",
+                           "give exactly one of 'anchor' (name or index) or 'latent'")
+    if has_anchor and person is None:
+        raise RequestError(400, "person", "'anchor' needs a 'person' (the base model has no anchors)")
+    anchor = check.anchor("anchor", body["anchor"]) if has_anchor else None
+    latent = _latent(body["latent"], limits) if has_latent else None
+    return anchor, latent
+
+
+def _video(body: dict, limits: Limits) -> Video:
+    kind = _required(body, "kind")
+    if kind not in VIDEO_KINDS:
+        raise RequestError(400, "kind", f"kind must be one of {', '.join(VIDEO_KINDS)}, got {_show(kind)}")
+    person = body.get("person")
+    person = None if person is None else check.name(person)
+    anchor = latent = a = b = None
+    if kind == "turntable":
+        for field in ("a", "b"):
+            if body.get(field) is not None:
+                raise RequestError(400, field, f"'{field}' is for kind 'interpolate'; a turntable takes 'anchor' "
+                                               f"or 'latent'")
+        anchor, latent = _anchor_or_latent(body, person, limits)
+    else:
+        for field in ("anchor", "latent"):
+            if body.get(field) is not None:
+                raise RequestError(400, field, f"'{field}' is for kind 'turntable'; an interpolation takes 'a' "
+                                               f"and 'b'")
+        person = check.name(_required(body, "person"))
+        a = check.anchor("a", _required(body, "a"))
+        b = check.anchor("b", _required(body, "b"))
+    frames = check.integer("frames", _get(body, "frames", limits.default_video_frames), 2, limits.max_video_frames)
+    fps = check.number("fps", _get(body, "fps", 30.0), 1.0, limits.max_fps, "frames per second")
+    size = body.get("size")
+    if size is not None:
+        size = check.integer("size", size, limits.min_size, limits.image_size)
+        if size % 2:
+            raise RequestError(400, "size", f"size={size}: a video's side must be even (H.264 halves the colour "
+                                            f"planes)")
+    fmt = _get(body, "format", "mp4")
+    if not isinstance(fmt, str) or fmt not in VIDEO_FORMATS:
+        raise RequestError(400, "format", f"a video's format must be one of {', '.join(VIDEO_FORMATS)}, "
+                                          f"got {_show(fmt)}")
+    return Video(kind, person, anchor, latent, a, b, frames, fps, size, fmt, _budget(body, limits))
 
 
 def _show(value: Any, n: int = 40) -> str:

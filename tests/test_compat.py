@@ -127,3 +127,67 @@ def test_runtime_renders_of_the_old_export_are_bit_identical(refs, tmp_path):
                 assert np.array_equal(got, refs[f"runtime_{who}.{key}"]), (who, key)
     res = rt.novel_view("person", anchor="photo2", yaw=-0.2, pitch=0.0)
     assert np.array_equal(res.image_raw, refs["runtime_person_anchor2.image_raw"])
+
+
+# ---- adapter format 2 (issue 12): fully connected LoRA deltas act after the layer gain; format-1 files keep theirs
+
+V1_RENDER = DATA / "adapter_v1_render_eb21223.npz"
+"""_eager(person_fp32) rendered by commit eb21223, the last commit before adapter format 2 (the renderer was the
+same as today's, so the comparison is exact)."""
+
+
+def test_format1_adapter_renders_bit_identically_after_the_gain_change(G):
+    from generator.adapter_file import load_adapter
+    adapter, anchors, meta = load_adapter(DATA / "person_fp32.safetensors", G)
+    assert meta["format_version"] == 1 and adapter.fc_after_gain is False
+    out = _eager(G, adapter, anchors)
+    with np.load(V1_RENDER) as ref:
+        for key in ("image", "image_raw", "image_depth"):
+            assert np.array_equal(out[key], ref[key]), key
+    # The same tensors under format 2's rule render visibly differently: the rule is really applied per version.
+    adapter.fc_after_gain = True
+    moved = _eager(G, adapter, anchors)
+    assert _max_diff(moved["image"], out["image"]) > 1e-2
+
+
+def test_format1_adapter_resaves_as_format1(G, tmp_path):
+    from generator.adapter_file import load_adapter, read_adapter_meta, save_adapter
+    adapter, anchors, _ = load_adapter(DATA / "person_fp32.safetensors", G)
+    path = save_adapter(tmp_path / "again.safetensors", adapter, G, anchors)
+    assert read_adapter_meta(path)["format_version"] == 1
+    again, _, _ = load_adapter(path, G)
+    assert again.fc_after_gain is False
+
+
+def test_format2_fc_delta_acts_after_the_gain(G):
+    import torch
+    from generator.layers import FullyConnectedLayer
+    from generator.lora import PersonAdapter, attach
+    adapter = PersonAdapter.create(G)
+    assert adapter.fc_after_gain is True
+    with torch.no_grad():
+        for pair in adapter.lora.values():
+            pair.lora_B.normal_()
+    key = next(k for k, t in adapter.targets.items() if t.kind == "lora" and t.layer == "affine")
+    module = key.rsplit(".", 1)[0]
+    layer = dict(G.named_modules())[module]
+    assert isinstance(layer, FullyConnectedLayer) and adapter.targets[key].gain == layer.weight_gain < 1
+    pair = adapter.lora[key.replace(".", "__")]
+    expected = layer.weight.detach() * layer.weight_gain + adapter.policy.scale * (pair.lora_B @ pair.lora_A).detach()
+    with attach(G, adapter), torch.no_grad():
+        got = layer.p("weight") * layer.weight_gain
+    assert torch.allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_old_keep_lora_export_refuses_a_format2_adapter(G, tmp_path):
+    from generator.adapter_file import load_adapter, save_adapter
+    from runtime import Runtime
+    from runtime.errors import AdapterInvalid
+    adapter, anchors, _ = load_adapter(DATA / "person_fp32.safetensors", G)
+    adapter.fc_after_gain = True
+    people = tmp_path / "people"
+    people.mkdir()
+    save_adapter(people / "v2.safetensors", adapter, G, anchors)
+    rt = Runtime(DATA / "export_keep", people, threads=1)
+    with pytest.raises(AdapterInvalid, match="format version 2.*after the layer gain"):
+        rt.novel_view("v2", anchor="photo0", yaw=0.0, pitch=0.0)

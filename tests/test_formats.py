@@ -100,7 +100,7 @@ def test_manifest_one_writer_one_reader(tmp_path):
               ("synthesis", "render")}
     adapter = keep_lora_adapter_section({"rank": 4}, 4, 4.0, "loralib", 1.0, [], [
         {"input": "x", "tensor": "x", "target": "x", "role": "full", "shape": [2], "graph": "render",
-         "dtype": "float32"}], None)
+         "dtype": "float32"}], None, 2)
     m = build_manifest(graphs=graphs, generator={}, model={"num_ws": 3, "w_dim": 8, "z_dim": 8, "c_dim": 25,
                        "img_resolution": 64}, camera={"radius": 2.7, "pivot": [0, 0, 0.2], "focal": 4.2647},
                        base_fingerprint="sha256:b", source={}, adapter=adapter, precision="fp32", opset=18,

@@ -68,7 +68,7 @@ BAD_METADATA = [
     ({"policy": []}, "'policy'"),
     ({"base_fingerprint": None}, "'base_fingerprint'"),
     ({"extra": [1]}, "'extra'"),
-    ({"format_version": 2}, "format_version"),
+    ({"format_version": 3}, "format_version"),
 ]
 
 

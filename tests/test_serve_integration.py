@@ -1,6 +1,6 @@
 """A real TorchServe server on 127.0.0.1 serving the tiny preset: parity with the runtime, people added without a
-restart, every kind of bad request answered with a 4xx JSON naming the field, token auth, a bounded load run, and a
-clean stop by PID.
+restart, every kind of bad request answered with a 4xx JSON naming the field, token auth, videos (mp4 / GIF), the
+custom Prometheus counters scraped from /metrics, a bounded load run, and a clean stop by PID.
 
 Everything (export, model store, run folder) lives under pytest's tmp folders; the module fixture's finalizer stops
 the server (and kills anything it left) even when a test fails.
@@ -11,6 +11,8 @@ import base64
 import io
 import json
 import os
+import re
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -20,6 +22,9 @@ from PIL import Image
 
 from bench.serve_load import (SECTION, default_bodies, make_person, run_load, section_text, serve_config,
                               tiny_store, write_section)
+from media import video_writer
+from media.runtime_video import video_frames
+from media.video_writer import read_video
 from serve.package import add_person, remove_person
 from serve.server import http_request, start_server, stop_server
 
@@ -158,6 +163,70 @@ def test_interpolation(served, runtime):
     assert_close(png(base64.b64decode(out["frames"][1])), runtime.interpolate("alice", 0, 1, 0.5).to_uint8())
 
 
+def decode_video(data: bytes, content_type: str, folder: Path) -> list:
+    path = folder / {"video/mp4": "v.mp4", "image/gif": "v.gif"}[content_type]
+    path.write_bytes(data)
+    return read_video(path)
+
+
+def mean_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(float) - b.astype(float)).mean())
+
+
+H264_TOLERANCE = 6.0
+"""Mean absolute difference (levels of 255) allowed between a decoded H.264 frame and the rendered one (lossy)."""
+GIF_TOLERANCE = 4.0
+"""The same for a GIF frame (a 256-colour palette per frame)."""
+
+
+def test_video_op_turntable_and_interpolation(served, runtime, tmp_path):
+    mp4 = video_writer.ffmpeg_exe() is not None
+    ctype, tol = ("video/mp4", H264_TOLERANCE) if mp4 else ("image/gif", GIF_TOLERANCE)
+    body = {"op": "video", "kind": "turntable", "person": "alice", "anchor": "photo1", "frames": 16, "fps": 8,
+            "size": 64}
+    status, headers, data = call(served, body)
+    assert status == 200, data
+    assert headers["content-type"] == ctype and headers["x-my3dgen-frames"] == "16"
+    assert headers["x-my3dgen-frame-size"] == "64" and headers["x-my3dgen-fps"] == "8"
+    assert "render;dur=" in headers["server-timing"] and "encode;dur=" in headers["server-timing"]
+    frames = decode_video(data, ctype, tmp_path)
+    assert len(frames) == 16 and all(f.shape == (64, 64, 3) for f in frames)
+    want = video_frames(runtime.orbit("alice", anchor="photo1", frames=16), 64)
+    errors = [mean_error(f, w) for f, w in zip(frames, want)]
+    assert max(errors) < tol, errors
+    for k in range(16):   # the frames keep their order: each is nearer its own view than the opposite one
+        assert errors[k] < mean_error(frames[k], want[(k + 8) % 16]), k
+    # the interpolation: first and last frames are the anchors seen from their own photo cameras
+    status, headers, data = call(served, {"op": "video", "kind": "interpolate", "person": "alice", "a": "photo0",
+                                          "b": "photo1", "frames": 5})
+    assert status == 200, data
+    frames = decode_video(data, headers["content-type"], tmp_path)
+    assert len(frames) == 5 and frames[0].shape == (128, 128, 3)
+    ends = [runtime.anchor_view("alice", a).to_uint8() for a in ("photo0", "photo1")]
+    assert mean_error(frames[0], ends[0]) < tol and mean_error(frames[-1], ends[1]) < tol
+    assert mean_error(ends[0], ends[1]) > 2 * tol                   # the ends differ far more than the tolerance
+    # a GIF on request
+    status, headers, data = call(served, {**body, "format": "gif", "frames": 3, "size": 32})
+    assert status == 200 and headers["content-type"] == "image/gif" and data[:6] == b"GIF89a"
+    assert [f.shape for f in decode_video(data, "image/gif", tmp_path)] == [(32, 32, 3)] * 3
+
+
+def test_bad_video_requests_get_4xx_naming_the_field(served):
+    base = {"op": "video", "kind": "turntable", "person": "alice", "anchor": 0}
+    cases = [({**base, "frames": 65}, 400, "frames"), ({**base, "frames": 1}, 400, "frames"),
+             ({**base, "size": 63}, 400, "size"), ({**base, "size": 4096}, 400, "size"),
+             ({**base, "fps": 0}, 400, "fps"), ({**base, "fps": 1000}, 400, "fps"),
+             ({**base, "format": "avi"}, 400, "format"), ({**base, "kind": "spin"}, 400, "kind"),
+             ({**base, "anchor": "nobody"}, 400, "anchor"), ({**base, "person": "zed"}, 404, "person"),
+             ({"op": "video", "kind": "interpolate", "person": "alice", "a": 0, "b": 7}, 400, "b"),
+             ({**base, "budget_ms": 0.001}, 503, "budget_ms")]
+    for body, want_status, want_field in cases:
+        status, headers, data = call(served, body)
+        assert headers.get("content-type", "").startswith("application/json"), (body, status, data)
+        err = json.loads(data)
+        assert (status, err["field"]) == (want_status, want_field), (body, status, err)
+
+
 def test_person_added_and_removed_without_restart(served, runtime):
     before = worker_pids(served)
     view = {"op": "novel_view", "person": "bob", "anchor": 0, "yaw": 0.2}
@@ -226,6 +295,57 @@ def test_bad_requests_get_4xx_naming_the_field(served):
     (people / "stranger.safetensors").unlink()
     status, _, data = call(served, view)
     assert status == 200
+
+
+def scrape(served) -> dict:
+    """The metrics listener's Prometheus text as {(metric, frozenset of (label, value)): value}."""
+    info = served["info"]
+    status, _, data = http_request(f"{info.metrics_url}/metrics")
+    assert status == 200, data
+    samples = {}
+    for line in data.decode().splitlines():
+        m = re.match(r"^([A-Za-z_:][\w:]*)\{(.*)\} (\S+)$", line)
+        if m:
+            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2)))
+            samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+def series(samples: dict, metric: str, **labels) -> list:
+    """(labels dict, value) of every sample of `metric` whose labels include `labels`."""
+    want = set(labels.items())
+    return [(dict(lab), v) for (name, lab), v in samples.items() if name == metric and want <= lab]
+
+
+def test_metrics_scrape_shows_our_counters(served):
+    """After a few requests (a plane-cache miss, hits, a 400 and a budget refusal), /metrics on the metrics port
+    has our counters, non-zero, with the declared labels."""
+    w = np.random.default_rng(5).standard_normal(runtime_w_dim(served)).tolist()
+    for body, want in (({"op": "novel_view", "latent": w}, 200), ({"op": "novel_view", "latent": w, "yaw": 0.2}, 200),
+                       ({"op": "novel_view", "person": "alice", "anchor": 0, "yaw": 3.0}, 400),
+                       ({"op": "novel_view", "person": "alice", "anchor": 0, "budget_ms": 0.001}, 503),
+                       ({"op": "people"}, 200)):
+        status, _, data = call(served, body)
+        assert status == want, data
+    deadline = time.monotonic() + 20   # the frontend reads the worker's metric lines asynchronously
+    while True:
+        samples = scrape(served)
+        refusals = series(samples, "my3dgen_budget_refusals_total", op="novel_view", when="before")
+        if refusals or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    model = {"ModelName": MODEL, "Level": "Model"}
+    ok = series(samples, "my3dgen_requests_total", op="novel_view", status="200", **model)
+    assert ok and ok[0][1] >= 2, sorted(k for k in samples if k[0].startswith("my3dgen"))
+    assert set(ok[0][0]) == {"op", "status", "ModelName", "Level", "Hostname"}
+    assert series(samples, "my3dgen_requests_total", op="novel_view", status="400", **model)[0][1] >= 1
+    assert series(samples, "my3dgen_requests_total", op="people", status="200", **model)[0][1] >= 1
+    assert refusals and refusals[0][1] >= 1
+    assert series(samples, "my3dgen_plane_cache_total", outcome="miss", **model)[0][1] >= 1
+    assert series(samples, "my3dgen_plane_cache_total", outcome="hit", **model)[0][1] >= 1
+    for stage in ("synthesis", "render", "encode", "handler"):
+        assert series(samples, "my3dgen_stage_milliseconds_total", op="novel_view", stage=stage)[0][1] > 0, stage
+    assert any(name == "ts_inference_requests_total" for name, _ in samples)   # TorchServe's own metrics stay
 
 
 def test_bounded_load_has_no_server_errors(served, tmp_path):

@@ -7,11 +7,11 @@ import random
 import numpy as np
 import pytest
 
-from serve.requests import (Interpolate, Limits, NovelView, People, PersonInfo, RequestError, decode_body,
+from serve.requests import (Interpolate, Limits, NovelView, People, PersonInfo, RequestError, Video, decode_body,
                             parse_request, validate_name)
 
 LIM = Limits(max_abs_yaw=0.8, max_abs_pitch=0.5, max_frames=8, image_size=128, default_budget_ms=5000.0,
-             max_budget_ms=20000.0)
+             max_budget_ms=20000.0, max_video_frames=24)
 
 
 def bad(raw, status, field):
@@ -68,6 +68,52 @@ def test_interpolate():
     bad({"op": "interpolate", "person": "p", "a": 0, "b": [1], "t": 0.5}, 400, "b")
     bad({"op": "interpolate", "a": 0, "b": 1, "t": 0.5}, 400, "person")
     bad({"op": "interpolate", "person": "p", "a": -1, "b": 1, "t": 0.5}, 400, "a")
+
+
+def test_video_op_defaults_and_kinds():
+    r = parse_request({"op": "video", "kind": "turntable", "person": "p", "anchor": "photo1"}, LIM)
+    assert isinstance(r, Video)
+    assert (r.kind, r.person, r.anchor, r.latent, r.a, r.b) == ("turntable", "p", "photo1", None, None, None)
+    assert (r.frames, r.fps, r.size, r.format, r.budget_ms) == (16, 30.0, None, "mp4", 5000.0)
+    r = parse_request({"op": "video", "kind": "turntable", "latent": [0.5] * 4, "frames": 24, "fps": 12,
+                       "size": 64, "format": "gif", "budget_ms": 100}, LIM)
+    assert r.person is None and r.latent.shape == (4,) and (r.frames, r.fps, r.size, r.format) == (24, 12.0, 64, "gif")
+    r = parse_request({"op": "video", "kind": "interpolate", "person": "p", "a": 0, "b": "x", "frames": 2}, LIM)
+    assert (r.kind, r.a, r.b, r.anchor, r.frames) == ("interpolate", 0, "x", None, 2)
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"kind": "spin"}, "kind"),
+    ({"kind": None}, "kind"),
+    ({"frames": 25}, "frames"),                  # LIM.max_video_frames = 24
+    ({"frames": 1}, "frames"),
+    ({"frames": 4.5}, "frames"),
+    ({"fps": 0}, "fps"),
+    ({"fps": 61}, "fps"),
+    ({"fps": "30"}, "fps"),
+    ({"size": 63}, "size"),                      # odd: H.264 needs even sides
+    ({"size": 130}, "size"),                     # larger than the model's 128
+    ({"format": "avi"}, "format"),
+    ({"format": "png"}, "format"),
+    ({"budget_ms": -1}, "budget_ms"),
+    ({"yaw": 0.3}, "yaw"),                       # not a field of the video op
+    ({"a": 0}, "a"),                             # a turntable takes anchor / latent
+    ({"anchor": None}, "anchor"),
+    ({"anchor": 0, "latent": [1.0]}, "latent"),
+    ({"person": None}, "person"),
+])
+def test_bad_video_requests_name_the_field(body, field):
+    base = {"op": "video", "kind": "turntable", "person": "p", "anchor": 0}
+    bad({**base, **body}, 400, field)
+
+
+def test_bad_interpolation_videos_name_the_field():
+    base = {"op": "video", "kind": "interpolate", "person": "p", "a": 0, "b": 1}
+    bad({**base, "anchor": 0}, 400, "anchor")
+    bad({**base, "b": None}, 400, "b")
+    bad({**base, "a": -1}, 400, "a")
+    bad({**base, "person": None}, 400, "person")
+    bad({**base, "latent": [1.0]}, 400, "latent")
 
 
 def test_people_and_person_ops():
@@ -153,8 +199,9 @@ def test_random_garbage_only_ever_raises_request_errors():
     values = [None, True, False, 0, -1, 1, 2, 0.5, -0.9, 1e308, float("nan"), "", "x", "../x", "\x00", [], [1],
               [[1]], [[1, 2], [3]], {}, {"a": 1}, "png", "jpeg", "image", "json", 64, 8, 10 ** 20]
     keys = ["op", "person", "anchor", "latent", "yaw", "pitch", "format", "size", "quality", "budget_ms",
-            "response", "a", "b", "t", "frames", "zzz"]
-    ops = ["novel_view", "interpolate", "people", "person", "x", None, 3]
+            "response", "a", "b", "t", "frames", "zzz", "kind", "fps"]
+    values += ["turntable", "interpolate", "mp4", "gif"]
+    ops = ["novel_view", "interpolate", "video", "people", "person", "x", None, 3]
     for _ in range(3000):
         body = {"op": rng.choice(ops)}
         for k in rng.sample(keys, rng.randint(0, 6)):
@@ -185,11 +232,72 @@ def test_generated_config_has_safe_defaults(tmp_path):
     assert props["allowed_urls"].startswith(f"file://{tmp_path}/") and "http" not in props["allowed_urls"][4:]
     assert "," not in props["allowed_urls"]  # TorchServe splits the setting at commas
     assert props["load_models"] == "a=a,b=b"  # no .mar files here: archived folders
+    assert props["metrics_mode"] == "prometheus" and "metrics_config" not in props
+    props = _props(config_properties(ServeConfig(), ["a"], tmp_path, metrics_yaml=tmp_path / "metrics.yaml"))
+    assert props["metrics_config"] == str(tmp_path / "metrics.yaml")
     props = _props(config_properties(ServeConfig(host="10.0.0.5", port_offset=100, enable_model_api=True), ["a"],
                                      tmp_path))
     assert props["inference_address"] == f"http://10.0.0.5:{DEFAULT_PORTS['inference'] + 100}"
     assert props["grpc_management_port"] == str(DEFAULT_PORTS["grpc_management"] + 100)
     assert props["enable_model_api"] == "true"
+
+
+def test_metrics_configuration_declares_our_counters_after_torchservers_defaults():
+    import yaml
+    from serve.metrics import METRICS, MODEL_LABELS
+    from serve.server import metrics_yaml_text, ts_home
+    home = ts_home()
+    default = yaml.safe_load((home / "ts" / "configs" / "metrics.yaml").read_text())
+    ours = yaml.safe_load(metrics_yaml_text(home))
+    assert ours["ts_metrics"] == default["ts_metrics"]                       # TorchServe's own metrics stay
+    assert ours["model_metrics"]["gauge"] == default["model_metrics"]["gauge"]
+    counters = {m["name"]: m for m in ours["model_metrics"]["counter"]}
+    assert set(counters) >= set(METRICS)
+    for name, (unit, labels) in METRICS.items():
+        assert counters[name]["dimensions"] == [*labels, *MODEL_LABELS] and counters[name]["unit"] == unit
+
+
+class _FakeMetrics:
+    """TorchServe's MetricsCacheYamlImpl.add_counter, as the handler calls it: records what would be emitted."""
+
+    def __init__(self, fail: bool = False):
+        self.calls, self.fail = [], fail
+
+    def add_counter(self, name, value, idx=None, dimensions=()):
+        if self.fail:
+            raise RuntimeError("metrics backend down")
+        self.calls.append((name, value, idx, {d.name: d.value for d in dimensions}, [d.name for d in dimensions]))
+
+
+def test_one_request_becomes_the_declared_counters():
+    from types import SimpleNamespace
+    from serve.metrics import (BUDGET_REFUSALS, METRICS, MODEL_LABELS, PLANE_CACHE, REQUESTS, STAGE_MS, Outcome,
+                               ServeMetrics, cache_delta)
+    sink = _FakeMetrics()
+    outcome = Outcome(op="video", status=200, timings={"parse": 0.2, "synthesis": 12.0, "render": 30.5,
+                                                       "mapping": 0.0, "total": 43.0})
+    delta = cache_delta({"plane_cache_hits": 3, "plane_cache_misses": 1}, {"plane_cache_hits": 5,
+                                                                           "plane_cache_misses": 2})
+    assert delta == {"hit": 2, "miss": 1}
+    ServeMetrics("tiny").record(SimpleNamespace(metrics=sink), 3, outcome, delta)
+    for name, _, idx, labels, order in sink.calls:
+        assert order == [*METRICS[name][1], *MODEL_LABELS] and idx == 3      # the declared label order
+        assert labels["ModelName"] == "tiny" and labels["Level"] == "Model"
+    got = {(n, tuple(sorted((k, v) for k, v in lab.items() if k not in MODEL_LABELS))): v
+           for n, v, _, lab, _ in sink.calls}
+    assert got == {(REQUESTS, (("op", "video"), ("status", "200"))): 1,
+                   (PLANE_CACHE, (("outcome", "hit"),)): 2, (PLANE_CACHE, (("outcome", "miss"),)): 1,
+                   (STAGE_MS, (("op", "video"), ("stage", "parse"))): 0.2,
+                   (STAGE_MS, (("op", "video"), ("stage", "synthesis"))): 12.0,
+                   (STAGE_MS, (("op", "video"), ("stage", "render"))): 30.5}    # zero stages and 'total' left out
+    sink.calls.clear()
+    ServeMetrics("tiny").record(SimpleNamespace(metrics=sink), 0, Outcome("novel_view", 503, None, "before"),
+                                {"hit": 0, "miss": 0})
+    assert [(c[0], c[3]["op"]) for c in sink.calls] == [(REQUESTS, "novel_view"), (BUDGET_REFUSALS, "novel_view")]
+    assert sink.calls[1][3]["when"] == "before" and sink.calls[0][3]["status"] == "503"
+    # no metrics object (in-process use) or a failing one: the request is not affected
+    ServeMetrics("tiny").record(SimpleNamespace(), 0, outcome, delta)
+    ServeMetrics("tiny").record(SimpleNamespace(metrics=_FakeMetrics(fail=True)), 0, outcome, delta)
 
 
 def test_ports_are_checked():

@@ -134,3 +134,83 @@ def test_runtime_turntable_is_the_same_orbit_without_torch(tmp_path_factory, tmp
     want = [rt.novel_view("alice", anchor=0, yaw=y, pitch=p).to_uint8() for y, p in views]
     assert len(decoded) == 6
     assert max(np.abs(d.astype(float) - w).mean() for d, w in zip(decoded, want)) < 6
+
+
+def test_camera_path_is_scipys_se3_geodesic_in_closed_form():
+    """media.camera_path's numpy closed forms equal A expm(t logm(A^-1 B)) (the definition, via scipy)."""
+    import scipy.linalg
+    from media.camera_path import interpolate_camera, view_angles
+    a, b = lookat_label(0.45, 0.15), lookat_label(-0.35, -0.25)
+    ma, mb = (x[:16].astype(np.float64).reshape(4, 4) for x in (a, b))
+    for t in (0.0, 0.1, 0.25, 0.5, 0.6, 0.9, 1.0):
+        near, far, s = (ma, mb, t) if t <= 0.5 else (mb, ma, 1 - t)
+        want = near @ scipy.linalg.expm(s * np.real(scipy.linalg.logm(np.linalg.inv(near) @ far)))
+        assert np.abs(interpolate_camera(a, b, t)[:16].reshape(4, 4) - want).max() < 1e-6, t
+    assert np.allclose(interpolate_camera(a, a, 0.5), a, atol=1e-6)                # zero rotation: no NaN
+    assert np.allclose(view_angles(lookat_label(0.3, -0.2)), (0.3, -0.2), atol=1e-6)
+    with pytest.raises(ValueError, match="t must be in"):
+        interpolate_camera(a, b, 1.5)
+
+
+def test_encode_video_returns_the_bytes_and_their_content_type(tmp_path):
+    from media.video_writer import encode_video
+    frames = [np.full((16, 24, 3), 30 * k, np.uint8) for k in range(4)]
+    gif = encode_video(frames, "gif", fps=10)
+    assert gif.content_type == "image/gif" and gif.data[:6] == b"GIF89a" and gif.info.frames == 4
+    (tmp_path / "v.gif").write_bytes(gif.data)
+    assert [f.shape for f in read_video(tmp_path / "v.gif")] == [(16, 24, 3)] * 4
+    with pytest.raises(ValueError, match="mp4, gif"):
+        encode_video(frames, "avi")
+    if video_writer.ffmpeg_exe() is not None:
+        mp4 = encode_video(frames, "mp4", fps=10)
+        assert mp4.content_type == "video/mp4" and mp4.data[4:8] == b"ftyp"
+        (tmp_path / "v.mp4").write_bytes(mp4.data)
+        assert len(read_video(tmp_path / "v.mp4")) == 4
+
+
+@pytest.mark.slow  # shares the session's tiny keep-LoRA export with the runtime tests
+def test_runtime_interpolation_ends_are_the_anchors_renders_and_matches_eager(tmp_path_factory):
+    """Runtime.interpolation (torch-free): frame 0 and the last frame are the anchors seen from their own photo
+    cameras (rendered separately, caches cleared: at most 1 level of 255 apart; observed 0), and a middle frame is
+    what eager PyTorch renders for the lerped W and the interpolated camera (the export tests' tolerance)."""
+    from generator.adapter_file import load_adapter
+    from media.camera_path import interpolate_camera
+    from runtime import Runtime
+    from tests.test_export import TOL, TinyExports, eager_render, tiny_generator
+    G = tiny_generator()
+    exports = TinyExports(tmp_path_factory, G)
+    rt = Runtime(exports["keep"], exports["people"], threads=2)
+    first, last = rt.anchor_view("alice", "photo0").to_uint8(), rt.anchor_view("alice", 2).to_uint8()
+    rt.clear_caches()
+    frames = rt.interpolation("alice", "photo0", 2, frames=5)
+    assert len(frames) == 5 and [r.cache_hit for r in frames] == [False] * 5
+    for got, want in ((frames[0].to_uint8(), first), (frames[-1].to_uint8(), last)):
+        assert np.abs(got.astype(int) - want).max() <= 1
+    assert np.abs(frames[2].to_uint8().astype(int) - first).mean() > 1
+    assert np.abs(frames[2].to_uint8().astype(int) - last).mean() > 1
+    anchors = load_adapter(exports["people"] / "alice.safetensors", G)[1]
+    ws = anchors.ws_plus(G.num_ws)
+    c = interpolate_camera(anchors.c[0].numpy(), anchors.c[2].numpy(), 0.5)
+    with torch.no_grad():
+        want = eager_render(G, torch.lerp(ws[0:1], ws[2:3], 0.5), torch.from_numpy(c)[None],
+                            exports["people"] / "alice.safetensors")["image"][0]
+    assert float(np.abs(frames[2].image - want).max()) <= TOL
+    assert frames[0].timings["synthesis"] > 0 and frames[1].timings["mapping"] == 0.0
+
+
+@pytest.mark.slow  # shares the session's tiny keep-LoRA export with the runtime tests
+def test_python_m_runtime_writes_videos(tmp_path_factory, tmp_path, capsys):
+    from runtime.__main__ import main
+    from tests.test_export import TinyExports, tiny_generator
+    exports = TinyExports(tmp_path_factory, tiny_generator())
+    alice = exports["people"] / "alice.safetensors"
+    out = tmp_path / "i.gif"
+    assert main([str(exports["keep"]), str(alice), "--anchor", "photo0", "--video", "interpolate", "--to", "2",
+                 "--frames", "3", "--fps", "5", "--out", str(out)]) == 0
+    assert f"wrote {out} (GIF, 3 frames" in capsys.readouterr().out and len(read_video(out)) == 3
+    assert main([str(exports["keep"]), str(alice), "--video", "turntable", "--frames", "2", "--out",
+                 str(tmp_path / "t.avi")]) == 2
+    assert "must end in .mp4 or .gif" in capsys.readouterr().err
+    assert main([str(exports["keep"]), str(alice), "--video", "interpolate", "--to", "nobody", "--out",
+                 str(out)]) == 2
+    assert "unknown anchor 'nobody'" in capsys.readouterr().err

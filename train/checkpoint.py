@@ -23,7 +23,10 @@ from formats.tensors import read_header
 from formats.versioned_json import parse_versioned_json
 
 FORMAT = "my3dgen-train-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2: the recorded config has 'lora_fc_after_gain' (adapter format 2's rule); a version-1 checkpoint,
+which has no such field, was trained with format 1's rule, and resuming it needs lora_fc_after_gain=False."""
+READABLE_VERSIONS = (1, 2)
 META_KEY = "my3dgen_checkpoint"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -123,7 +126,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if raw is None:
         raise CheckpointError(f"{path}: no '{META_KEY}' metadata (not a my3dgen training checkpoint)")
     try:
-        meta = parse_versioned_json(raw, str(path), FORMAT, FORMAT_VERSION, what=f"metadata '{META_KEY}'")
+        meta = parse_versioned_json(raw, str(path), FORMAT, READABLE_VERSIONS, what=f"metadata '{META_KEY}'")
     except FormatError as e:
         raise CheckpointError(str(e)) from None
     step = meta.get("step")
@@ -162,7 +165,7 @@ def read_checkpoint_record(path: str | Path) -> dict:
     """The checked JSON record of a checkpoint, reading only its header (what `load_checkpoint` checks first)."""
     meta, _ = read_header(path, _checkpoint_error)
     try:
-        return parse_versioned_json(meta.get(META_KEY), str(path), FORMAT, FORMAT_VERSION,
+        return parse_versioned_json(meta.get(META_KEY), str(path), FORMAT, READABLE_VERSIONS,
                                     what=f"metadata '{META_KEY}'")
     except FormatError as e:
         raise CheckpointError(str(e)) from None

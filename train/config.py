@@ -174,6 +174,10 @@ class TrainConfig:
     stochastic_render: bool = False
     """Render training images stochastically (random depth jitter, as official EG3D training) instead of the
     deterministic sampling that inference, export and the runtime use. Default off: train what is served."""
+    lora_fc_after_gain: bool = True
+    """LoRA deltas of fully connected layers (the style affines) act after the layer's gain, as in the authors'
+    code (adapter format 2). False trains with adapter format 1's rule (delta before the gain, ~sqrt(w_dim) times
+    smaller steps) and writes a format-1 adapter: only for comparing the two (scripts/training_length.py)."""
     seed: int = 0
     """Seed of batch sampling, symmetric poses, the adapter's LoRA A init and stochastic rendering."""
     checkpoint_every: int = 100

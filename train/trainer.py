@@ -157,6 +157,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.adapter = PersonAdapter.create(self.G, cfg.policy()).to(self.device)
+        self.adapter.fc_after_gain = cfg.lora_fc_after_gain
         self.optimizer = torch.optim.Adam(self.adapter.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
         self.sampler.manual_seed(cfg.seed)
         with _global_rng_scope():
@@ -185,7 +186,9 @@ class Trainer:
         if ck.anchors_ws.shape != self.anchors_ws.shape or not torch.equal(ck.anchors_ws, self.anchors_ws) \
                 or not torch.equal(ck.anchors_c, self.data.cameras.float().cpu()):
             problems.append("the anchors (inverted latents) differ")
-        old, new = _flatten(ck.meta.get("config", {})), _flatten(expected["config"])
+        saved = dict(ck.meta.get("config", {}))
+        saved.setdefault("lora_fc_after_gain", False)  # checkpoints of format 1 trained with adapter format 1's rule
+        old, new = _flatten(saved), _flatten(expected["config"])
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
             problems.append("settings changed: " + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
@@ -431,8 +434,12 @@ def personalize(G: torch.nn.Module, dataset_dir: str | Path, out: str | Path, co
                 checkpoint_dir: str | Path | None = None, identity: IdentityEncoder | None = None,
                 dtype: torch.dtype = torch.float32, progress: bool = False, restart: bool = False,
                 preview: bool = True, identity_name: str | None = None, inversion_batch: int = 4,
-                echo: Callable[[str], None] | None = None) -> PersonalizeResult:
-    """Dataset folder -> adapter file: invert every photo (cached), train, save adapter + anchors, preview grid."""
+                echo: Callable[[str], None] | None = None, inversion_cache_dir: str | Path | None = None
+                ) -> PersonalizeResult:
+    """Dataset folder -> adapter file: invert every photo (cached), train, save adapter + anchors, preview grid.
+
+    The inversion cache is CHECKPOINT_DIR/inversions unless `inversion_cache_dir` names one to share (entries are
+    keyed by model, photo, camera and projector settings, so runs of several configurations can share it)."""
     from train.preview import save_preview
     from train.projector import project_batch
 
@@ -445,7 +452,8 @@ def personalize(G: torch.nn.Module, dataset_dir: str | Path, out: str | Path, co
     echo(f"{len(data)} photo(s) from {dataset_dir}; checkpoints, inversion cache and log in {ckpt}")
     t0 = time.perf_counter()
     ws = project_batch(G, data.images, data.cameras, config.projector, seed=config.seed,
-                       cache_dir=ckpt / INVERSION_DIR, progress=progress, chunk=inversion_batch,
+                       cache_dir=Path(inversion_cache_dir) if inversion_cache_dir is not None else ckpt / INVERSION_DIR,
+                       progress=progress, chunk=inversion_batch,
                        desc=f"W inversion of {len(data)} photo(s)")
     inversion_seconds = time.perf_counter() - t0
     trainer = Trainer(G, data, ws, config, ckpt, identity=identity, progress=progress, restart=restart, echo=echo)

@@ -33,14 +33,17 @@ HELDOUT_VIEWS = [(-0.38, 0.08), (-0.22, -0.18), (0.08, 0.12), (0.24, -0.14), (0.
 
 def ground_truth_adapter(G0: torch.nn.Module, seed: int = CHANGE_SEED, strength: float = STRENGTH,
                          policy: AdapterPolicy | None = None) -> PersonAdapter:
-    """A random LoRA-only adapter: A as initialised, B ~ N(0, strength^2), from `seed` (global RNG untouched)."""
+    """A random LoRA-only adapter: A as initialised, B ~ N(0, strength^2), from `seed` (global RNG untouched).
+
+    A fully connected layer's B is then multiplied by the layer's gain: its delta acts after the gain (adapter
+    format 2), and this keeps G* the person it was when deltas acted before it (the bundled sample data)."""
     policy = policy or AdapterPolicy(train_decoder=False, train_biases=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapter = PersonAdapter.create(G0, policy)
         with torch.no_grad():
-            for pair in adapter.lora.values():
-                pair.lora_B.normal_(0.0, strength)
+            for key, pair in adapter.lora.items():
+                pair.lora_B.normal_(0.0, strength).mul_(adapter.targets[key.replace("__", ".")].gain)
     return adapter.requires_grad_(False)
 
 
