@@ -1,4 +1,4 @@
-"""Deployment benchmarks of issue 15 on CPU: native onnxruntime LoRA adapters and mixed-person batches.
+"""Deployment benchmarks of issue 15 on CPU: native onnxruntime LoRA adapters, mixed-person batches, fp16 graphs.
 
     python -m bench.deploy --preset tiny --reps 20     # prints the rows (bench/run.py adds them to its swap table)
 
@@ -80,6 +80,28 @@ def mixed_vs_same_batch(rt, people: list[str], reps: int) -> dict[str, float]:
             f"mixed / same-person batch-{BATCH} throughput (%)": 100 * same_ms / mixed_ms}
 
 
+def fp16_vs_fp32(G, work: Path, adapter: Path, reps: int, threads: int, log=print) -> dict[str, float]:
+    """Merged exports of one person in fp32 and in mixed-precision fp16 (export/fp16_graph.py): max |image diff| of
+    the same view from the same latent, and the median ms of a full view (synthesis + render) of each."""
+    from bench.run import _paired_ms
+    from export.exporter import ExportOptions, export_generator
+    from runtime import Runtime
+    runtimes = {}
+    for precision in ("fp32", "fp16"):
+        log(f"[deploy] exporting the merged person in {precision} ...")
+        out = export_generator(G, work / f"merged_{precision}", adapter,
+                               ExportOptions(mode="merge", fp16=precision == "fp16", verify=False, overwrite=True))
+        runtimes[precision] = Runtime(out, threads=threads, plane_cache_size=0)
+    latent = np.random.default_rng(1).standard_normal(G.w_dim).astype(np.float32) * 0.3
+    view = {p: rt.novel_view(rt.people()[0], latent=latent, yaw=0.3, pitch=0.1) for p, rt in runtimes.items()}
+    diff = float(np.abs(view["fp16"].image - view["fp32"].image).max())
+    fp32_ms, fp16_ms = _paired_ms(lambda: runtimes["fp32"].novel_view(runtimes["fp32"].people()[0], latent=latent),
+                                  lambda: runtimes["fp16"].novel_view(runtimes["fp16"].people()[0], latent=latent),
+                                  reps)
+    return {"fp16 vs fp32 graph: max |image difference|": diff, "full view, fp32 graphs (ms)": fp32_ms,
+            "full view, fp16 mixed-precision graphs (ms)": fp16_ms}
+
+
 def measure(G, work: Path, reps: int, threads: int, make_person: Callable, log=print) -> dict[str, float]:
     """The deployment rows for generator G (bench/run.py's swap table); `make_person(G, path, seed)` writes a
     synthetic person's adapter file."""
@@ -99,6 +121,7 @@ def measure(G, work: Path, reps: int, threads: int, make_person: Callable, log=p
     log(f"[deploy] timing ({reps} reps each, {threads} threads) ...")
     rows = native_adapter_overhead(rt, names[0], reps)
     rows.update(mixed_vs_same_batch(rt, names, max(3, reps // 2)))
+    rows.update(fp16_vs_fp32(G, work, files[0], max(3, reps // 2), threads, log))
     return rows
 
 
@@ -117,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(build_generator(preset_name=args.preset), args.work, args.reps, args.threads, _make_person,
                    lambda m: print(m, file=sys.stderr, flush=True))
     for k, v in rows.items():
-        print(f"| {args.preset} | {k} | {v:.3f} |")
+        print(f"| {args.preset} | {k} | {v:.4g} |")
     print(f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return 0
 

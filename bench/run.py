@@ -319,8 +319,8 @@ def render_markdown(reports: list[ModelReport], threads: int, command: str, star
     out += ["## Adapter swap cost", "", "| model | " + " | ".join(reports[0].swap) + " |",
             "|---|" + "---|" * len(reports[0].swap)]
     for r in reports:
-        out.append(f"| {r.name} | " + " | ".join(_fmt_ms(v) if "(ms)" in k else f"{v:.1f}" for k, v in r.swap.items())
-                   + " |")
+        out.append(f"| {r.name} | " + " | ".join(_fmt_ms(v) if "(ms)" in k else f"{v:.2g}" if "difference" in k
+                                                 else f"{v:.1f}" for k, v in r.swap.items()) + " |")
     out += ["", "With keep-LoRA exports a person is a set of graph inputs: swapping people changes the inputs of the "
                 "next call and nothing else (no rebuild, no session reload); the first request of a person also "
                 "parses their adapter file (then cached). A merged export bakes one person into the weights: every "

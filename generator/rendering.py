@@ -124,13 +124,17 @@ def march_weights(densities: torch.Tensor, depths: torch.Tensor) -> torch.Tensor
 
     Midpoint quadrature: interval i has density softplus(mean of its two ends - 1) and length depths[i+1]-depths[i];
     weight = alpha * transmittance, the exclusive cumulative product of (1 - alpha + 1e-10) written as
-    exp(cumsum(log)) for ONNX (no CumProd op).
+    exp(cumsum(log)) for ONNX (no CumProd op). 1 - alpha is taken as exp(-density * delta) itself rather than
+    recomputed as 1 - (1 - exp(.)): in the exported graph 1 - alpha + 1e-10 came out as exactly 0 for an opaque
+    interval (the constants folded before the subtraction), and log(0) turned a sharp (well-trained) head's colours
+    into NaN under onnxruntime. The two differ
+    only where exp(.) < 6e-8, i.e. behind an opaque interval (weights change by < 1e-7).
     """
     deltas = depths[:, :, 1:] - depths[:, :, :-1]
     densities_mid = F.softplus((densities[:, :, :-1] + densities[:, :, 1:]) / 2 - 1)
-    alpha = 1 - torch.exp(-densities_mid * deltas)
-    log_t = torch.log(1 - alpha + 1e-10)
-    return alpha * torch.exp(torch.cumsum(log_t, dim=-2) - log_t)
+    transmit = torch.exp(-densities_mid * deltas)                                   # 1 - alpha of each interval
+    log_t = torch.log(transmit + 1e-10)
+    return (1 - transmit) * torch.exp(torch.cumsum(log_t, dim=-2) - log_t)
 
 
 def sample_weights(weights: torch.Tensor) -> torch.Tensor:

@@ -83,9 +83,22 @@ def _say_cpu_fallback(available: list[str]) -> None:
         if _fallback_said:
             return
         _fallback_said = True
-    log.warning("providers='auto': this onnxruntime build reports no CUDA or TensorRT execution provider "
-                "(available: %s), so the graphs run on the CPU. For the GPU, %s.", ", ".join(available),
-                GPU_INSTALL_HINT)
+    # A warning when onnxruntime-gpu is installed yet reports no GPU (driver or CUDA missing: a real fallback);
+    # on the CPU build it is what the user installed, so it is said at INFO level.
+    level = logging.WARNING if gpu_build_installed() else logging.INFO
+    log.log(level, "providers='auto': this onnxruntime build reports no CUDA or TensorRT execution provider "
+            "(available: %s), so the graphs run on the CPU. For the GPU, %s.", ", ".join(available),
+            GPU_INSTALL_HINT)
+
+
+def gpu_build_installed() -> bool:
+    """True when the onnxruntime-gpu distribution is installed (whether or not it finds a GPU)."""
+    from importlib import metadata
+    try:
+        metadata.distribution("onnxruntime-gpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _missing_message(what: str, missing: list[str], available: list[str]) -> str:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cfg = ExperimentConfig(**SMOKE) if args.smoke else ExperimentConfig()
     if args.people is not None:
-        cfg = dataclasses.replace(cfg, people=args.people)
+        cfg = dataclasses.replace(cfg, people=args.people, size_people=min(cfg.size_people, args.people))
     cfg.validate()
     command = "python scripts/experiments.py run" + (" --smoke" if args.smoke else "") + \
         (f" --people {args.people}" if args.people is not None else "")

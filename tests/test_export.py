@@ -288,6 +288,27 @@ def test_merged_export_matches_eager(G, exports):
     assert float(np.abs(want["image"] - eager_render(G, ws, c)["image"]).max()) > 1e-2
 
 
+def test_an_opaque_head_exports_without_nan(tmp_path):
+    """Why: a well-trained head (models/heads) has intervals dense enough that 1 - alpha rounds to 0; the exported
+    graph then took log(0) and onnxruntime rendered NaN colours. Here the decoder's density is pushed up until
+    every interval past the surface is opaque, and the export's own eager-vs-onnxruntime check must pass."""
+    import copy
+    from export.exporter import ExportOptions, export_generator
+    from generator.rendering import march_weights
+    from generator.views import camera_batch
+    G = copy.deepcopy(tiny_generator())
+    with torch.no_grad():
+        G.decoder.net[-1].bias[0] += 400.0 / G.decoder.net[-1].bias_gain  # raw density ~ +400 everywhere
+        c = camera_batch(G, [(0.2, 0.0)])
+        ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), c)
+        depths = torch.linspace(2.25, 3.3, 12).reshape(1, 1, 12, 1)
+        w = march_weights(torch.full((1, 1, 12, 1), 400.0), depths)
+    assert torch.isfinite(w).all() and float(w[0, 0, 0]) == pytest.approx(1.0)   # all the weight on the first
+    out = export_generator(G, tmp_path / "opaque", None, ExportOptions(mode="base"))   # verify=True refuses NaN
+    got = onnx_render(out, ws, c)
+    assert all(np.isfinite(got[k]).all() for k in ("image", "image_raw", "depth"))
+
+
 def test_mapping_graph_matches_eager_with_psi_input(G, exports):
     from generator.views import camera_batch
     z = torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(7))

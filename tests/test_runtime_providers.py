@@ -48,14 +48,19 @@ def test_auto_prefers_tensorrt_then_cuda_when_the_build_has_them(build, caplog):
     assert choose_providers([CUDA_EP]) == [CUDA_EP]
 
 
-def test_auto_falls_back_to_cpu_and_says_so_once(build, caplog):
+@pytest.mark.parametrize("gpu_package", [False, True])
+def test_auto_falls_back_to_cpu_and_says_so_once(build, caplog, monkeypatch, gpu_package):
+    """Said once; a warning only where onnxruntime-gpu is installed but finds no GPU (on the CPU build: INFO)."""
+    monkeypatch.setattr(session, "gpu_build_installed", lambda: gpu_package)
     build(CPU_BUILD)
-    with caplog.at_level(logging.WARNING, "my3dgen.runtime"):
+    with caplog.at_level(logging.INFO, "my3dgen.runtime"):
         assert choose_providers("auto") == [CPU_EP]
         assert choose_providers("auto") == [CPU_EP]
-    said = [r.getMessage() for r in caplog.records if r.name == "my3dgen.runtime"]
+    said = [r for r in caplog.records if r.name == "my3dgen.runtime"]
     assert len(said) == 1, said
-    assert "run on the CPU" in said[0] and "onnxruntime-gpu" in said[0] and "[gpu]" in said[0]
+    msg = said[0].getMessage()
+    assert "run on the CPU" in msg and "onnxruntime-gpu" in msg and "[gpu]" in msg
+    assert said[0].levelno == (logging.WARNING if gpu_package else logging.INFO)
 
 
 def test_asking_for_the_gpu_on_a_cpu_build_names_what_to_install(build):
