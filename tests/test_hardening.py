@@ -252,30 +252,27 @@ def _hostile_adapter(tmp: Path) -> Path:
     return path
 
 
-def _hostile_model_dir(tmp: Path) -> Path:
-    """config.json with a one-field edit: w_dim of 10^6 (5 GB of mapping weights) beside tiny weights."""
+def _hostile_config_dir(tmp: Path, name: str, field: str, value: int) -> Path:
+    """A model dir whose config.json is the tiny preset with one field edited, beside tiny weights."""
     from formats.model_dir import config_record
     from generator.presets import preset
     cfg = preset("tiny").to_dict()
-    cfg["w_dim"] = 1_000_000
-    d = tmp / "model"
+    cfg[field] = value
+    d = tmp / name
     d.mkdir()
     (d / "config.json").write_text(json.dumps(config_record(cfg, "sha256:0", {})))
     save_safetensors(d / "model.safetensors", {"x": np.zeros(1, np.float32)}, {})
     return d
+
+
+def _hostile_model_dir(tmp: Path) -> Path:
+    """config.json with a one-field edit: w_dim of 10^6 (5 GB of mapping weights) beside tiny weights."""
+    return _hostile_config_dir(tmp, "model", "w_dim", 1_000_000)
 
 
 def _hostile_model_dir_layers(tmp: Path) -> Path:
     """config.json claiming 10^6 mapping layers (the issue's out-of-memory case), within every other limit."""
-    from formats.model_dir import config_record
-    from generator.presets import preset
-    cfg = preset("tiny").to_dict()
-    cfg["mapping_layers"] = 1_000_000
-    d = tmp / "model_layers"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(config_record(cfg, "sha256:0", {})))
-    save_safetensors(d / "model.safetensors", {"x": np.zeros(1, np.float32)}, {})
-    return d
+    return _hostile_config_dir(tmp, "model_layers", "mapping_layers", 1_000_000)
 
 
 def _hostile_model_dir_shapes(tmp: Path) -> Path:
