@@ -102,6 +102,9 @@ class Budget:
         return self.end - time.perf_counter()
 
 
+SECTIONS = ("env", "parity", "forward", "lora_train", "mixed", "cudagraph", "compile", "tensorrt")
+
+
 @dataclass
 class Report:
     """Results by section, written to OUT after each section."""
@@ -109,11 +112,15 @@ class Report:
     out: Path
     dry_run: bool
     config: dict
+    only: tuple[str, ...] | None = None
+    """The sections to run (`--sections`; None: all); the others are not run and not reported."""
     sections: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
     def record(self, name: str, fn: Callable[[], Any]) -> Any:
         """Run one section; its result or its error (type, message, traceback tail) is recorded, then saved."""
+        if self.only is not None and name not in self.only:
+            return None
         t0 = time.perf_counter()
         try:
             result = {"ok": True, **fn()}
@@ -447,7 +454,7 @@ def _people(G, count: int, seed: int) -> list:
         ad = PersonAdapter.create(G)
         with torch.no_grad():
             for p in ad.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+                p.add_(torch.randn(p.shape, generator=gen).to(p.device) * 0.01)
         people.append(ad.requires_grad_(False))
     return people
 
@@ -562,13 +569,18 @@ def _cell(v) -> str:
     return str(v).replace("|", "/")
 
 
-def run_check(cfg: CheckConfig, out: Path, dry_run: bool = False) -> dict:
-    """Run every section in priority order and return the report dict (also written to `out`)."""
+def run_check(cfg: CheckConfig, out: Path, dry_run: bool = False, only: tuple[str, ...] = SECTIONS) -> dict:
+    """Run the sections in `only` in priority order and return the report dict (also written to `out`).
+
+    cudagraph and compile reuse the forward section's generator and fp32 references, so they need "forward"."""
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"error: unknown section(s) {unknown}; choose from {list(SECTIONS)}")
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device (torch.cuda.is_available() is False); use --dry-run for the CPU")
     budget = Budget(cfg.budget_s)
-    report = Report(out, dry_run, asdict(cfg))
+    report = Report(out, dry_run, asdict(cfg), only=only)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     report.record("env", lambda: section_env(device))
     report.record("parity", lambda: section_parity(device, cfg.parity_samples))
@@ -595,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or "gpu_out", help="output folder (default $OUT or "
                     "gpu_out/)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny preset, seconds: the same code paths")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated sections to run "
+                    f"(default all: {','.join(SECTIONS)})")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget; torch.compile cases and "
                     "TensorRT are skipped once it is spent")
     args = ap.parse_args(argv)
@@ -602,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_s is not None:
         cfg.budget_s = args.budget_s
     torch.manual_seed(cfg.seed)
-    report = run_check(cfg, Path(args.out), dry_run=args.dry_run)
+    only = tuple(x.strip() for x in args.sections.split(",") if x.strip())
+    report = run_check(cfg, Path(args.out), dry_run=args.dry_run, only=only)
     failed = [k for k, v in report["sections"].items() if not v.get("ok")]
     print(f"[gpu_check] wrote {Path(args.out) / 'gpu_check.json'} and gpu_check.md in {report['elapsed_s']} s; "
           f"failed sections: {failed or 'none'}")

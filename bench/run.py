@@ -37,6 +37,7 @@ from formats.atomic import write_text
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "BENCHMARKS.md"
 SERVING_HEADING = "## Serving latency (TorchServe)"
+GPU_HEADING = "## GPU (scripts/gpu_check.sh)"  # written by bench/gpu_record.py
 
 
 @dataclass
@@ -475,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         if speed is not None:
             text += "\n" + speed
         text += "\n" + serving_section(previous)
+        gpu = section_of(previous, GPU_HEADING)  # measured on a lent GPU by bench.gpu_record; kept as it is
+        if gpu is not None:
+            text += "\n" + gpu
         write_text(out, text)
         print(f"\nwrote {out}")
     return 0

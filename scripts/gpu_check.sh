@@ -8,7 +8,9 @@
 # the pure-Python wheels the machine lacks and a copy of the official EG3D fixture. This script installs those
 # wheels into a temporary folder with pip --no-index (never the network), puts the repository on PYTHONPATH and
 # runs the check with $PYTHON (default python3), stopping it at GPU_CHECK_TIMEOUT seconds (default 470); every
-# section's results are written as soon as it ends, so a stopped run keeps what it measured.
+# section's results are written as soon as it ends, so a stopped run keeps what it measured. `--sections a,b`
+# reruns only those sections; `python -m bench.gpu_record OUT [OUT2 ...]` then files the results (merged, later
+# runs winning) in docs/gpu/ and the GPU section of docs/BENCHMARKS.md.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"

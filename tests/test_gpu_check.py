@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from bench.gpu_check import Report, markdown, timed
+from bench import gpu_record
+from bench.gpu_check import CheckConfig, Report, markdown, run_check, timed
 from tests.conftest import REPO, official_fixture_dir
 
 
@@ -61,3 +62,46 @@ def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path):
     assert saved["after"]["ok"]
     md = markdown(report.to_dict())
     assert "FAILED: `ZeroDivisionError" in md and "| full | fp32 | 1 | 2 |" in md
+
+
+def test_sections_option_runs_only_the_named_sections(tmp_path):
+    report = Report(tmp_path, dry_run=True, config={}, only=("env", "mixed"))
+    ran = []
+    for name in ("env", "parity", "mixed"):
+        report.record(name, lambda name=name: ran.append(name) or {})
+    assert ran == ["env", "mixed"]
+    assert list(json.loads((tmp_path / "gpu_check.json").read_text())["sections"]) == ["env", "mixed"]
+    with pytest.raises(SystemExit, match="unknown section"):
+        run_check(CheckConfig.dry_run(), tmp_path, dry_run=True, only=("env", "mixd"))
+
+
+def _gpu_report(gpu: str, **sections) -> dict:
+    return {"dry_run": False, "config": {}, "elapsed_s": 1.0,
+            "sections": {"env": {"ok": True, "gpu": gpu, "tensorrt": "not importable"}, **sections}}
+
+
+def test_gpu_record_merges_reruns_and_refuses_what_is_not_one_gpu_run(tmp_path):
+    first = _gpu_report("Card X", mixed={"ok": False, "error": "RuntimeError: devices"},
+                        forward={"ok": True, "rows": [{"op": "full", "dtype": "fp32", "batch": 1, "ms": 240.0,
+                                                       "images_per_s": 4.1, "max_abs_diff_vs_fp32": 0.0}]})
+    rerun = _gpu_report("Card X", mixed={"ok": True, "people": 8, "batch": 8, "mixed_images_per_s": 23.3,
+                                         "same_person_images_per_s": 33.2, "mixed_over_same": 0.7,
+                                         "max_abs_diff_sample_vs_single": 1e-6, "tolerance": 1e-4})
+    dirs = []
+    for i, r in enumerate((first, rerun)):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "gpu_check.json").write_text(json.dumps(r))
+        dirs.append(str(tmp_path / str(i)))
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\n## Other\n\nkept\n")
+    assert gpu_record.main(dirs + ["--doc", str(doc), "--date", "2026-01-02"]) == 0
+    text = doc.read_text()
+    assert "## Other\n\nkept" in text and "**Card X**" in text
+    assert "| full | fp32 | 1 | 240.0 |" in text and "23.3 images/s vs 33.2" in text and "Failed sections" not in text
+    merged = json.loads((tmp_path / "gpu" / "card-x-2026-01-02.json").read_text())
+    assert merged["sections"]["mixed"]["ok"] and merged["sections"]["forward"]["ok"] and merged["runs"] == 2
+    with pytest.raises(SystemExit, match="different devices"):
+        gpu_record.merge([first, _gpu_report("Card Y")])
+    (tmp_path / "1" / "gpu_check.json").write_text(json.dumps({**rerun, "dry_run": True}))
+    with pytest.raises(SystemExit, match="dry run"):
+        gpu_record.main(dirs + ["--doc", str(doc)])
