@@ -68,7 +68,8 @@ class CheckConfig:
     dtypes: tuple[str, ...] = ("fp32", "fp16", "bf16")
     warmup: int = 3
     repeats: int = 10
-    train_batch: int = 4
+    train_batches: tuple[int, ...] = (1, 4)
+    """Batch sizes of the LoRA step timed (peak memory per batch says which cards can train)."""
     train_warmup: int = 2
     train_steps: int = 8
     people: int = 8
@@ -87,7 +88,7 @@ class CheckConfig:
     def dry_run(cls) -> "CheckConfig":
         # fp16 autocast is left out: on a CPU it is ~30x slower than fp32 and is the same code path as bf16
         return cls(preset="tiny", device="cpu", batches=(1, 2), dtypes=("fp32", "bf16"), warmup=1, repeats=2,
-                   train_batch=2, train_warmup=1, train_steps=2, people=2, compile_backend="eager",
+                   train_batches=(2,), train_warmup=1, train_steps=2, people=2, compile_backend="eager",
                    compile_dtypes=("fp32",), compile_ops=("novel",), budget_s=120.0, trt_max_batch=2,
                    parity_samples=1)
 
@@ -405,43 +406,51 @@ def _random_lpips(net: str, tmp: Path):
 
 
 def section_lora_train(cfg: CheckConfig, device: torch.device) -> dict:
-    """Step time and peak memory of the personalization step (train.Trainer, checkpoints off)."""
+    """Step time and peak memory of the personalization step (train.Trainer, checkpoints off), per batch size."""
+    G = _generator(cfg, device)
+    rows = []
+    for batch in cfg.train_batches:
+        _guarded(rows, "lora_step", "fp32", batch, lambda batch=batch: {
+            "op": "lora_step", "dtype": "fp32", "batch": batch, **_lora_step(G, cfg, batch, device)})
+    return {"preset": cfg.preset, "resolution": G.img_resolution, "rows": rows,
+            "tf32": torch.backends.cuda.matmul.allow_tf32,
+            "note": "seconds per step as train.Trainer logs them (each step ends by reading its losses, a sync)"}
+
+
+def _lora_step(G, cfg: CheckConfig, batch: int, device: torch.device) -> dict:
+    from generator.views import camera_batch
     from perception.identity import IdentityEncoder
     from train.config import TrainConfig
     from train.data import TrainingSet
     from train.trainer import Trainer
-    G = _generator(cfg, device)
-    n = max(cfg.train_batch, 4)
+    n = max(batch, 4)
     gen = torch.Generator().manual_seed(cfg.seed)
     images = torch.rand(n, 3, G.img_resolution, G.img_resolution, generator=gen) * 2 - 1
-    from generator.views import camera_batch
     cams = camera_batch(G, [(0.3 * ((i % 3) - 1), 0.05 * (i % 2)) for i in range(n)]).cpu()
     data = TrainingSet(images, cams, [f"view_{i}.png" for i in range(n)])
     with torch.no_grad():
         anchors = G.mapping(torch.randn(n, G.z_dim, generator=gen).to(device), cams.to(device),
                             truncation_psi=0.7)[:, 0].cpu()
-    config = TrainConfig(batch=cfg.train_batch, iterations=cfg.train_warmup + cfg.train_steps, checkpoint_every=10**6)
+    config = TrainConfig(batch=batch, iterations=cfg.train_warmup + cfg.train_steps, checkpoint_every=10**6)
     with tempfile.TemporaryDirectory() as tmp:
         lp = _random_lpips(config.lpips_net, Path(tmp))
         trainer = Trainer(G, data, anchors, config, identity=IdentityEncoder.random(), lpips=lp)
         if device.type == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         trainer.run(stop_at=cfg.train_warmup)
         _sync(device)
         trainer.run()
     records = list(trainer.recent)[-cfg.train_steps:]
-    secs = [r["seconds"] for r in records]
     sym = [r["seconds"] for r in records if "sym" in r]
     plain = [r["seconds"] for r in records if "sym" not in r]
-    out = {"preset": cfg.preset, "resolution": G.img_resolution, "batch": cfg.train_batch,
-           "trainable_parameters": trainer.adapter.num_parameters(), "steps_timed": len(secs),
-           "warmup_steps": cfg.train_warmup, "step_median_s": statistics.median(secs),
+    out = {"trainable_parameters": trainer.adapter.num_parameters(), "steps_timed": len(records),
+           "step_median_s": statistics.median(r["seconds"] for r in records),
            "step_median_s_without_sym": statistics.median(plain) if plain else None,
-           "step_median_s_with_sym": statistics.median(sym) if sym else None,
-           "tf32": torch.backends.cuda.matmul.allow_tf32,
-           "note": "seconds per step as train.Trainer logs them (each step ends by reading its losses, a sync)"}
+           "step_median_s_with_sym": statistics.median(sym) if sym else None}
     if device.type == "cuda":
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    del trainer
     return out
 
 
@@ -549,7 +558,9 @@ def markdown(report: dict) -> str:
         rows = sec.get("rows")
         if rows:
             keys = [k for k in ("op", "dtype", "batch", "ms", "min_ms", "images_per_s", "compile_s", "capture_s",
-                                "max_abs_diff_vs_fp32", "max_abs_diff_vs_fp32_eager", "error", "skipped")
+                                "max_abs_diff_vs_fp32", "max_abs_diff_vs_fp32_eager", "step_median_s",
+                                "step_median_s_without_sym", "step_median_s_with_sym", "peak_memory_gib",
+                                "error", "skipped")
                     if any(k in r for r in rows)]
             lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
             lines += ["| " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in rows]
@@ -609,10 +620,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny preset, seconds: the same code paths")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated sections to run "
                     f"(default all: {','.join(SECTIONS)})")
+    ap.add_argument("--train-batches", default=None, help="comma-separated LoRA step batch sizes "
+                    "(default 1,4)")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget; torch.compile cases and "
                     "TensorRT are skipped once it is spent")
     args = ap.parse_args(argv)
     cfg = CheckConfig.dry_run() if args.dry_run else CheckConfig()
+    if args.train_batches:
+        cfg.train_batches = tuple(int(b) for b in args.train_batches.split(","))
     if args.budget_s is not None:
         cfg.budget_s = args.budget_s
     torch.manual_seed(cfg.seed)

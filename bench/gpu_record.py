@@ -90,10 +90,15 @@ def summary(report: dict, raw: str, day: str) -> str:
         lines.append("")
     tr = s.get("lora_train", {})
     if tr.get("ok"):
-        lines.append(f"- LoRA training step (512², batch {tr['batch']}, {tr['trainable_parameters']:,} trainable "
-                     f"parameters, fp32): {tr['step_median_s_without_sym']:.2f} s without the symmetry term, "
-                     f"{tr['step_median_s_with_sym']:.2f} s with it (every 4th step); peak memory "
-                     f"{tr['peak_memory_gib']:.1f} GiB.")
+        steps = tr.get("rows") or [tr]  # reports before 2026-11-27's second run held one batch, unrowed
+        for r in steps:
+            if "error" in r:
+                lines.append(f"- LoRA training step at batch {r['batch']}: failed ({r['error'][:120]}).")
+                continue
+            lines.append(f"- LoRA training step (512², batch {r['batch']}, {r['trainable_parameters']:,} "
+                         f"trainable parameters, fp32): {r['step_median_s_without_sym']:.2f} s without the "
+                         f"symmetry term, {r['step_median_s_with_sym']:.2f} s with it (every 4th step); peak "
+                         f"memory {r['peak_memory_gib']:.1f} GiB.")
     mx = s.get("mixed", {})
     if mx.get("ok"):
         lines.append(f"- Mixed-person batch ({mx['people']} people in a batch of {mx['batch']}, eager fp32): "

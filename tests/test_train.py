@@ -322,3 +322,21 @@ def test_cli_recipes_are_printed_and_stored(tmp_path):
         ("paper", 4.0, True, 4.0, "joint") and not p["projector"]["optimize_noise"]
     both = run_cli(*common, "--kimg", 1, "--out", tmp_path / "x.safetensors", check=False)
     assert both.returncode == 2 and "--kimg" in both.stderr
+
+
+def test_cli_out_of_memory_names_the_batch_and_the_fix(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import train.trainer
+    from cli import app
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(train.trainer, "personalize", oom)
+    out = tmp_path / "p.safetensors"
+    result = CliRunner().invoke(app, ["train", "--preset", "tiny", "--data", str(SAMPLES), "--out", str(out),
+                                      "--no-sym", "--batch", "4", "--checkpoint-dir", str(tmp_path / "ck")])
+    assert result.exit_code == 2, result.output
+    assert "out of CPU memory with batch 4" in result.output and "--batch 1" in result.output
+    assert "Tried to allocate 2.00 GiB" in result.output and "same command resumes" in result.output
+    assert not out.exists()

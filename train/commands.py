@@ -56,7 +56,8 @@ def train(
                                                   "--preset)."),
     kimg: Optional[float] = typer.Option(None, help="Training length in thousands of photos shown, EG3D's unit "
                                                     "(steps = kimg x 1000 / batch); instead of --steps."),
-    batch: Optional[int] = typer.Option(None, help="Photos per step (both recipes: 4)."),
+    batch: Optional[int] = typer.Option(None, help="Photos per step (both recipes: 4). GPU memory of a step on "
+                                        "ffhq512-128: ~17 GiB per photo (H100, docs/BENCHMARKS.md); 1 on a 24 GB card."),
     lr: float = typer.Option(0.002, help="Adam learning rate of the adapter."),
     train_decoder: Optional[bool] = typer.Option(None, "--train-decoder/--no-train-decoder",
                                                  help="Fine-tune the OSG decoder (recipe paper: yes, authors: no)."),
@@ -166,6 +167,14 @@ def train(
                              echo=typer.echo)
     except KeyboardInterrupt:
         raise typer.Exit(130)
+    except torch.OutOfMemoryError as e:
+        saved = f"; checkpoints so far are in {checkpoint_dir} and the same command resumes" if checkpoint_dir else ""
+        typer.echo(f"error: out of {dev.type.upper()} memory with batch {config.batch} and inversion batch "
+                   f"{inversion_batch} ({str(e).splitlines()[0][:160]}). A LoRA step on ffhq512-128 needs about "
+                   "17 GiB of GPU memory per photo in the batch (measured on an H100, docs/BENCHMARKS.md): use "
+                   f"--batch 1 on a 24 GB card, and --inversion-batch 1 if it failed while inverting{saved}.",
+                   err=True)
+        raise typer.Exit(2)
     total = time.perf_counter() - t0
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.train.losses.items())
     size = result.adapter_path.stat().st_size
