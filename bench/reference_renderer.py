@@ -40,7 +40,7 @@ class ReferenceRenderer(nn.Module):
         n, m, s, _ = depths.shape
         points = (origins.unsqueeze(-2) + depths * dirs.unsqueeze(-2)).reshape(n, -1, 3)
         flat = planes.reshape(-1, *planes.shape[2:])  # NCHW, as grid_sample read the planes before issue 16
-        rgb, sigma = decoder(sample_planes(flat, points, self.cfg.box_warp))
+        rgb, sigma = decoder(sample_planes(flat, points, self.cfg.box_warp).mean(1))  # grid_sample + mean
         sigma = sigma.reshape(n, m, s, 1)
         return rgb.reshape(n, m, s, -1), sigma if noise is None else sigma + noise
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from generator.rendering import sample_from_planes
+from generator.rendering import flat_planes, plane_features
 from generator.triplane import TriPlaneGenerator
 from media.mesh_io import Mesh
 
@@ -53,7 +53,7 @@ def decode_points(G: TriPlaneGenerator, planes: torch.Tensor, points: torch.Tens
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour features [M, C] and raw density [M] of world points [M, 3] of one latent's planes [1, 3, C, H, W]:
     the tri-plane lookup and the decoder, as the renderer runs them on ray samples."""
-    rgb, sigma = G.decoder(sample_from_planes(planes, points.unsqueeze(0), G.cfg.rendering.box_warp))
+    rgb, sigma = G.decoder(plane_features(flat_planes(planes), points.unsqueeze(0), G.cfg.rendering.box_warp))
     return rgb[0], sigma[0, :, 0]
 
 

@@ -23,7 +23,7 @@ def package(export_dir: Path = typer.Argument(..., exists=True, file_okay=False,
                                                                          "(default: 80% of the response timeout)."),
             max_frames: int = typer.Option(16, help="Most frames per interpolation request."),
             providers: str = typer.Option("auto", help="onnxruntime providers: auto or comma-separated names."),
-            threads: Optional[int] = typer.Option(None, help="onnxruntime threads per worker (default: all cores)."),
+            threads: Optional[int] = typer.Option(None, help="onnxruntime threads per worker (default: the serving machine's cores / workers)."),
             archive_format: str = typer.Option("default", help="default (.mar zip) | zip-store | no-archive."),
             overwrite: bool = typer.Option(False, help="Replace an existing archive."),
             check: bool = typer.Option(True, help="Load the export with the runtime before packaging.")):

@@ -78,8 +78,8 @@ class HandlerConfig:
     adapter_cache_size: int = 16
     """Loaded adapters kept per worker."""
     threads: Optional[int] = None
-    """onnxruntime intra-op threads per worker (None: onnxruntime's default, all cores; with several workers on
-    one machine, cores / workers avoids oversubscription)."""
+    """onnxruntime intra-op threads per worker (None: this machine's cores divided by the model's maxWorkers, at
+    least 1, so that several workers on one box do not oversubscribe it)."""
     jpeg_quality: int = 90
     """JPEG quality when a request gives none."""
     warmup: bool = True
@@ -95,6 +95,18 @@ class HandlerConfig:
             raise ValueError(f"model-config.yaml handler section: unknown key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
         return cls(**raw)
+
+
+def worker_threads(max_workers: Any, cores: Optional[int] = None) -> int:
+    """Intra-op threads of one worker when the config names none: the cores this process may use, shared by the
+    model's maxWorkers (each worker is a process with its own onnxruntime thread pool)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        workers = max(1, int(max_workers))
+    except (TypeError, ValueError):
+        workers = 1
+    return max(1, cores // workers)
 
 
 def encode(pixels: np.ndarray, output: Output, default_quality: int = 90) -> bytes:
@@ -158,14 +170,15 @@ class Service:
         if not export_dir.is_dir():
             raise FileNotFoundError(f"{export_dir}: the archive has no exported model folder "
                                     f"'{cfg.export_subdir}' (package it with `cli.py package`)")
+        threads = cfg.threads or worker_threads(yaml_cfg.get("maxWorkers"))
         rt = Runtime(export_dir, people_dir=people_dir, providers=cfg.providers,
                      plane_cache_size=cfg.plane_cache_size, adapter_cache_size=cfg.adapter_cache_size,
-                     threads=cfg.threads)
+                     threads=threads)
         size = rt.image_size
         if cfg.warmup:
             rt.warmup()
-        logger.info("my3dgen handler ready: model %s, export %s, people %s, image %dx%d", model_name, export_dir,
-                    people_dir, size, size)
+        logger.info("my3dgen handler ready: model %s, export %s, people %s, image %dx%d, %d onnxruntime threads",
+                    model_name, export_dir, people_dir, size, size, threads)
         return cls(rt, model_name, cfg, people_dir)
 
     # ---------------------------------------------------------------- request handling

@@ -70,7 +70,7 @@ class PackageConfig:
     adapter_cache_size: int = 16
     """Loaded adapters kept per worker."""
     threads: Optional[int] = None
-    """onnxruntime intra-op threads per worker (None: onnxruntime's default)."""
+    """onnxruntime intra-op threads per worker (None: the serving machine's cores / max_workers, at least 1)."""
     archive_format: str = "default"
     """One of ARCHIVE_FORMATS."""
     overwrite: bool = False

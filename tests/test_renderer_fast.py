@@ -12,7 +12,8 @@ import torch
 from bench.reference_renderer import ReferenceRenderer, previous_formulation
 from generator import TriPlaneGenerator, preset
 from generator.cameras import lookat_label
-from generator.rendering import ImportanceRenderer, OSGDecoder, sample_rays
+from generator.rendering import (ImportanceRenderer, OSGDecoder, flat_planes, gather_plane_mean, plane_features,
+                                 sample_planes, sample_rays)
 
 
 def _scene(cfg, n=1, res=19, seed=0):
@@ -23,6 +24,40 @@ def _scene(cfg, n=1, res=19, seed=0):
     torch.manual_seed(seed)
     decoder = OSGDecoder(8, 16, 4)
     return planes, decoder, origins, dirs
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 16, 16), (2, 5, 7, 11)])
+def test_gathered_plane_mean_equals_grid_sample_and_its_gradients(shape):
+    """The eager sampler (one weighted embedding_bag) against grid_sample + mean, points inside, on the border and
+    outside the box (zeros padding), non-square planes; values and gradients for planes and points."""
+    n, c, h, w = shape
+    g = torch.Generator().manual_seed(3)
+    planes = flat_planes(torch.randn(n, 3, c, h, w, generator=g)).requires_grad_(True)
+    points = ((torch.rand(n, 500, 3, generator=g) * 2 - 1) * 0.65).requires_grad_(True)  # box 1: some outside
+    outside = (points.detach().abs() > 0.5).any(-1).float().mean()
+    assert 0.2 < outside < 0.8
+    ref = sample_planes(planes, points, 1.0).mean(1)
+    new = gather_plane_mean(planes, points, 1.0)
+    assert new.shape == ref.shape == (n, 500, c)
+    assert (new - ref).abs().max() <= 1e-6
+    grad_out = torch.randn(ref.shape, generator=g)
+    ref_grads = torch.autograd.grad(ref, (planes, points), grad_out)
+    new_grads = torch.autograd.grad(new, (planes, points), grad_out)
+    for name, a, b in zip(("planes", "points"), ref_grads, new_grads):
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, a.abs().max().item()), name
+    with torch.no_grad():  # the renderer's entry point takes the gather in eager mode
+        assert torch.equal(plane_features(planes, points, 1.0), gather_plane_mean(planes, points, 1.0))
+
+
+def test_exported_plane_lookup_is_grid_sample_then_mean(monkeypatch):
+    """Exports and torch.compile take grid_sample, averaging before the transpose: the same numbers exactly."""
+    from generator import rendering
+    g = torch.Generator().manual_seed(4)
+    planes = flat_planes(torch.randn(2, 3, 6, 9, 13, generator=g))
+    points = (torch.rand(2, 300, 3, generator=g) * 2 - 1) * 0.6
+    monkeypatch.setattr(rendering, "_exporting_or_compiling", lambda: True)
+    graph_path = plane_features(planes, points, 1.0)
+    assert torch.equal(graph_path, sample_planes(planes, points, 1.0).mean(1))
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 37, 64, 361, 1000])

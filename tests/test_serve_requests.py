@@ -341,3 +341,10 @@ def test_benchmark_section_replaces_only_its_section(tmp_path):
     doc.write_text("# B\n\n## A\na\n\n" + SECTION + "\nold\n\n## C\nc\n")
     write_section(doc, SECTION + "\nnew\n")
     assert doc.read_text() == "# B\n\n## A\na\n\n" + SECTION + "\nnew\n\n## C\nc\n"
+
+
+@pytest.mark.parametrize("max_workers, cores, expected", [
+    (None, 16, 16), (1, 16, 16), (4, 16, 4), (3, 16, 5), (8, 2, 1), ("2", 8, 4), ("many", 8, 8)])
+def test_workers_share_the_cores_when_no_threads_are_configured(max_workers, cores, expected):
+    from serve.handler import worker_threads
+    assert worker_threads(max_workers, cores) == expected

@@ -4,6 +4,7 @@ The ground truth is tests/helpers/synthetic.py's G* = tiny preset + a known rand
 through the real `Trainer` with the known latent as anchors (inversion is tested in test_projector.py) and
 without the symmetry loss (`--no-sym`); the resume test turns the symmetry loss on with a RANDOM IR-SE50.
 """
+import dataclasses
 import json
 import shutil
 
@@ -340,3 +341,32 @@ def test_cli_out_of_memory_names_the_batch_and_the_fix(tmp_path, monkeypatch):
     assert "out of CPU memory with batch 4" in result.output and "--batch 1" in result.output
     assert "Tried to allocate 2.00 GiB" in result.output and "same command resumes" in result.output
     assert not out.exists()
+
+
+def test_version1_checkpoint_resumes_only_under_its_own_lora_rule(person, tmp_path):
+    """A training checkpoint of format 1 (before adapter format 2) has no 'lora_fc_after_gain' in its config: it
+    was trained with the FC delta before the gain. Resuming it under the new default is refused naming the
+    setting; with lora_fc_after_gain=False it resumes."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from train.checkpoint import META_KEY
+    data = person["data"]
+    config = TrainConfig(iterations=2, batch=2, sym=False, checkpoint_every=1, lora_fc_after_gain=False)
+    Trainer(build_generator(preset_name="tiny"), data, person["anchors"], config, tmp_path).run(stop_at=1)
+    path = tmp_path / CHECKPOINT_FILE
+    with safe_open(str(path), framework="pt") as f:
+        record = json.loads(f.metadata()[META_KEY])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert record["format_version"] == 2 and record["config"]["lora_fc_after_gain"] is False
+    record["format_version"] = 1
+    del record["config"]["lora_fc_after_gain"]
+    save_file(tensors, str(path), metadata={META_KEY: json.dumps(record)})
+    assert load_checkpoint(path).meta["format_version"] == 1
+
+    with pytest.raises(CheckpointError, match="lora_fc_after_gain False -> True"):
+        Trainer(build_generator(preset_name="tiny"), data, person["anchors"],
+                dataclasses.replace(config, lora_fc_after_gain=True), tmp_path)
+    resumed = Trainer(build_generator(preset_name="tiny"), data, person["anchors"], config, tmp_path)
+    assert resumed.step == 1 and resumed.adapter.fc_after_gain is False
+    assert resumed.run().step == 2
