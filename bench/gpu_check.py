@@ -13,6 +13,7 @@ Sections, each recorded on its own (a failure is written down with its error, ne
              cost), step time and peak memory;
   mixed      a batch of 8 different people (generator.lora.attach_mixed) against 8 of one person (attach):
              throughput, and each mixed sample against its own single-person run;
+  plane_lookup the novel view with grid_sample + mean against the weighted-gather tri-plane lookup;
   cudagraph  the forward cases replayed from CUDA graphs;
   compile    the forward cases through torch.compile (inductor), compile time recorded; skipped once the time
              budget is spent;
@@ -103,7 +104,7 @@ class Budget:
         return self.end - time.perf_counter()
 
 
-SECTIONS = ("env", "parity", "forward", "lora_train", "mixed", "cudagraph", "compile", "tensorrt")
+SECTIONS = ("env", "parity", "forward", "lora_train", "mixed", "plane_lookup", "cudagraph", "compile", "tensorrt")
 
 
 @dataclass
@@ -334,6 +335,33 @@ def section_forward(cases: ForwardCases, reference: dict) -> dict:
             return _row(op, dtype, batch, t, max_abs_diff_vs_fp32=diff)
         _guarded(rows, op, dtype, batch, run)
     return {"preset": cfg.preset, "tf32": torch.backends.cuda.matmul.allow_tf32, "rows": rows}
+
+
+def section_plane_lookup(cases: ForwardCases) -> dict:
+    """The novel view (fp32) with each tri-plane lookup of generator/rendering.py: grid_sample + mean (the CUDA
+    default) and the weighted gather (the CPU default), and their largest image difference."""
+    from generator import rendering
+    cfg, dev = cases.cfg, cases.device
+    lookups = {"grid_sample": lambda planes, points, box_warp: rendering.sample_planes(planes, points,
+                                                                                       box_warp).mean(1),
+               "gather": rendering.gather_plane_mean}
+    rows: list[dict] = []
+    original = rendering.plane_features
+    try:
+        for batch in cfg.batches:
+            images = {}
+            for name, lookup in lookups.items():
+                def run(name=name, lookup=lookup, batch=batch):
+                    rendering.plane_features = lookup
+                    fn, args = cases.make("novel", batch, "fp32")
+                    t = timed(lambda: fn(*args), dev, cfg.warmup, cfg.repeats)
+                    images[name] = fn(*args).float()
+                    diff = _max_diff(images[name], images["grid_sample"]) if "grid_sample" in images else None
+                    return _row(f"novel/{name}", "fp32", batch, t, max_abs_diff_vs_fp32=diff)
+                _guarded(rows, f"novel/{name}", "fp32", batch, run)
+    finally:
+        rendering.plane_features = original
+    return {"rows": rows, "note": "max_abs_diff_vs_fp32: against the grid_sample row of the same batch"}
 
 
 def section_cudagraph(cases: ForwardCases, reference: dict) -> dict:
@@ -605,6 +633,7 @@ def run_check(cfg: CheckConfig, out: Path, dry_run: bool = False, only: tuple[st
     report.record("lora_train", lambda: section_lora_train(cfg, device))
     report.record("mixed", lambda: section_mixed(cfg, device))
     if "cases" in holder:
+        report.record("plane_lookup", lambda: section_plane_lookup(holder["cases"]))
         report.record("cudagraph", lambda: section_cudagraph(holder["cases"], reference))
         report.record("compile", lambda: section_compile(holder["cases"], reference, budget,
                                                              report.progress("compile")))

@@ -99,6 +99,14 @@ def summary(report: dict, raw: str, day: str) -> str:
                          f"trainable parameters, fp32): {r['step_median_s_without_sym']:.2f} s without the "
                          f"symmetry term, {r['step_median_s_with_sym']:.2f} s with it (every 4th step); peak "
                          f"memory {r['peak_memory_gib']:.1f} GiB.")
+    pl = s.get("plane_lookup", {})
+    if pl.get("ok"):
+        rows = {(r["op"].split("/")[1], r["batch"]): r for r in pl["rows"] if "ms" in r}
+        parts = [f"batch {b}: grid_sample {rows[('grid_sample', b)]['ms']:.1f} ms, gather "
+                 f"{rows[('gather', b)]['ms']:.1f} ms (max diff {rows[('gather', b)]['max_abs_diff_vs_fp32']:.1g})"
+                 for b in sorted({b for _, b in rows}) if ("grid_sample", b) in rows and ("gather", b) in rows]
+        lines.append("- Tri-plane lookup, eager fp32 novel view (CUDA takes grid_sample, the CPU the gather): "
+                     + "; ".join(parts) + ".")
     mx = s.get("mixed", {})
     if mx.get("ok"):
         lines.append(f"- Mixed-person batch ({mx['people']} people in a batch of {mx['batch']}, eager fp32): "

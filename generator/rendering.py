@@ -93,11 +93,13 @@ def plane_features(planes: torch.Tensor, points: torch.Tensor, box_warp: float) 
     """What OSGDecoder reads: the mean over the three planes of the bilinear features of points [N, M, 3] on
     `flat_planes` planes [N*3, C, H, W]. Returns [N, M, C].
 
-    Eager: one weighted gather of the 12 corner rows (`gather_plane_mean`), ~2x faster than grid_sample + mean
-    on a CPU and equal to it to float32 rounding (tests/test_renderer_fast.py). Exported and compiled graphs take
-    grid_sample + mean: ONNX has GridSample but no weighted EmbeddingBag, and TensorRT runs GridSample natively.
+    Eager on the CPU: one weighted gather of the 12 corner rows (`gather_plane_mean`), ~2x faster than
+    grid_sample + mean there and equal to it to float32 rounding (tests/test_renderer_fast.py). Elsewhere
+    grid_sample + mean: on CUDA it is faster (an H100's eager novel view took 168 ms with it and 289 ms with the gather;
+    bench/gpu_check.py's plane_lookup section, docs/gpu/),
+    ONNX has GridSample but no weighted EmbeddingBag, and TensorRT runs GridSample natively.
     """
-    if not _exporting_or_compiling():
+    if planes.device.type == "cpu" and not _exporting_or_compiling():
         return gather_plane_mean(planes, points, box_warp)
     n, m, _ = points.shape
     c = planes.shape[1]

@@ -29,7 +29,11 @@ def test_dry_run_end_to_end(tmp_path):
     assert (out / "gpu_check.log").is_file()
     s = report["sections"]
     assert report["dry_run"] and report["config"]["preset"] == "tiny"
-    assert list(s) == ["env", "parity", "forward", "lora_train", "mixed", "cudagraph", "compile", "tensorrt"]
+    assert list(s) == ["env", "parity", "forward", "lora_train", "mixed", "plane_lookup", "cudagraph", "compile",
+                       "tensorrt"]
+    lookup = s["plane_lookup"]["rows"]
+    assert [r["op"] for r in lookup] == ["novel/grid_sample", "novel/gather"] * 2 and all("ms" in r for r in lookup)
+    assert all(r["max_abs_diff_vs_fp32"] <= 1e-5 for r in lookup[1::2]), lookup
     assert all(sec["ok"] for sec in s.values()), {k: v.get("error") for k, v in s.items() if not v["ok"]}
     assert s["parity"]["passed"] and max(s["parity"]["max_abs_diff_vs_official"].values()) < 1e-4
     rows = s["forward"]["rows"]
