@@ -30,9 +30,11 @@ def merge(reports: list[dict]) -> dict:
         raise SystemExit(f"error: the reports come from different devices {sorted(map(str, cards))}; "
                          "record each card on its own")
     merged = {"dry_run": any(r["dry_run"] for r in reports), "config": reports[0]["config"],
-              "elapsed_s": round(sum(r["elapsed_s"] for r in reports), 1), "sections": {}, "runs": len(reports)}
-    for r in reports:
+              "elapsed_s": round(sum(r["elapsed_s"] for r in reports), 1), "sections": {}, "runs": len(reports),
+              "section_run": {}}
+    for i, r in enumerate(reports, 1):
         merged["sections"].update(r["sections"])
+        merged["section_run"].update({name: i for name in r["sections"]})
     return merged
 
 
@@ -78,15 +80,24 @@ def summary(report: dict, raw: str, day: str) -> str:
                  "from cached tri-planes. Empty cells were not measured (the compile section stops at its time "
                  "budget).")
     eager, graph, comp = (rows for _, rows in modes)
+    run_of = report.get("section_run", {})
+    same_run = lambda name: run_of.get(name) == run_of.get("forward")  # noqa: E731 - ratios only within one run
+    if len({run_of.get(n) for n in ("forward", "cudagraph", "compile") if n in s}) > 1:
+        lines.append("The columns come from different runs (" + ", ".join(
+            f"{m}: run {run_of[n]}" for m, n in (("eager", "forward"), ("CUDA graph", "cudagraph"),
+                                                 ("torch.compile", "compile")) if n in run_of)
+            + "): compare across columns loosely.")
+        lines.append("")
     k1, k8 = ("full", "fp32", 1), ("full", "fp32", 8)
     if k1 in eager and k8 in eager:
         lines.append(f"Reading: eager is bound by kernel launches on this card (batch 8 costs "
                      f"{eager[k8]['ms'] / eager[k1]['ms']:.2f}x batch 1)"
                      + (f"; replaying a CUDA graph makes the fp32 full forward {eager[k1]['ms'] / graph[k1]['ms']:.1f}x "
-                        "faster at batch 1" if k1 in graph else "")
+                        "faster at batch 1" if k1 in graph and same_run("cudagraph") else "")
                      + (f", torch.compile {eager[k1]['ms'] / comp[k1]['ms']:.1f}x (exact to "
                         f"{comp[k1].get('max_abs_diff_vs_fp32_eager', 0):.1g}; its first call compiles for "
-                        f"{comp[k1].get('compile_s', 0):.0f} s)" if k1 in comp else "") + ".")
+                        f"{comp[k1].get('compile_s', 0):.0f} s)" if k1 in comp and same_run("compile") else "")
+                     + ".")
         lines.append("")
     tr = s.get("lora_train", {})
     if tr.get("ok"):

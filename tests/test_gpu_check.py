@@ -106,6 +106,11 @@ def test_gpu_record_merges_reruns_and_refuses_what_is_not_one_gpu_run(tmp_path):
     assert "| full | fp32 | 1 | 240.0 |" in text and "23.3 images/s vs 33.2" in text and "Failed sections" not in text
     merged = json.loads((tmp_path / "gpu" / "card-x-2026-01-02.json").read_text())
     assert merged["sections"]["mixed"]["ok"] and merged["sections"]["forward"]["ok"] and merged["runs"] == 2
+    assert merged["section_run"] == {"env": 2, "mixed": 2, "forward": 1}
+    assert "different runs" not in text  # one mode only: nothing compared across runs
+    graphs = {"ok": True, "rows": [{"op": "full", "dtype": "fp32", "batch": 1, "ms": 40.0, "images_per_s": 25.0}]}
+    across = gpu_record.summary(gpu_record.merge([first, _gpu_report("Card X", cudagraph=graphs)]), "r.md", "d")
+    assert "eager: run 1, CUDA graph: run 2" in across and "faster at batch 1" not in across
     with pytest.raises(SystemExit, match="different devices"):
         gpu_record.merge([first, _gpu_report("Card Y")])
     (tmp_path / "1" / "gpu_check.json").write_text(json.dumps({**rerun, "dry_run": True}))
