@@ -262,7 +262,8 @@ def run_person(G, seed: int, index: int, work: Path, cfg: ExperimentConfig, back
     result = {"seed": seed, "profile_photos": list(range(cfg.test_photos - cfg.profile_test_photos,
                                                          cfg.test_photos)),
               "test_poses": test_poses(seed, cfg.test_photos, cfg.profile_test_photos),
-              "reference_poses": reference_poses(seed, cfg.reference_photos), "tables": tables, "sizes": {}}
+              "reference_poses": reference_poses(seed, cfg.reference_photos), "tables": tables, "sizes": {},
+              "torch_threads": torch.get_num_threads()}
     if index < cfg.size_people:
         for n in cfg.reference_sizes:
             if n == cfg.reference_photos:

@@ -34,7 +34,9 @@ def _load_results(work: Path, cfg) -> dict:
             people.append(json.loads(path.read_text()))
     if not people:
         raise FileNotFoundError(f"{work / 'results'}: no person results yet (run first)")
-    return {"config": cfg.to_dict(), "people": people, "seconds": sum(p["seconds"] for p in people)}
+    threads = sorted({str(p.get("torch_threads", "?")) for p in people})
+    return {"config": cfg.to_dict(), "people": people, "seconds": sum(p["seconds"] for p in people),
+            "torch_threads": "/".join(threads)}
 
 
 def write_docs(result: dict, docs: Path, command: str) -> Path:
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = dataclasses.replace(cfg, people=args.people, size_people=min(cfg.size_people, args.people))
     cfg.validate()
     command = "python scripts/experiments.py run" + (" --smoke" if args.smoke else "") + \
-        (f" --people {args.people}" if args.people is not None else "")
+        (f" --people {args.people}" if args.people is not None else "") + \
+        (f" --threads {args.threads}" if args.threads != 2 else "")
     if args.command == "run":
         from evaluation.experiments import run_experiment
         from generator.model_dir import load_model_dir
