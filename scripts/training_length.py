@@ -8,7 +8,9 @@ Each run is continued milestone by milestone from its own checkpoint (the learni
 one uninterrupted run), and at each milestone the adapter's novel views are compared with the world's true views
 at NOVEL_POSES (LPIPS, PSNR; `scripts/heads_figures.py compare`'s measurement). 'after' is adapter format 2 (fully
 connected LoRA deltas act after the layer gain, as in the authors' code); 'before' is format 1's rule.
-Results accumulate in WORK/curve.json (a rerun skips measured milestones) and the doc is rewritten each time.
+Results accumulate in WORK/curve.json (a rerun skips measured milestones) and the doc is rewritten each time,
+with the curve plotted to docs/training_length/curve.png and the discussion from docs/training_length/notes.md;
+`--report` only rewrites the doc from WORK/curve.json.
 """
 from __future__ import annotations
 
@@ -37,7 +39,32 @@ def _compare(G, adapter_path: Path, person: Path) -> dict:
     return res
 
 
-def render_doc(curve: dict, command: str) -> str:
+def plot_curve(curve: dict, path: Path) -> Path:
+    """LPIPS on the true unseen views against steps (log axis), one line per rule, W inversion as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for rule, points in curve["runs"].items():
+        pts = sorted(points, key=lambda p: p["steps"])
+        if pts:
+            ax.plot([p["steps"] for p in pts], [p["lpips"] for p in pts], "o-", label=f"{rule} the gain")
+    first = next((pts[0] for pts in curve["runs"].values() if pts), None)
+    if first is not None:
+        ax.axhline(first["lpips_w_inversion"], color="grey", ls="--", lw=1, label="W inversion (step 0)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training steps (batch 4)")
+    ax.set_ylabel("LPIPS vs true unseen views")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def render_doc(curve: dict, command: str, notes: str = "", figure: str | None = None) -> str:
     lines = ["# Training length: error on true unseen views against steps", "",
              "Personalization of the demo head-world person (10 photos, held out from pretraining) with the paper's "
              "recipe, measured at every milestone on the 60 true unseen views of `scripts/heads_figures.py` "
@@ -52,9 +79,21 @@ def render_doc(curve: dict, command: str) -> str:
         for p in sorted(points, key=lambda p: p["steps"]):
             lines.append(f"| {rule} | {p['steps']:,} | {p['lpips']:.4f} | {p['psnr']:.2f} | {p['seconds']:.0f} |")
     lines += ["", f"Machine: {curve.get('machine', '?')}.", ""]
-    if curve.get("notes"):
-        lines += ["## Reading", "", curve["notes"], ""]
+    if figure:
+        lines += [f"![LPIPS against steps]({figure})", ""]
+    if notes:
+        lines += ["## Reading", "", notes.strip(), ""]
     return "\n".join(lines)
+
+
+def write_doc(curve: dict, command: str, doc: Path) -> Path:
+    """The doc, its figure (beside it in training_length/) and the notes kept there."""
+    from formats.atomic import write_text
+    folder = doc.parent / "training_length"
+    figure = plot_curve(curve, folder / "curve.png")
+    notes_file = folder / "notes.md"
+    notes = notes_file.read_text() if notes_file.is_file() else ""
+    return write_text(doc, render_doc(curve, command, notes, figure.relative_to(doc.parent).as_posix()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "training_length")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "TRAINING_LENGTH.md")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="only rewrite the doc from WORK/curve.json")
     args = parser.parse_args(argv)
     import os
     import platform
@@ -86,8 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     curve_path = args.work / "curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.is_file() else {"runs": {}}
+    if args.report:
+        if not curve["runs"]:
+            raise SystemExit(f"{curve_path}: no measurements yet (run without --report first)")
+        print(write_doc(curve, curve.get("command", "python scripts/training_length.py"), args.doc))
+        return
     curve["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads"
     command = "python scripts/training_length.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    curve["command"] = command.strip()
     for rule in rules:
         done = {p["steps"] for p in curve["runs"].setdefault(rule, [])}
         run = args.work / rule
@@ -107,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                      "wall": round(time.time() - t0, 1)}
             curve["runs"][rule].append(point)
             write_text(curve_path, json.dumps(curve, indent=2) + "\n")
-            write_text(args.doc, render_doc(curve, command.strip()))
+            write_doc(curve, command.strip(), args.doc)
             print(json.dumps({rule: point}), flush=True)
 
 

@@ -118,8 +118,10 @@ def test_render_grid_from_preset_and_model_dir(tmp_path):
     single = tmp_path / "one.png"
     run_cli("render", "--model", model, "--seed", 2, "--yaw", 0.4, "--pitch", 0.1, "--out", single)
     one = np.asarray(Image.open(single))
-    # same weights (preset seed 0), same seed and camera: the grid's bottom-right tile is this image
-    assert np.array_equal(one, img[130:258, 260:388])
+    # same weights (preset seed 0), same seed and camera: the grid's bottom-right tile is this image, up to float
+    # rounding (a batch of 6 views and a batch of 1 differ by ~1e-7 in the matmuls, which can flip a pixel level)
+    diff = np.abs(one.astype(np.int16) - img[130:258, 260:388].astype(np.int16))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999, (diff.max(), (diff == 0).mean())
 
 
 def test_render_needs_exactly_one_source(tmp_path):

@@ -129,8 +129,9 @@ class TrainConfig:
     """Train biases, noise strengths and the 4x4 const too (the authors' LoRA wrappers do)."""
     iterations: int = 2500
     """Optimizer steps. Neither the paper nor the authors' code fixes it (README example: --kimg=500 at batch 4,
-    125k steps, an upper bound). Our choice: 2500 steps x batch 4 = 10k image visits, which is what MyStyle's
-    hyperparams.tune_steps=1000 epochs of per-image steps amount to for 10 photos."""
+    125k steps, an upper bound). 2500 steps x batch 4 = 10k image visits is where the error on true unseen views
+    stopped improving on the built-in head model (docs/TRAINING_LENGTH.md: LPIPS 0.098 at 1k, 0.090 at 2.5k,
+    0.095 at 5k steps: overfitting past it)."""
     batch: int = 4
     """Photos per step (authors' README example `--batch=4`)."""
     lr: float = 0.002
@@ -259,7 +260,8 @@ def iterations_for_kimg(kimg: float, batch: int) -> int:
 RECIPES = {
     "paper": Recipe("paper", "My3DGen paper §3: W = W0 + BA (alpha = r), decoder fine-tuned, lambda_sym 4 every "
                     "4 steps in the same step as L_rec (eq. 3), symmetric views uniform in yaw +-0.35 / pitch "
-                    "+-0.25; the paper gives no training length: 10 kimg (2,500 steps at batch 4), our choice",
+                    "+-0.25; the paper gives no training length: 10 kimg (2,500 steps at batch 4), where held-out error "
+                    "stopped improving (docs/TRAINING_LENGTH.md)",
                     MappingProxyType({"alpha": "rank", "train_decoder": True, "sym_weight": 4.0, "sym_every": 4,
                                       "sym_poses": "uniform", "sym_step": "joint", "iterations": 2500,
                                       "batch": 4})),
