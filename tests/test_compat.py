@@ -132,22 +132,20 @@ def test_runtime_renders_of_the_old_export_are_bit_identical(refs, tmp_path):
 # ---- adapter format 2 (issue 12): fully connected LoRA deltas act after the layer gain; format-1 files keep theirs
 
 V1_RENDER = DATA / "adapter_v1_render_eb21223.npz"
-"""_eager(person_fp32) rendered by commit eb21223, the last commit before adapter format 2. Its tri-plane lookup
-was grid_sample + mean; the test renders with that lookup (issue 16's gather equals it to float rounding, which
-tests/test_renderer_fast.py checks), so the adapter rule is compared exactly."""
+"""_eager(person_fp32) rendered by commit eb21223, the last commit before adapter format 2. It matched bit for bit
+until issue 16 changed the eager renderer's rounding (tri-plane lookup as a gather, torch's fused softplus, one
+layout copy in the super-resolution); since then it is held to EAGER_TOL, while the other rule moves the image by
+more than 1e-2: three orders of magnitude apart, so the rule per version is what the test sees."""
 
 
-def test_format1_adapter_renders_bit_identically_after_the_gain_change(G, monkeypatch):
-    from generator import rendering
+def test_format1_adapter_renders_as_before_the_gain_change(G):
     from generator.adapter_file import load_adapter
-    monkeypatch.setattr(rendering, "plane_features",
-                        lambda planes, points, box_warp: rendering.sample_planes(planes, points, box_warp).mean(1))
     adapter, anchors, meta = load_adapter(DATA / "person_fp32.safetensors", G)
     assert meta["format_version"] == 1 and adapter.fc_after_gain is False
     out = _eager(G, adapter, anchors)
     with np.load(V1_RENDER) as ref:
         for key in ("image", "image_raw", "image_depth"):
-            assert np.array_equal(out[key], ref[key]), key
+            assert _max_diff(out[key], ref[key]) <= EAGER_TOL, key
     # The same tensors under format 2's rule render visibly differently: the rule is really applied per version.
     adapter.fc_after_gain = True
     moved = _eager(G, adapter, anchors)

@@ -164,3 +164,33 @@ def test_bf16_autocast_stays_within_its_stated_error():
     assert (out["image_depth"].float() - ref["image_depth"]).abs().max() <= 1e-5
     with pytest.raises(ValueError, match="precision"):
         inference_precision("fp8")
+
+
+@pytest.mark.parametrize("name", ["tiny", "ffhq512-128"])
+def test_super_resolution_convolutions_stay_channels_last(name, monkeypatch):
+    """Every convolution of a novel view's super-resolution reads a channels_last input (CHANNELS_LAST): oneDNN
+    handed back NCHW from the first 32-channel transposed conv, and every later conv then ran ~1.5x slower."""
+    import torch.nn.functional as F
+
+    import generator.layers as layers
+    import generator.ops as ops
+    from generator.views import camera_batch
+    torch.manual_seed(0)
+    G = TriPlaneGenerator(preset(name)).eval()
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(1, G.z_dim), camera_batch(G, [(0.0, 0.0)]))
+        planes = G.planes(ws, noise_mode="const")
+    seen = []
+
+    def spy(conv):
+        def run(x, w, *args, **kwargs):
+            if x.shape[1] > 3 and x.shape[-1] > 1:
+                seen.append((tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last)))
+            return conv(x, w, *args, **kwargs)
+        return run
+    monkeypatch.setattr(layers.F, "conv2d", spy(F.conv2d))  # layers.F and ops.F are torch.nn.functional
+    monkeypatch.setattr(layers.F, "conv_transpose2d", spy(F.conv_transpose2d))
+    assert ops.F.conv2d is layers.F.conv2d
+    with torch.no_grad():
+        G.render_planes(planes, ws, camera_batch(G, [(0.3, 0.1)]))  # cached planes: only the SR convolves
+    assert seen and all(cl for _, cl in seen), [s for s in seen if not s[1]]
