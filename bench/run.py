@@ -370,10 +370,11 @@ def speed_section(model: str, reps: int, threads: str, work: Path, log) -> str:
              "interleaved. *previous*: bench/reference_renderer.py (all rays at once, coarse colours marched, "
              "colours gathered after the depth sort) with NCHW activations; *fast*: the product path (rays in "
              "chunks of 256, tri-plane lookup as one weighted gather of the 12 corner texels, densities-only coarse "
-             "march, colour as one matmul, channels_last); *fast-bf16*: the "
+             "march, colour as one matmul, channels_last kept after every transposed conv); *fast-bf16*: the "
              "product path under `--precision bf16` (super-resolution in bf16; mapping, backbone, decoder and "
              "march fp32); *onnxruntime*: the 'base' export, CPUExecutionProvider. Both eager formulations share "
-             "the in-place bias/activation and contiguous conv-transpose weights. Stage columns: backbone = "
+             "the in-place bias/activation, contiguous conv-transpose weights and torch's fused softplus. Stage "
+             "columns: backbone = "
              "tri-planes, render = rays to features, SR = super-resolution (ms). Max image diff: against "
              "*previous* under the same allocator and threads. Peak RSS: the process's maximum resident set.", "",
              "Settings (launch/allocator.py): `cli.py`, `python -m runtime`, the TorchServe workers and `bench/` "
