@@ -342,9 +342,7 @@ def section_plane_lookup(cases: ForwardCases) -> dict:
     default) and the weighted gather (the CPU default), and their largest image difference."""
     from generator import rendering
     cfg, dev = cases.cfg, cases.device
-    lookups = {"grid_sample": lambda planes, points, box_warp: rendering.sample_planes(planes, points,
-                                                                                       box_warp).mean(1),
-               "gather": rendering.gather_plane_mean}
+    lookups = {"grid_sample": rendering.grid_plane_mean, "gather": rendering.gather_plane_mean}
     rows: list[dict] = []
     original = rendering.plane_features
     try:

@@ -74,19 +74,17 @@ def sample_planes(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -
     """Bilinear features [N, 3, M, C] of points [N, M, 3] on `flat_planes` planes [N*3, C, H, W], which are the
     (x,y), (x,z), (z,x) planes of each sample: grid_sample with zeros padding and align_corners=False, the box
     [-box_warp/2, box_warp/2]^3 mapped to [-1, 1]."""
-    n = points.shape[0]
-    c = planes.shape[1]
-    feats = F.grid_sample(planes, _plane_grids(points, box_warp), mode="bilinear", padding_mode="zeros",
-                          align_corners=False)
-    return feats.permute(0, 3, 2, 1).reshape(n, 3, -1, c)
+    n, c = points.shape[0], planes.shape[1]
+    return _grid_sample_planes(planes, points, box_warp).permute(0, 3, 2, 1).reshape(n, 3, -1, c)
 
 
-def _plane_grids(points: torch.Tensor, box_warp: float) -> torch.Tensor:
-    """grid_sample grids [N*3, 1, M, 2] of points [N, M, 3] on the (x,y), (x,z), (z,x) planes."""
+def _grid_sample_planes(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:
+    """grid_sample of points [N, M, 3] on `flat_planes` planes: [N*3, C, 1, M]."""
     p = points * (2.0 / box_warp)
     x, y, z = p[..., 0], p[..., 1], p[..., 2]
     grids = torch.stack([torch.stack([x, y], -1), torch.stack([x, z], -1), torch.stack([z, x], -1)], dim=1)
-    return grids.reshape(points.shape[0] * 3, 1, -1, 2)
+    grids = grids.reshape(points.shape[0] * 3, 1, -1, 2)
+    return F.grid_sample(planes, grids, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def plane_features(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:
@@ -95,19 +93,21 @@ def plane_features(planes: torch.Tensor, points: torch.Tensor, box_warp: float) 
 
     Eager on the CPU: one weighted gather of the 12 corner rows (`gather_plane_mean`), ~2x faster than
     grid_sample + mean there and equal to it to float32 rounding (tests/test_renderer_fast.py). Elsewhere
-    grid_sample + mean: on CUDA it is faster (an H100's eager novel view took 168 ms with it and 289 ms with the gather;
-    bench/gpu_check.py's plane_lookup section, docs/gpu/),
-    ONNX has GridSample but no weighted EmbeddingBag, and TensorRT runs GridSample natively.
+    grid_sample + mean (`grid_plane_mean`): on CUDA it is faster (an H100's eager novel view took 168 ms with it
+    and 289 ms with the gather; bench/gpu_check.py's plane_lookup section, docs/gpu/), ONNX has GridSample but no
+    weighted EmbeddingBag, and TensorRT runs GridSample natively.
     """
     if planes.device.type == "cpu" and not _exporting_or_compiling():
         return gather_plane_mean(planes, points, box_warp)
+    return grid_plane_mean(planes, points, box_warp)
+
+
+def grid_plane_mean(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:
+    """`plane_features` as grid_sample + mean over the planes, the mean before the transpose: the graph's Transpose
+    then moves a third of the data (it cost up to 29% of the onnxruntime render graph when it came first)."""
     n, m, _ = points.shape
     c = planes.shape[1]
-    feats = F.grid_sample(planes, _plane_grids(points, box_warp), mode="bilinear", padding_mode="zeros",
-                          align_corners=False)  # [N*3, C, 1, M]
-    # the mean before the transpose: the graph's Transpose moves a third of the data (it cost up to 29% of the
-    # onnxruntime render graph when it came first)
-    return feats.reshape(n, 3, c, m).mean(1).transpose(1, 2)
+    return _grid_sample_planes(planes, points, box_warp).reshape(n, 3, c, m).mean(1).transpose(1, 2)
 
 
 def gather_plane_mean(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:

@@ -12,20 +12,10 @@ import pytest
 
 from runtime import Runtime, UnknownPerson
 from runtime.batching import Run, ViewRequest, plan_runs
-from tests.test_export import TinyExports, cached_export, load_manifest, session_root, tiny_generator
+from tests.test_export import G, cached_export, exports, load_manifest, session_root  # noqa: F401 - G, exports: fixtures
 
 MIXED_TOL = 1e-5
 N = 4
-
-
-@pytest.fixture(scope="module")
-def G():
-    return tiny_generator()
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, G):
-    return TinyExports(tmp_path_factory, G)
 
 
 @pytest.fixture(scope="module")

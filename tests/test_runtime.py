@@ -11,19 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_export import TOL, TOL_FP16, TinyExports, eager_render, make_person, tiny_generator
+from tests.test_export import TOL, TOL_FP16, G, eager_render, exports, make_person  # noqa: F401 - G, exports: fixtures
 from runtime import (AdapterInvalid, BudgetExceeded, InvalidRequest, RenderResult, RequestLimits, Runtime,
                      RuntimeErrorBase, UnknownPerson)
-
-
-@pytest.fixture(scope="module")
-def G():
-    return tiny_generator()
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, G):
-    return TinyExports(tmp_path_factory, G)
 
 
 @pytest.fixture
