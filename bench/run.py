@@ -357,7 +357,7 @@ SPEED_HEADING = "## CPU speed: allocator, formulation, precision (issue 16)"
 
 def speed_section(model: str, reps: int, threads: str, work: Path, log) -> str:
     """The bench.speed matrix as a markdown section, with the machine load before and after it."""
-    from bench.speed import ALLOCATORS, FORMULATIONS, markdown, run_matrix
+    from bench.speed import ALLOCATORS, FORMULATIONS, ORIGINAL_COMMIT, markdown, run_matrix, target_lines
     from launch.allocator import DEFAULT_MALLOC_CONF
     load0 = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -366,8 +366,10 @@ def speed_section(model: str, reps: int, threads: str, work: Path, log) -> str:
     lines = [SPEED_HEADING, "",
              f"`python -m bench.run --speed-only --speed-model {model} --reps {reps}` on {started}; load average "
              f"{load0:.1f} before and {load1:.1f} after (2-core machine: above ~2.5 other work inflates every "
-             f"number). Median of {reps} after one warm-up, batch 1, one process per row (bench/speed.py), rows "
-             "interleaved. *previous*: bench/reference_renderer.py (all rays at once, coarse colours marched, "
+             f"number). Median of {reps} after one warm-up, full and view called alternately, batch 1, one process per row "
+             "(bench/speed.py), rows interleaved. *original*: the generator package at commit "
+             f"{ORIGINAL_COMMIT}, the code before issue 16 (taken with `git archive`); *previous*: "
+             "bench/reference_renderer.py (all rays at once, coarse colours marched, "
              "colours gathered after the depth sort) with NCHW activations; *fast*: the product path (rays in "
              "chunks of 256, tri-plane lookup as one weighted gather of the 12 corner texels, densities-only coarse "
              "march, colour as one matmul, channels_last kept after every transposed conv); *fast-bf16*: the "
@@ -390,7 +392,8 @@ def speed_section(model: str, reps: int, threads: str, work: Path, log) -> str:
              "and the super-resolution with inductor: its first call took ~2 min for `tiny` on this 2-core "
              "machine under load (then 3-4x faster views for tiny), cached in $TORCHINDUCTOR_CACHE_DIR "
              "(default /tmp/torchinductor_$USER); off by default.", ""]
-    return "\n".join(lines + markdown(cells)) + "\n"
+    targets = ["", "Issue 16's targets, computed from the rows above:"] + target_lines(cells)
+    return "\n".join(lines + markdown(cells) + targets) + "\n"
 
 
 def replace_section(text: str, heading: str, section: str) -> str:
