@@ -30,14 +30,17 @@ def filter2d(x: torch.Tensor, f: torch.Tensor, pad: tuple[int, int, int, int], g
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """2x upsampling: insert zeros after every pixel, then FIR filter with gain 4 (keeps the DC level)."""
-    n, c, h, w = x.shape
-    x = x.reshape(n, c, h, 1, w, 1)
-    x = F.pad(x, [0, 1, 0, 0, 0, 1])
-    x = x.reshape(n, c, h * 2, w * 2)
-    fw = f.shape[-1]
-    p0, p1 = (fw + 1) // 2, (fw - 2) // 2
-    return filter2d(x, f, (p0, p1, p0, p1), gain=4.0)
+    """2x upsampling: insert zeros after every pixel, then FIR filter with gain 4 (keeps the DC level).
+
+    Written as the equivalent depthwise transposed convolution (stride 2, padding 1, kernel f*4): the same sums,
+    without materialising the zero-stuffed image, and in the input's memory layout (the reshape-and-pad form
+    forced NCHW and cost ~36 ms per 96x128^2 tri-plane image on the reference CPU against ~1 ms). With an even
+    filter width fw, the zero-stuffed form pads fw/2 before and fw/2-1 after; output k then sums x[i] f[k+p-2i]
+    with p = fw/2-1, which is conv_transpose2d's definition with padding p.
+    """
+    c = x.shape[1]
+    k = (f * 4.0).to(x.dtype)[None, None].repeat(c, 1, 1, 1)  # [C, 1, fh, fw], unflipped: taps line up as below
+    return F.conv_transpose2d(x, k, stride=2, padding=((f.shape[0] - 2) // 2, (f.shape[1] - 2) // 2), groups=c)
 
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float | None = None,

@@ -82,7 +82,7 @@ class SynthesisBlock(Personalizable):
             x = self.conv0(x, w[0], noise_mode=noise_mode, fused_modconv=fused_modconv)
             x = self.conv1(x, w[1], noise_mode=noise_mode, fused_modconv=fused_modconv)
         y = self.torgb(x, w[self.num_conv], fused_modconv=fused_modconv)
-        img = y if img is None else upsample2d(img, self.resample_filter) + y
+        img = y if img is None else upsample2d(img, self.resample_filter).add_(y)  # a fresh tensor: add in place
         return x, img
 
 
