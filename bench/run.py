@@ -358,6 +358,7 @@ SPEED_HEADING = "## CPU speed: allocator, formulation, precision (issue 16)"
 def speed_section(model: str, reps: int, threads: str, work: Path, log) -> str:
     """The bench.speed matrix as a markdown section, with the machine load before and after it."""
     from bench.speed import ALLOCATORS, FORMULATIONS, ORIGINAL_COMMIT, markdown, run_matrix, target_lines
+    from generator.rendering import DEFAULT_RAY_CHUNK
     from launch.allocator import DEFAULT_MALLOC_CONF
     load0 = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -366,18 +367,18 @@ def speed_section(model: str, reps: int, threads: str, work: Path, log) -> str:
     lines = [SPEED_HEADING, "",
              f"`python -m bench.run --speed-only --speed-model {model} --reps {reps}` on {started}; load average "
              f"{load0:.1f} before and {load1:.1f} after (2-core machine: above ~2.5 other work inflates every "
-             f"number). Median of {reps} after one warm-up, full and view called alternately, batch 1, one process per row "
-             "(bench/speed.py), rows interleaved. *original*: the generator package at commit "
+             f"number). Median of {reps} after one warm-up, full and view called alternately, batch 1, one process "
+             "per row (bench/speed.py), rows interleaved. *original*: the generator package at commit "
              f"{ORIGINAL_COMMIT}, the code before issue 16 (taken with `git archive`); *previous*: "
              "bench/reference_renderer.py (all rays at once, coarse colours marched, "
              "colours gathered after the depth sort) with NCHW activations; *fast*: the product path (rays in "
-             "chunks of 256, tri-plane lookup as one weighted gather of the 12 corner texels, densities-only coarse "
-             "march, colour as one matmul, channels_last kept after every transposed conv); *fast-bf16*: the "
-             "product path under `--precision bf16` (super-resolution in bf16; mapping, backbone, decoder and "
-             "march fp32); *onnxruntime*: the 'base' export, CPUExecutionProvider. Both eager formulations share "
-             "the in-place bias/activation, contiguous conv-transpose weights and torch's fused softplus. Stage "
-             "columns: backbone = "
-             "tri-planes, render = rays to features, SR = super-resolution (ms). Max image diff: against "
+             f"chunks of {DEFAULT_RAY_CHUNK}, tri-plane lookup as one weighted gather of the 12 corner texels, "
+             "densities-only coarse march, colour as one matmul, channels_last kept after every transposed conv); "
+             "*fast-bf16*: the product path under `--precision bf16` (super-resolution in bf16; mapping, "
+             "backbone, decoder and march fp32); *onnxruntime*: the 'base' export, CPUExecutionProvider. All "
+             "eager formulations but *original* share the in-place bias/activation, contiguous conv-transpose "
+             "weights, torch's fused softplus and the backbone's transposed-conv upsampling. Stage columns: "
+             "backbone = tri-planes, render = rays to features, SR = super-resolution (ms). Max image diff: against "
              "*previous* under the same allocator and threads. Peak RSS: the process's maximum resident set.", "",
              "Settings (launch/allocator.py): `cli.py`, `python -m runtime`, the TorchServe workers and `bench/` "
              "re-execute themselves once with jemalloc preloaded when `libjemalloc.so.2` is installed (Debian: "

@@ -1,4 +1,4 @@
-"""CPU speed matrix of issue 16: allocator x threads x formulation (original / previous / fast / fast bf16 / onnxruntime).
+"""CPU speed matrix of issue 16: allocator x threads x formulation (original/previous/fast/fast bf16/onnxruntime).
 
     python -m bench.speed --model ffhq512-128 --reps 3          # prints the table (markdown)
     python -m bench.run --speed-only                              # writes it into docs/BENCHMARKS.md
@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 FORMULATIONS = ("original", "previous", "fast", "fast-bf16", "onnxruntime")
-"""original: the generator package at ORIGINAL_COMMIT; previous: bench/reference_renderer.py (all rays at once, colours gathered and marched twice) with NCHW
-activations; fast: the product path (fp32); fast-bf16: the product path under --precision bf16; onnxruntime: the
-exported graphs ('base' export of the same weights, CPUExecutionProvider)."""
+"""original: the generator package at ORIGINAL_COMMIT; previous: bench/reference_renderer.py (all rays at once,
+colours gathered and marched twice) with NCHW activations; fast: the product path (fp32); fast-bf16: the product
+path under --precision bf16; onnxruntime: the exported graphs ('base' export of the same weights,
+CPUExecutionProvider)."""
 ALLOCATORS = ("system", "jemalloc")
 ORIGINAL_COMMIT = "f4bd311"
 """The last commit before issue 16's work (2026-11-25): whole-batch renderer, grid_sample lookup, NCHW activations."""

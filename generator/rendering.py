@@ -30,10 +30,12 @@ from generator.layers import FullyConnectedLayer
 
 SAMPLING_MODES = ("deterministic", "stochastic")
 
-DEFAULT_RAY_CHUNK = 256
-"""Rays per chunk: 256 rays x 96 samples x 32 features is ~3 MB per intermediate, inside a core's L2/L3 share
-instead of ~200 MB streamed through memory. ffhq512-128's renderer (128^2 rays), 1 thread, jemalloc, on the 2-core
-reference machine: chunks of 64/128/256/512/1024 rays 1.60/1.59/1.43/1.53/1.76 s, all rays at once 4.06 s.
+DEFAULT_RAY_CHUNK = 512
+"""Rays per chunk: 512 rays x 96 samples x 32 features is ~6 MB per intermediate, near a core's L2/L3 share
+instead of ~200 MB streamed through memory, and few enough chunks that per-op overhead stays small. ffhq512-128's
+renderer (128^2 rays) on the 2-core reference machine, medians of 5, rays in chunks of 256/384/512/768: 418/374/
+365/379 ms at 2 threads under jemalloc, 486/454/436/417 ms under glibc; 128/256/512/1024 at 1 thread, jemalloc:
+726/667/636/663 ms (2026-11-27, after the gather lookup; all rays at once was 2.5x slower before it).
 `ImportanceRenderer(cfg, ray_chunk=...)` or `G.renderer.ray_chunk` changes it. The renderer is the same for any
 chunk size; exports and torch.compile'd graphs take all rays at once (a loop would be unrolled)."""
 
