@@ -53,7 +53,7 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain:
     inplace = inplace and not torch.is_grad_enabled()
     if b is not None:
         lead = [b.shape[0], b.shape[1]] if b.ndim == 2 else [1, -1]
-        b = b.reshape(lead + [1] * (x.ndim - 2))
+        b = b.reshape(lead + [1] * (x.ndim - 2)).to(x.dtype)  # bf16 x + fp32 b would run (and copy) in fp32
         x = x.add_(b) if inplace else x + b
     if act == "lrelu":
         x = F.leaky_relu(x, LRELU_SLOPE, inplace=inplace)
