@@ -384,8 +384,9 @@ def speed_section(model: str, reps: int, threads: str, work: Path, log) -> str:
              "re-execute themselves once with jemalloc preloaded when `libjemalloc.so.2` is installed (Debian: "
              "`apt-get install -y libjemalloc2`; tcmalloc is the fallback), with `MALLOC_CONF=" + DEFAULT_MALLOC_CONF
              + "` unless MALLOC_CONF is set; `MY3DGEN_ALLOCATOR=system` opts out. Outputs are bit-identical "
-             "(tests/test_allocator.py). `cli.py render --precision bf16` is fast only where oneDNN has native "
-             "bf16 (AMX; AVX512-BF16 helps less; elsewhere it is emulated and slower than fp32). The torch-free "
+             "(tests/test_allocator.py). `cli.py render --precision bf16` is fast where oneDNN has native "
+             "bf16 (AVX512-BF16, as on this machine, or AMX; elsewhere it is emulated and slower than fp32). "
+             "The torch-free "
              "runtime and the TorchServe endpoint have no bf16 mode: in ONNX (opset 20) Conv and GridSample do not "
              "accept bfloat16, and onnxruntime 1.32's CPU provider has no bfloat16 MatMul kernel (checked by building "
              "one-node sessions); their fast CPU path is fp32 under jemalloc. "

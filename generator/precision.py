@@ -1,9 +1,10 @@
 """Inference precision of the eager generator: fp32 (the default, exact) or bf16 autocast on CPU.
 
-bf16 runs the convolutions and matmuls of the backbone, super-resolution and decoder in bfloat16 (oneDNN uses AMX
-or AVX512-BF16 where the CPU has them; elsewhere it is emulated and slower than fp32), with channels_last
-activations (generator/layers.CHANNELS_LAST); the ray march and the colour integral stay fp32. Its image differs
-from fp32 by up to ~1e-2 (tests/test_renderer_fast.py states the bound); fp32 stays the default everywhere.
+bf16 runs the super-resolution's convolutions in bfloat16 (oneDNN uses AMX or AVX512-BF16 where the CPU has them;
+elsewhere it is emulated and slower than fp32), with channels_last activations (generator/layers.CHANNELS_LAST).
+The mapping, the tri-plane backbone, the decoder, the ray march and the colour integral stay fp32: their bf16
+rounding, sampled along every ray, roughly doubled the image error. The image differs from fp32 by up to ~1e-2
+(tests/test_renderer_fast.py states the bound); fp32 stays the default everywhere.
 """
 from __future__ import annotations
 
