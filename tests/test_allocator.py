@@ -78,9 +78,9 @@ def test_default_jemalloc_settings_reuse_large_buffers_without_page_faults():
                            text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         counts[name] = int(r.stdout.split("faults")[-1])
-    pages = 4 * (64 << 20) // 4096
+    huge_pages = 4 * (64 << 20) // (2 << 20)  # 128: a full refault counts at least this many, even with 2 MiB pages
     assert counts["default"] < 16, counts  # fewer than one buffer's worth even of 2 MiB huge-page faults
-    assert counts["jemalloc's own"] > pages // 2 and counts["system"] > pages // 2, counts  # what the setting avoids
+    assert min(counts["jemalloc's own"], counts["system"]) > huge_pages // 2, counts  # what the setting avoids
 
 
 def test_missing_library_prints_one_line_and_runs_on(tmp_path):
