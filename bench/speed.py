@@ -164,6 +164,11 @@ def export_base(model: str, work: Path) -> Path:
                             None, ExportOptions(mode="base", verify=False))
 
 
+def _find(cells: list[Cell], allocator: str, threads: int, formulation: str) -> Cell | None:
+    return next((x for x in cells if x.allocator == allocator and x.threads == threads
+                 and x.formulation == formulation), None)
+
+
 def run_matrix(model: str, reps: int, threads: tuple[int, ...], allocators: tuple[str, ...],
                formulations: tuple[str, ...], work: Path, log=print) -> list[Cell]:
     export_dir = export_base(model, work) if "onnxruntime" in formulations else None
@@ -184,19 +189,13 @@ def run_matrix(model: str, reps: int, threads: tuple[int, ...], allocators: tupl
         subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[1])
         cells.append(Cell(**json.loads(out.read_text())))
     for cell in cells:
-        ref = next(c for c in cells if c.allocator == cell.allocator and c.threads == cell.threads
-                   and c.formulation == "previous")
+        ref = _find(cells, cell.allocator, cell.threads, "previous")
         cell.max_image_diff = float(np.abs(np.load(cell.image) - np.load(ref.image)).max())
     return cells
 
 
 def _ms(v: float | None) -> str:
     return "-" if v is None else (f"{v:,.1f}" if v < 1000 else f"{v:,.0f}")
-
-
-def _find(cells: list[Cell], allocator: str, threads: int, formulation: str) -> Cell | None:
-    return next((x for x in cells if x.allocator == allocator and x.threads == threads
-                 and x.formulation == formulation), None)
 
 
 def markdown(cells: list[Cell]) -> list[str]:

@@ -135,11 +135,7 @@ def _conv(x, w, up, padding, f, groups):
     w = w.reshape(groups, out_c // groups, in_per_group, kh, kw).transpose(1, 2)
     # contiguous: a strided weight makes oneDNN's transposed conv drop channels_last and run 2-4x slower
     w = w.reshape(groups * in_per_group, out_c // groups, kh, kw).contiguous()
-    # oneDNN may hand back NCHW even for a channels_last input (it did for the super-resolution's first 32-channel
-    # layer, and every later conv then ran NCHW, ~1.5x slower): the output is put back in the input's layout
-    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
-        else torch.contiguous_format
-    x = F.conv_transpose2d(x, w, stride=2, groups=groups).contiguous(memory_format=layout)
+    x = F.conv_transpose2d(x, w, stride=2, groups=groups)
     fw = f.shape[-1]
     p0 = padding + (fw + 1) // 2 - (kw - 1)
     p1 = padding + (fw - 2) // 2 - (kw - 2)

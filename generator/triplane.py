@@ -85,9 +85,8 @@ class TriPlaneGenerator(nn.Module):
         n = origins.shape[0]
         features, depth, weights_total, fine = self.renderer(planes, self.decoder, origins, dirs, sampling=sampling,
                                                              return_fine_depths=True)
-        # [N, M, C] seen as [N, C, R, R] is channels_last already: to_layout copies only for the NCHW layout
-        # [N, R*R, C] -> [N, C, R, R] as a view with canonical channels_last strides (a permute-then-reshape view
-        # gave the size-1 batch dim stride C, which oneDNN reads as NCHW: the first transposed conv then ran NCHW)
+        # [N, R*R, C] seen as [N, C, R, R] is channels_last already (to_layout copies only for NCHW), as a view with
+        # canonical strides: permute-then-reshape gave the size-1 batch dim stride C, which oneDNN reads as NCHW
         feature_image = to_layout(features.reshape(n, res, res, features.shape[-1]).permute(0, 3, 1, 2))
         depth_image = depth.permute(0, 2, 1).reshape(n, 1, res, res)
         rgb_image = feature_image[:, :3]

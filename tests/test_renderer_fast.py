@@ -168,8 +168,9 @@ def test_bf16_autocast_stays_within_its_stated_error():
 
 @pytest.mark.parametrize("name", ["tiny", "ffhq512-128"])
 def test_super_resolution_convolutions_stay_channels_last(name, monkeypatch):
-    """Every convolution of a novel view's super-resolution reads a channels_last input (CHANNELS_LAST): oneDNN
-    handed back NCHW from the first 32-channel transposed conv, and every later conv then ran ~1.5x slower."""
+    """Every convolution of a novel view's super-resolution reads and returns channels_last (CHANNELS_LAST): oneDNN
+    read the feature image's size-1 batch stride as NCHW, handed back NCHW from the first transposed conv, and every
+    later conv then ran ~1.5x slower."""
     import torch.nn.functional as F
 
     import generator.layers as layers
