@@ -4,9 +4,10 @@ Safe defaults: every listener (inference, management, metrics, gRPC inference an
 the operator passes another host; TorchServe's token authorization left on (the key file is
 `<run_dir>/key_file.json`, requests carry `Authorization: Bearer <inference key>`); the model-management API off
 unless asked for, and when on, TorchServe's management listener is a private unix socket behind
-serve.model_api_guard, which lets only archives inside the model store be registered, whatever the URL form
-(docs/SECURITY.md); `allowed_urls` limited to archives in the local model store (no remote model URLs);
-`install_py_dep_per_model=false`; environment-variable overrides of the config off.
+serve.model_api_guard, which forwards only an allow-list of management calls in canonical spelling and lets only
+archives inside the model store be registered, whatever the URL form (docs/SECURITY.md); `allowed_urls` limited
+to archives in the local model store (no remote model URLs); `install_py_dep_per_model=false`;
+environment-variable overrides of the config off.
 
 Metrics: `metrics_mode=prometheus`, so the metrics listener's `/metrics` serves TorchServe's own metrics and the
 handler's custom counters (serve/metrics.py: requests by op and status, tri-plane cache hits and misses, per-stage

@@ -227,58 +227,6 @@ def test_only_archives_inside_the_store_are_registrable_whatever_the_url_form(tm
         assert info.value.status == 403 and info.value.field == "url", bad
 
 
-def test_guard_forwards_everything_else_and_rewrites_registrations(tmp_path):
-    import http.client
-    import socketserver
-    import threading
-    from http.server import BaseHTTPRequestHandler
-
-    from serve.model_api_guard import serve
-    store, outside = _store(tmp_path)
-    seen = []
-
-    class Upstream(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_POST(self):
-            seen.append((self.command, self.path, self.headers.get("Authorization")))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-        do_GET = do_DELETE = do_POST
-
-    class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-        daemon_threads = True
-
-        def get_request(self):
-            request, _ = super().get_request()
-            return request, ("unix", 0)
-    sock = tmp_path / "m.sock"
-    upstream = UnixServer(str(sock), Upstream)
-    guard = serve("127.0.0.1", 0, str(sock), store)
-    for server in (upstream, guard):
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        def call(method, target):
-            conn = http.client.HTTPConnection("127.0.0.1", guard.server_address[1], timeout=10)
-            conn.request(method, target, headers={"Authorization": "Bearer k"})
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        assert call("GET", "/models") == (200, b"ok")
-        assert call("POST", f"/models?url={outside}&model_name=x")[0] == 403
-        assert call("POST", "/models?url=https%3A%2F%2Fexample.com%2Fx.mar")[0] == 403
-        assert call("POST", "/workflows?url=good.mar")[0] == 403
-        assert call("POST", f"/models?url=file%3A%2F%2F{store}%2Fgood.mar&model_name=g") == (200, b"ok")
-        assert call("DELETE", "/models/g") == (200, b"ok")
-        assert seen == [("GET", "/models", "Bearer k"), ("POST", "/models?url=good.mar&model_name=g", "Bearer k"),
-                        ("DELETE", "/models/g", "Bearer k")]
-    finally:
-        guard.shutdown()
-        upstream.shutdown()
-
-
 def test_generated_config_bounds_connections_and_guards_the_model_api(tmp_path):
     """Why (hygiene): "the server keeps idle half-open connections forever": gRPC connections get TorchServe's
     max connection age; with the model API on, TorchServe's management listener is a private unix socket."""
