@@ -5,20 +5,32 @@ Every command is a plain function with typer-annotated parameters, written in th
 written below), and registered in one place: the `COMMANDS` table. Command modules import their heavy
 dependencies inside the function, so `cli.py --help` stays fast.
 
+Options: every number a user sets is finite and within a range stated in `--help` (cli_options.py: typer's
+`min=`/`max=`, or a `formats.limits.Limits` field for counts and sizes), checked by `build_app` for every command
+before any work starts.
+
 Errors: an expected failure (a bad input file, value or name: `EXPECTED_ERRORS`) prints one line `error: ...` and
-exits with code 2; anything else is a bug and keeps its traceback. `--debug` (or `MY3DGEN_DEBUG=1`) shows the
-traceback of expected failures too.
+exits with code 2, and so does a usage error (a bad or missing option); anything else is a bug and keeps its
+traceback. `--debug` (or `MY3DGEN_DEBUG=1`) shows the traceback of expected failures too.
 """
 from __future__ import annotations
 
-import math
+import contextlib
 import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from cli_options import ModelDir, PresetName, build_model_source, parse_floats
+try:  # recent typer carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:
+    from click.exceptions import UsageError
+
+from cli_options import (ALPHA_RANGE, PITCH_RANGE, RANK_RANGE, SEED_RANGE, YAW_RANGE, ModelDir, PresetName, Truncation,
+                         TruncationCutoff, bounded_numbers, build_model_source, check_limit, check_truncation_cutoff,
+                         parse_floats, up_to)
 from evaluation import commands as evaluation_commands
 from export import commands as export_commands
 from formats.errors import FormatError
@@ -60,6 +72,7 @@ def _subject(G, adapter: Optional[Path], anchor: Optional[str], seed: int, trunc
     from generator.adapter_file import load_adapter
     from generator.lora import attach
     from generator.views import anchor_latent, camera_batch, latent_from_seed
+    check_truncation_cutoff(truncation_cutoff, G.num_ws)
     anchors = None
     if adapter is not None:
         person, anchors, _ = load_adapter(adapter, G)
@@ -77,22 +90,27 @@ def render(model: ModelDir = None, preset: PresetName = None,
            adapter: Optional[Path] = typer.Option(None, "--adapter", help="A person's adapter file."),
            anchor: Optional[str] = typer.Option(None, help="Render this anchor of the adapter (name or index) "
                                                            "instead of a seed."),
-           seed: int = typer.Option(0, help="Seed of z (numpy RandomState, as official gen_samples.py)."),
-           yaw: float = typer.Option(0.0, help="Camera yaw offset from frontal, radians."),
-           pitch: float = typer.Option(0.0, help="Camera pitch offset from frontal, radians."),
-           grid_yaws: Optional[str] = typer.Option(None, help="Comma-separated yaws: render a grid instead."),
-           grid_pitches: Optional[str] = typer.Option(None, help="Comma-separated pitches for the grid rows."),
-           truncation: float = typer.Option(0.7, help="Truncation psi."),
-           truncation_cutoff: Optional[int] = typer.Option(None, help="Truncate only the first N ws."),
+           seed: int = typer.Option(0, **SEED_RANGE, help="Seed of z (numpy RandomState, as official "
+                                                          "gen_samples.py)."),
+           yaw: float = typer.Option(0.0, **YAW_RANGE, help="Camera yaw offset from frontal, radians."),
+           pitch: float = typer.Option(0.0, **PITCH_RANGE, help="Camera pitch offset from frontal, radians."),
+           grid_yaws: Optional[str] = typer.Option(None, help="Comma-separated yaws, each in --yaw's range: render "
+                                                              "a grid instead (at most max_views views in "
+                                                              "MY3DGEN_LIMITS, 100 by default)."),
+           grid_pitches: Optional[str] = typer.Option(None, help="Comma-separated pitches for the grid rows, each "
+                                                                 "in --pitch's range."),
+           truncation: Truncation = 0.7,
+           truncation_cutoff: TruncationCutoff = None,
            stochastic: bool = typer.Option(False, help="Official stochastic sampling (random noise and depth "
                                                        "jitter) instead of the deterministic default."),
            depth: bool = typer.Option(False, help="Add depth maps under the images."),
            video: Optional[str] = typer.Option(None, help="turntable (EG3D's orbit) | interpolate (from --anchor "
                                                           "to --to): a video (.mp4, or .gif) instead of a PNG."),
            to: Optional[str] = typer.Option(None, "--to", help="--video interpolate: the second anchor."),
-           frames: int = typer.Option(60, help="--video: number of frames."),
-           fps: float = typer.Option(30.0, help="--video: frames per second."),
-           size: Optional[int] = typer.Option(None, help="--video: frame side in pixels (default: the model's)."),
+           frames: int = typer.Option(60, **up_to("max_video_frames"), help="--video: number of frames."),
+           fps: float = typer.Option(30.0, **up_to("max_fps", 1.0, float), help="--video: frames per second."),
+           size: Optional[int] = typer.Option(None, **up_to("max_image_size", 16),
+                                              help="--video: frame side in pixels, even (default: the model's)."),
            precision: str = typer.Option("fp32", help="fp32 (exact, the default) | bf16: the super-resolution "
                                                       "in bf16 on CPUs with AVX512-BF16/AMX (1.3-1.5x faster "
                                                       "than fp32 on AVX512-BF16), image within ~1e-2."),
@@ -107,14 +125,13 @@ def render(model: ModelDir = None, preset: PresetName = None,
         raise typer.BadParameter(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if video is not None and precision != "fp32":
         raise typer.BadParameter("--precision bf16 renders still images only (videos are fp32)")
+    yaws = parse_floats(grid_yaws, "--grid-yaws", YAW_RANGE) if grid_yaws else (yaw,)
+    pitches = parse_floats(grid_pitches, "--grid-pitches", PITCH_RANGE) if grid_pitches else (pitch,)
+    check_limit(len(yaws) * len(pitches), "max_views", "--grid-yaws x --grid-pitches", "views")
+    views = [(y, p) for p in pitches for y in yaws]
     from generator.imaging import save_png
     from generator.views import render_views, views_picture
     G = build_model_source(model, preset)
-    yaws = parse_floats(grid_yaws, "--grid-yaws") if grid_yaws else (yaw,)
-    pitches = parse_floats(grid_pitches, "--grid-pitches") if grid_pitches else (pitch,)
-    views = [(y, p) for p in pitches for y in yaws]
-    if not all(math.isfinite(v) for view in views for v in view):
-        raise typer.BadParameter(f"yaw/pitch must be finite numbers, got {views}")
     ws, anchors = _subject(G, adapter, anchor, seed, truncation, truncation_cutoff)
     if compile_model:
         G.compile_for_inference()
@@ -135,26 +152,32 @@ def mesh(model: ModelDir = None, preset: PresetName = None,
          adapter: Optional[Path] = typer.Option(None, "--adapter", help="A person's adapter file."),
          anchor: Optional[str] = typer.Option(None, help="Mesh this anchor of the adapter (name or index) "
                                                          "instead of a seed."),
-         seed: int = typer.Option(0, help="Seed of z (numpy RandomState, as official gen_samples.py)."),
-         truncation: float = typer.Option(0.7, help="Truncation psi."),
-         truncation_cutoff: Optional[int] = typer.Option(None, help="Truncate only the first N ws."),
-         resolution: int = typer.Option(128, help="Density grid side N (N^3 samples; EG3D uses 512)."),
-         level: float = typer.Option(10.0, help="Iso-level on the raw density (EG3D's is 10)."),
-         trim: float = typer.Option(30 / 256, help="Border fraction of the box cut off (EG3D: 30/256)."),
-         chunk: int = typer.Option(1 << 18, help="Points per decoder call (bounds memory)."),
+         seed: int = typer.Option(0, **SEED_RANGE, help="Seed of z (numpy RandomState, as official "
+                                                        "gen_samples.py)."),
+         truncation: Truncation = 0.7,
+         truncation_cutoff: TruncationCutoff = None,
+         resolution: int = typer.Option(128, **up_to("max_mesh_resolution", 8),
+                                        help="Density grid side N (N^3 samples; EG3D uses 512)."),
+         level: float = typer.Option(10.0, min=-1000.0, max=1000.0, help="Iso-level on the raw density (EG3D's "
+                                                                          "is 10)."),
+         trim: float = typer.Option(30 / 256, min=0.0, max=0.49, help="Border fraction of the box cut off (EG3D: "
+                                                                       "30/256)."),
+         chunk: int = typer.Option(1 << 18, **up_to("max_mesh_chunk"), help="Points per decoder call (bounds "
+                                                                              "memory)."),
          mrc: Optional[Path] = typer.Option(None, "--mrc", help="Also write the density volume as EG3D's .mrc."),
          out: Path = typer.Option(..., "--out", help="Mesh to write: .ply or .obj, with vertex colours.")):
     """The density field on a cube grid over the tri-plane box, marching cubes, a coloured .ply/.obj mesh."""
     from generator.mesh import MeshConfig, write_mesh_files
+    cfg = MeshConfig(resolution=resolution, level=level, trim=trim, chunk=chunk).validate()
     G = build_model_source(model, preset)
     ws, _ = _subject(G, adapter, anchor, seed, truncation, truncation_cutoff)
-    cfg = MeshConfig(resolution=resolution, level=level, trim=trim, chunk=chunk)
     typer.echo(write_mesh_files(G, ws, out, mrc, cfg))
 
 
 def adapters(model: ModelDir = None, preset: PresetName = None,
-             rank: int = typer.Option(4, help="LoRA rank r."),
-             alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: rank, i.e. scale 1)."),
+             rank: int = typer.Option(4, **RANK_RANGE, help="LoRA rank r."),
+             alpha: Optional[float] = typer.Option(None, **ALPHA_RANGE, help="LoRA alpha (default: rank, i.e. "
+                                                                             "scale 1)."),
              layout: str = typer.Option("loralib", help="loralib (paper budget) | flat (PEFT convention)."),
              decoder: bool = typer.Option(True, help="Fine-tune the OSG decoder."),
              biases: bool = typer.Option(True, help="Train biases, noise strengths and the const."),
@@ -211,6 +234,33 @@ GROUPS = {"people": "Add, remove or list the people (adapter files) of a package
 """Help text of each command group named in COMMANDS."""
 
 
+@contextlib.contextmanager
+def _one_line_usage_errors():
+    """Report a usage error as one line `error: ...` and exit code 2 (typer.Exit) instead of click's usage block;
+    the help that a bare group prints (NoArgsIsHelpError) passes through."""
+    try:
+        yield
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            raise
+        typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """The root command group: a bad or missing option or argument, or an unknown command, anywhere below it is
+    one line `error: ...` with exit code 2, as `main` reports the other expected errors (a script or a test reads
+    one line, whichever way the command runs: main(), app() or typer's CliRunner)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
 class _Settings:
     """Options of the whole command line, set by the root callback before a command runs."""
 
@@ -224,8 +274,11 @@ def _root_options(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
 
 
 def build_app() -> typer.Typer:
-    """The typer application with every command of COMMANDS (groups created on first use)."""
-    root = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+    """The typer application with every command of COMMANDS (groups created on first use), each with its numbers
+    finite and bounded (cli_options.bounded_numbers: a command whose numeric option states no range fails here),
+    usage errors in one line (_OneLineUsageErrors)."""
+    root = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+                       pretty_exceptions_enable=False)
     root.callback()(_root_options)
     groups: dict[str, typer.Typer] = {}
     for path, function in COMMANDS:
@@ -236,7 +289,7 @@ def build_app() -> typer.Typer:
                 groups[group[0]] = typer.Typer(add_completion=False, no_args_is_help=True, help=GROUPS[group[0]])
                 root.add_typer(groups[group[0]], name=group[0])
             parent = groups[group[0]]
-        parent.command(name=name)(function)
+        parent.command(name=name)(bounded_numbers(function, path))
     return root
 
 

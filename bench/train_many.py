@@ -82,8 +82,8 @@ def run_sequential(roster: Path, out: Path, args: list[str], threads: int | None
 
 def run_train_many(roster: Path, store: Path, args: list[str], workers: int, isolate: bool) -> tuple[float, dict]:
     """One `train-many` process (local Ray, `workers` people at once); (wall seconds, its summary JSON)."""
-    cmd = [sys.executable, "-m", "train.many_command", str(roster), "--out", str(store), "--workers", str(workers),
-           "--cpus-per-person", "1", "--summary", str(store / "summary.json"), *args]
+    cmd = [sys.executable, str(REPO / "cli.py"), "train-many", str(roster), "--out", str(store), "--workers",
+           str(workers), "--cpus-per-person", "1", "--summary", str(store / "summary.json"), *args]
     if isolate:
         cmd = ["unshare", "-n", "sh", "-c", "ip link set lo up && exec " + " ".join(cmd)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}

@@ -11,7 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from cli_options import ModelDir, PresetName, build_model_source, parse_floats
+from cli_options import (PITCH_RANGE, SEED_RANGE, YAW_RANGE, ModelDir, PresetName, build_model_source, check_limit,
+                         parse_floats, up_to)
 
 QUICK = {"pairs": 2, "views": 4, "weights": 3, "latent_steps": 30, "tune_steps": 20, "anchor_steps": 30,
          "max_test_photos": 2, "inversion_yaws": (-0.35, 0.0, 0.35), "inversion_pitches": (0.0,)}
@@ -62,16 +63,20 @@ def invert(photo: Path = typer.Argument(..., exists=True, dir_okay=False, help="
            camera_from: Optional[Path] = typer.Option(None, "--camera-from", exists=True,
                                                       help="Dataset folder or dataset.json holding the photo's "
                                                            "camera (default: the dataset.json beside the photo)."),
-           yaw: Optional[float] = typer.Option(None, help="Camera yaw from frontal, radians (instead of a label)."),
-           pitch: Optional[float] = typer.Option(None, help="Camera pitch from frontal, radians."),
-           latent_steps: int = typer.Option(600, help="Stage 1: W projector steps (paper: 600)."),
-           tune_steps: int = typer.Option(350, help="Stage 2: generator tuning steps (paper: 350)."),
+           yaw: Optional[float] = typer.Option(None, **YAW_RANGE, help="Camera yaw from frontal, radians (instead "
+                                                                       "of a label)."),
+           pitch: Optional[float] = typer.Option(None, **PITCH_RANGE, help="Camera pitch from frontal, radians."),
+           latent_steps: int = typer.Option(600, **up_to("max_steps"), help="Stage 1: W projector steps (paper: "
+                                                                            "600)."),
+           tune_steps: int = typer.Option(350, **up_to("max_steps", 0), help="Stage 2: generator tuning steps "
+                                                                              "(paper: 350)."),
            tune: str = typer.Option("full", help="full: tune all synthesis/SR/decoder weights (PTI); adapter: tune "
                                                  "a copy of the person's adapter (a LoRA person stays small)."),
-           lpips_threshold: float = typer.Option(0.0, "--pti-stop-lpips", "--lpips-threshold",
+           lpips_threshold: float = typer.Option(0.0, "--pti-stop-lpips", "--lpips-threshold", min=0.0, max=1.0,
                                                  help="Stop tuning once LPIPS <= this (PTI as the EG3D port runs "
                                                       "it: 0.06); 0 runs every tuning step (My3DGen: 350)."),
-           seed: int = typer.Option(0, help="Seed of the projector noise (and of a fresh LoRA adapter)."),
+           seed: int = typer.Option(0, **SEED_RANGE, help="Seed of the projector noise (and of a fresh LoRA "
+                                                          "adapter)."),
            out: Path = typer.Option(..., "--out", help="Output folder.")):
     """PTI-invert one photo: reconstruction.png, comparison.png, novel_views.png, pti_adapter.safetensors."""
     import json
@@ -152,21 +157,31 @@ def eval_command(
                                      "(labelled 'not ArcFace') | random:ARCH[:SEED] (smoke test only)."),
         identity_crop: str = typer.Option("full", help="Face crop for ArcFace-family networks: full | psp | "
                                                        "arcface_ffhq."),
-        pairs: Optional[int] = typer.Option(None, help="Anchor pairs per synthesis table (paper: 10)."),
-        views: Optional[int] = typer.Option(None, help="Random views per interpolation weight (paper: 20)."),
-        weights: Optional[int] = typer.Option(None, help="Interpolation weights in [0, 1] (paper: 10)."),
-        seed: int = typer.Option(0, help="Seed of pairs, poses and projector noise."),
-        latent_steps: Optional[int] = typer.Option(None, help="PTI stage 1 steps (paper: 600)."),
-        tune_steps: Optional[int] = typer.Option(None, help="PTI stage 2 steps (paper: 350)."),
-        anchor_steps: Optional[int] = typer.Option(None, help="Projector steps for training anchors an adapter "
-                                                              "does not store (paper: 500)."),
+        pairs: Optional[int] = typer.Option(None, **up_to("max_eval_count"),
+                                            help="Anchor pairs per synthesis table (paper: 10)."),
+        views: Optional[int] = typer.Option(None, **up_to("max_eval_count"),
+                                            help="Random views per interpolation weight (paper: 20)."),
+        weights: Optional[int] = typer.Option(None, **up_to("max_eval_count", 2),
+                                              help="Interpolation weights in [0, 1] (paper: 10)."),
+        seed: int = typer.Option(0, **SEED_RANGE, help="Seed of pairs, poses and projector noise."),
+        latent_steps: Optional[int] = typer.Option(None, **up_to("max_steps"),
+                                                   help="PTI stage 1 steps (paper: 600)."),
+        tune_steps: Optional[int] = typer.Option(None, **up_to("max_steps", 0),
+                                                 help="PTI stage 2 steps (paper: 350)."),
+        anchor_steps: Optional[int] = typer.Option(None, **up_to("max_steps"),
+                                                   help="Projector steps for training anchors an adapter does not "
+                                                        "store (paper: 500)."),
         tune: str = typer.Option("full", help="PTI tuning: full | adapter."),
-        lpips_threshold: float = typer.Option(0.0, "--pti-stop-lpips", "--lpips-threshold",
+        lpips_threshold: float = typer.Option(0.0, "--pti-stop-lpips", "--lpips-threshold", min=0.0, max=1.0,
                                               help="PTI early stop once LPIPS <= this (PTI as the EG3D port runs it: "
                                                    "0.06); 0 runs every tuning step (My3DGen: 350)."),
-        max_test_photos: Optional[int] = typer.Option(None, help="Use only the first N test photos."),
-        inversion_yaws: Optional[str] = typer.Option(None, help="Inversion ID poses: comma-separated yaws."),
-        inversion_pitches: Optional[str] = typer.Option(None, help="Inversion ID poses: comma-separated pitches."),
+        max_test_photos: Optional[int] = typer.Option(None, **up_to("max_eval_count"),
+                                                      help="Use only the first N test photos."),
+        inversion_yaws: Optional[str] = typer.Option(None, help="Inversion ID poses: comma-separated yaws, each in "
+                                                                "invert's --yaw range (at most max_views poses in "
+                                                                "MY3DGEN_LIMITS, 100 by default)."),
+        inversion_pitches: Optional[str] = typer.Option(None, help="Inversion ID poses: comma-separated pitches, "
+                                                                   "each in invert's --pitch range."),
         cross_view: bool = typer.Option(False, "--cross-view", help="Also score each inversion at the other test "
                                         "photos' cameras (only for test photos of one unchanging scene, e.g. the "
                                         "synthetic ground truth; not in the paper)."),
@@ -197,6 +212,11 @@ def eval_command(
         return QUICK[key] if quick else default
 
     specs = [ModelSpec.parse(item) for entry in models for item in entry.split(",") if item.strip()]
+    yaws = (parse_floats(inversion_yaws, "--inversion-yaws", YAW_RANGE) if inversion_yaws else
+            pick(None, "inversion_yaws", EvalConfig.inversion_yaws))
+    pitches = (parse_floats(inversion_pitches, "--inversion-pitches", PITCH_RANGE) if inversion_pitches else
+               pick(None, "inversion_pitches", EvalConfig.inversion_pitches))
+    check_limit(len(yaws) * len(pitches), "max_views", "--inversion-yaws x --inversion-pitches", "poses")
     G = build_model_source(model, preset)
     pti = PTIConfig(latent_steps=pick(latent_steps, "latent_steps", 600),
                     tune_steps=pick(tune_steps, "tune_steps", 350),
@@ -205,11 +225,7 @@ def eval_command(
         pairs=pick(pairs, "pairs", 10), views=pick(views, "views", 20), weights=pick(weights, "weights", 10),
         seed=seed, anchor_steps=pick(anchor_steps, "anchor_steps", 500),
         max_test_photos=pick(max_test_photos, "max_test_photos", None),
-        inversion_yaws=parse_floats(inversion_yaws, "--inversion-yaws") if inversion_yaws else
-        pick(None, "inversion_yaws", EvalConfig.inversion_yaws),
-        inversion_pitches=parse_floats(inversion_pitches, "--inversion-pitches") if inversion_pitches else
-        pick(None, "inversion_pitches", EvalConfig.inversion_pitches),
-        cross_view=cross_view, pti=pti).validate()
+        inversion_yaws=yaws, inversion_pitches=pitches, cross_view=cross_view, pti=pti).validate()
     try:
         backend = make_identity_backend(identity, crop=identity_crop)
     except (ValueError, FileNotFoundError, IdentityBackendUnavailable) as e:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cli_options import ModelDir, PresetName, one_model_source
+from cli_options import ALPHA_RANGE, RANK_RANGE, ModelDir, PresetName, one_model_source, up_to
 
 
 def export(model: ModelDir = None, preset: PresetName = None,
@@ -18,18 +18,19 @@ def export(model: ModelDir = None, preset: PresetName = None,
            keep_lora: bool = typer.Option(False, "--keep-lora", help="Adapter tensors become graph inputs: one "
                                                                      "export serves every adapter of this policy."),
            person: Optional[str] = typer.Option(None, help="Name of the merged person (default: adapter file stem)."),
-           rank: int = typer.Option(4, help="--keep-lora without --adapter: LoRA rank of the policy."),
-           alpha: Optional[float] = typer.Option(None, help="--keep-lora without --adapter: LoRA alpha (default rank)."),
+           rank: int = typer.Option(4, **RANK_RANGE, help="--keep-lora without --adapter: LoRA rank of the policy."),
+           alpha: Optional[float] = typer.Option(None, **ALPHA_RANGE, help="--keep-lora without --adapter: LoRA "
+                                                                           "alpha (default rank)."),
            layout: str = typer.Option("loralib", help="--keep-lora without --adapter: loralib | flat."),
            fp16: bool = typer.Option(False, "--fp16", help="float16 weights and tri-planes (compute stays float32 "
                                                            "in onnxruntime CPU)."),
-           opset: int = typer.Option(18, help="ONNX opset (18..20)."),
+           opset: int = typer.Option(18, min=18, max=20, help="ONNX opset (the exporter supports 18..20)."),
            trt: bool = typer.Option(False, "--trt", help="Also build fp16 TensorRT engines (needs TensorRT)."),
            trt_check: bool = typer.Option(False, "--trt-check", help="Print the TensorRT operator-support report."),
-           max_batch: int = typer.Option(8, help="Largest batch of the TensorRT engines."),
-           mixed_batch: int = typer.Option(0, "--mixed-batch", help="--keep-lora: also export static-batch-N graphs "
-                                                                      "that render N requests of N different people "
-                                                                      "in one run (0: none)."),
+           max_batch: int = typer.Option(8, **up_to("max_batch"), help="Largest batch of the TensorRT engines."),
+           mixed_batch: int = typer.Option(0, "--mixed-batch", **up_to("max_batch", 0),
+                                           help="--keep-lora: also export static-batch-N graphs that render N "
+                                                "requests of N different people in one run (0: none)."),
            verify: bool = typer.Option(True, help="Compare onnxruntime with eager PyTorch after exporting."),
            overwrite: bool = typer.Option(False, help="Replace an existing export directory."),
            out: Path = typer.Option(..., "--out", help="Export directory to write.")):
@@ -79,7 +80,8 @@ def _print_reports(path: Path, manifest: dict) -> bool:
 
 def build_engine(export_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Export directory."),
                  check_only: bool = typer.Option(False, "--check-only", help="Only print the operator report."),
-                 max_batch: int = typer.Option(8, help="Largest batch of the engines' optimization profile."),
+                 max_batch: int = typer.Option(8, **up_to("max_batch"),
+                                              help="Largest batch of the engines' optimization profile."),
                  fp16: bool = typer.Option(True, help="FP16 engines: TensorRT 10.x enables FP16 kernels on any "
                                                       "graph; 11.x (strongly typed only) needs graphs that compute "
                                                       "in FP16, so --no-fp16 builds FP32 engines there."),

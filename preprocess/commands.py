@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from cli_options import up_to
+
 
 def preprocess(photos: Path = typer.Argument(..., exists=True, file_okay=False,
                                              help="Folder of photos, or a folder already holding a dataset.json "
@@ -24,7 +26,7 @@ def preprocess(photos: Path = typer.Argument(..., exists=True, file_okay=False,
                backend: str = typer.Option("dlib", help="dlib (offline) | insightface (models you provide)."),
                insightface_models: Optional[Path] = typer.Option(None, help="Folder with det_10g.onnx etc."),
                mirror: bool = typer.Option(True, help="Also write mirrored crops with mirrored cameras."),
-               size: int = typer.Option(512, help="Crop size."),
+               size: int = typer.Option(512, **up_to("max_image_size", 8), help="Crop size."),
                overwrite: bool = typer.Option(False, help="Replace an existing dataset folder.")):
     """Photos -> framed crops + EG3D camera labels (dataset.json); skipped photos are listed in report.json."""
     from preprocess import PreprocessConfig, preprocess_folder

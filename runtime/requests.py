@@ -11,6 +11,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from formats.limits import MAX_ABS_PITCH, MAX_ABS_YAW
 from formats.names import NAME_RULE, is_valid_name
 from runtime.errors import InvalidRequest
 
@@ -23,9 +24,9 @@ MAX_ANCHOR_CHARS = 256
 class RequestLimits:
     """What a request may ask for."""
 
-    max_abs_yaw: float = 0.8
+    max_abs_yaw: float = MAX_ABS_YAW
     """Largest |yaw| in radians (views further round the head leave the training distribution)."""
-    max_abs_pitch: float = 0.5
+    max_abs_pitch: float = MAX_ABS_PITCH
     """Largest |pitch| in radians."""
     max_frames: int = 64
     """Most frames of one turntable or interpolation."""

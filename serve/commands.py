@@ -9,21 +9,33 @@ from typing import Optional
 
 import typer
 
+from cli_options import up_to
+from serve.server import DEFAULT_PORTS
+
+MAX_PORT = 65535
+"""The largest TCP port."""
+
+
 def package(export_dir: Path = typer.Argument(..., exists=True, file_okay=False,
                                               help="Export folder (from `cli.py export`)."),
             name: str = typer.Option(..., "--name", help="Model name: /predictions/NAME, NAME.mar."),
             model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder."),
-            workers: int = typer.Option(1, help="TorchServe min/max workers."),
-            batch_size: int = typer.Option(1, help="TorchServe batchSize."),
-            max_batch_delay_ms: int = typer.Option(50, help="TorchServe maxBatchDelay (ms)."),
-            response_timeout: int = typer.Option(60, help="TorchServe responseTimeout (s); a worker silent for "
-                                                          "longer is restarted."),
+            workers: int = typer.Option(1, **up_to("max_workers"), help="TorchServe min/max workers."),
+            batch_size: int = typer.Option(1, **up_to("max_batch"), help="TorchServe batchSize."),
+            max_batch_delay_ms: int = typer.Option(50, min=0, max=60_000, help="TorchServe maxBatchDelay (ms)."),
+            response_timeout: int = typer.Option(60, min=1, max=86_400, help="TorchServe responseTimeout (s); a "
+                                                 "worker silent for longer is restarted."),
             device: str = typer.Option("cpu", help="TorchServe deviceType: cpu | gpu."),
-            default_budget_ms: Optional[float] = typer.Option(None, help="Deadline of requests without budget_ms "
-                                                                         "(default: 80% of the response timeout)."),
-            max_frames: int = typer.Option(16, help="Most frames per interpolation request."),
+            default_budget_ms: Optional[float] = typer.Option(None, min=1.0, max=86_400_000.0,
+                                                              help="Deadline of requests without budget_ms (default: "
+                                                                   "80% of the response timeout, which it must stay "
+                                                                   "below)."),
+            max_frames: int = typer.Option(16, **up_to("max_video_frames", 2),
+                                           help="Most frames per interpolation request."),
             providers: str = typer.Option("auto", help="onnxruntime providers: auto or comma-separated names."),
-            threads: Optional[int] = typer.Option(None, help="onnxruntime threads per worker (default: the serving machine's cores / workers)."),
+            threads: Optional[int] = typer.Option(None, **up_to("max_workers"),
+                                                  help="onnxruntime threads per worker (default: the serving "
+                                                       "machine's cores / workers)."),
             archive_format: str = typer.Option("default", help="default (.mar zip) | zip-store | no-archive."),
             overwrite: bool = typer.Option(False, help="Replace an existing archive."),
             check: bool = typer.Option(True, help="Load the export with the runtime before packaging.")):
@@ -44,17 +56,19 @@ def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store",
           models: str = typer.Option("all", "--models", help="Comma-separated model names, or all."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address of every listener. Anything but "
                                                                "loopback exposes the server to the network."),
-          port_offset: int = typer.Option(0, "--port-offset", help="Added to every default port "
-                                                                   "(8080/8081/8082, gRPC 7070/7071)."),
+          port_offset: int = typer.Option(0, "--port-offset", min=0, max=MAX_PORT - max(DEFAULT_PORTS.values()),
+                                          help="Added to every default port (8080/8081/8082, gRPC 7070/7071)."),
           enable_model_api: bool = typer.Option(False, "--enable-model-api",
                                                 help="Allow registering/deleting models over HTTP (local model "
                                                      "store archives only)."),
           run_dir: Path = typer.Option(Path("logs/torchserve"), "--run-dir",
                                        help="Folder for config, pid, key file and logs."),
-          token_expiration_min: int = typer.Option(60, help="Lifetime of the API keys in minutes."),
+          token_expiration_min: int = typer.Option(60, min=1, max=525_600,
+                                                   help="Lifetime of the API keys in minutes (up to a year)."),
           stop: bool = typer.Option(False, "--stop", help="Stop the server started from --run-dir and wait."),
           foreground: bool = typer.Option(False, "--foreground", help="Stay attached; Ctrl-C stops the server."),
-          timeout: float = typer.Option(300.0, help="Seconds to wait for the models to be ready.")):
+          timeout: float = typer.Option(300.0, min=1.0, max=86_400.0,
+                                        help="Seconds to wait for the models to be ready.")):
     """Start TorchServe on the model store with a generated config (loopback, token auth on, model API off)."""
     from serve.server import ServeConfig, curl_example, start_server, stop_server
     if stop:

@@ -262,8 +262,10 @@ def add_person(model_store: str | os.PathLike, name: str, person: str, adapter_f
     if not is_valid_name(person):
         raise ValueError(f"person {person!r}: use {NAME_RULE}")
     src = Path(adapter_file)
-    if not src.is_file():
+    if not src.exists():
         raise FileNotFoundError(f"{src}: no such adapter file")
+    if not src.is_file():
+        raise ValueError(f"{src}: not a regular file (a directory, FIFO, device or socket): refused")
     dest_dir = people_dir(model_store, name)
     dest = dest_dir / f"{person}.safetensors"
     if dest.exists() and not overwrite:

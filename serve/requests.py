@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from formats.limits import MAX_ABS_PITCH, MAX_ABS_YAW
 from runtime import requests as check
 from runtime.errors import InvalidRequest
 from runtime.requests import Anchor, RequestLimits
@@ -77,9 +78,9 @@ class RequestError(Exception):
 class Limits:
     """What a request may ask for; the handler fills it from the runtime's limits and the model config."""
 
-    max_abs_yaw: float = 0.8
+    max_abs_yaw: float = MAX_ABS_YAW
     """Largest |yaw| in radians (the runtime's `limits['max_abs_yaw']`)."""
-    max_abs_pitch: float = 0.5
+    max_abs_pitch: float = MAX_ABS_PITCH
     """Largest |pitch| in radians (the runtime's `limits['max_abs_pitch']`)."""
     max_frames: int = 16
     """Most frames one interpolation request may render (min of the runtime's and the model config's)."""

@@ -88,10 +88,11 @@ def test_discover_roster(tmp_path):
     make_roster(tmp_path / "r")
     (tmp_path / "r" / "bad.name").mkdir()
     (tmp_path / "r" / ".hidden").mkdir()
-    (tmp_path / "r" / "notes.txt").write_text("ignored")
+    (tmp_path / "r" / "notes.txt").write_text("listed as skipped")
     people, invalid = discover_roster(tmp_path / "r")
     assert [(p.name, p.kind) for p in people] == [("alice", "dataset"), ("bob", "dataset"), ("broken", "photos")]
-    assert [o.person for o in invalid] == ["bad.name"] and "not a valid person name" in invalid[0].error
+    assert [(o.person, o.status) for o in invalid] == [("bad.name", "failed"), ("notes.txt", "skipped")]
+    assert "not a valid person name" in invalid[0].error and "a file, not a person folder" in invalid[1].error
     with pytest.raises(RosterError, match="not a folder"):
         discover_roster(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
@@ -136,6 +137,70 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch):
     assert result.exit_code == 2
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "pip install" in lines[0] and "ray" in lines[0], result.output
+
+
+def _train_many_cli(*args: str) -> tuple[int, list[str], str]:
+    """`cli.py train-many ARGS` in this process: (exit code, non-empty output lines, output)."""
+    from typer.testing import CliRunner
+
+    import cli
+    result = CliRunner().invoke(cli.app, ["train-many", *map(str, args)])
+    return result.exit_code, [ln for ln in result.output.splitlines() if ln.strip()], result.output
+
+
+def test_a_ray_that_does_not_start_is_one_error_line_saying_what_to_try(tmp_path, monkeypatch):
+    """The attack run's case: Ray's own traceback when the local Ray cannot start. Simulated: ray.init raises."""
+    ray = pytest.importorskip("ray")
+    from bench.train_many import make_sample_person
+
+    def does_not_start(*args, **kwargs):
+        raise RuntimeError("Failed to start the GCS server.\nSee /tmp/ray/session_latest/logs/gcs_server.err")
+    monkeypatch.setattr(ray, "init", does_not_start)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    roster = make_sample_person(tmp_path / "roster" / "alice", range(2)).parent
+    code, lines, output = _train_many_cli(roster, "--out", tmp_path / "store", "--preset", "tiny")
+    assert code == 2 and len(lines) == 1 and "Traceback" not in output, output
+    for words in ("error: the local Ray did not start (RuntimeError: Failed to start the GCS server.", "--workers",
+                  "`ray start --head`", "--address auto"):
+        assert words in lines[0], lines[0]
+    code, lines, _ = _train_many_cli(roster, "--out", tmp_path / "store", "--preset", "tiny", "--address",
+                                     "10.1.2.3:6379")
+    assert code == 2 and len(lines) == 1 and "could not join the cluster at --address 10.1.2.3:6379" in lines[0]
+    assert "ray status --address 10.1.2.3:6379" in lines[0], lines[0]
+
+
+def test_roster_entries_that_are_not_folders_are_reported_as_skipped(tmp_path):
+    """A plain file, a dangling symlink and a symlink to itself were passed over in silence; now each is a
+    'skipped' row saying why, in the printed table and in both summary files. alice is already in the store, so
+    nothing is trained (no Ray started)."""
+    pytest.importorskip("ray")
+    from bench.train_many import make_sample_person
+    roster, store = tmp_path / "roster", tmp_path / "store"
+    make_sample_person(roster / "alice", range(2))
+    (roster / "notes.txt").write_text("not a person")
+    (roster / "gone").symlink_to(tmp_path / "nowhere")
+    (roster / "loop").symlink_to(roster / "loop")
+    (store / "people" / "tiny").mkdir(parents=True)
+    (store / "people" / "tiny" / "alice.safetensors").write_bytes(b"already trained")
+    code, lines, output = _train_many_cli(roster, "--out", store, "--preset", "tiny", "--summary",
+                                          tmp_path / "summary.json")
+    assert code == 0, output
+    why = {"gone": "a dangling symlink", "loop": "a symlink loop", "notes.txt": "a file, not a person folder"}
+    rows = {ln.split()[0]: ln for ln in lines[1:-1]}
+    assert sorted(rows) == ["alice", "gone", "loop", "notes.txt"], output
+    for name, reason in why.items():
+        assert rows[name].split()[1] == "skipped" and reason in rows[name], rows[name]
+    assert lines[-1].startswith("0 done, 0 failed, 4 skipped"), lines[-1]
+    for summary_file in (tmp_path / "summary.json", store / ".train-many" / "tiny" / "summary.json"):
+        summary = json.loads(summary_file.read_text())
+        people = {p["person"]: p for p in summary["people"]}
+        assert summary["counts"] == {"done": 0, "failed": 0, "skipped": 4}, summary_file
+        for name, reason in why.items():
+            assert people[name]["status"] == "skipped" and reason in people[name]["error"], people[name]
+            assert people[name]["adapter"] is None and people[name]["source"] == str(roster / name)
+    (roster / "alice").rename(tmp_path / "alice")
+    code, lines, _ = _train_many_cli(roster, "--out", store, "--preset", "tiny")
+    assert code == 2 and len(lines) == 1 and "no person folders" in lines[0] and "a symlink loop" in lines[0]
 
 
 # ------------------------------------------------------------------------------------------ the Ray run

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from cli_options import ModelDir, PresetName, one_model_source
+from cli_options import (ALPHA_RANGE, RANK_RANGE, SEED_RANGE, ModelDir, PresetName, check_limit, one_model_source,
+                         up_to)
 
 RANDOM_ID_PREFIX = "random:"
 
@@ -44,26 +45,31 @@ def train(
     model: ModelDir = None,
     preset: PresetName = None,
     mode: str = typer.Option("lora", help="lora (the paper) | full (full fine-tuning baseline)."),
-    rank: int = typer.Option(4, help="LoRA rank r."),
+    rank: int = typer.Option(4, **RANK_RANGE, help="LoRA rank r."),
     recipe: str = typer.Option("paper", help="Start from a named recipe: paper (My3DGen §3: alpha = r, decoder "
                                "trained, lambda_sym 4 every 4 steps in the same step, uniform symmetric poses, "
                                "10 kimg) | authors (their code's defaults: alpha 16, decoder frozen, L_sym weight 1 "
                                "in its own step every 4, orbit poses, 500 kimg). Options below override it."),
-    alpha: Optional[float] = typer.Option(None, help="LoRA alpha (recipe paper: the rank, i.e. scale 1; "
+    alpha: Optional[float] = typer.Option(None, **ALPHA_RANGE, help="LoRA alpha (recipe paper: the rank, i.e. scale 1; "
                                                      "authors: 16)."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", "--steps",
+    iterations: Optional[int] = typer.Option(None, "--iterations", "--steps", **up_to("max_steps"),
                                              help="Training steps (recipe paper: 2500, authors: 125000; 150 with "
                                                   "--preset)."),
-    kimg: Optional[float] = typer.Option(None, help="Training length in thousands of photos shown, EG3D's unit "
-                                                    "(steps = kimg x 1000 / batch); instead of --steps."),
-    batch: Optional[int] = typer.Option(None, help="Photos per step (both recipes: 4). GPU memory of a step on "
-                                        "ffhq512-128: ~17 GiB per photo (H100, docs/BENCHMARKS.md); 1 on a 24 GB card."),
-    lr: float = typer.Option(0.002, help="Adam learning rate of the adapter."),
+    kimg: Optional[float] = typer.Option(None, min=0.001, max=100_000.0,
+                                         help="Training length in thousands of photos shown, EG3D's unit (steps = "
+                                              "kimg x 1000 / batch, at most max_steps); instead of --steps."),
+    batch: Optional[int] = typer.Option(None, **up_to("max_batch"),
+                                        help="Photos per step (both recipes: 4). GPU memory of a step on "
+                                             "ffhq512-128: ~17 GiB per photo (H100, docs/BENCHMARKS.md); 1 on a 24 "
+                                             "GB card."),
+    lr: float = typer.Option(0.002, min=1e-6, max=1.0, help="Adam learning rate of the adapter."),
     train_decoder: Optional[bool] = typer.Option(None, "--train-decoder/--no-train-decoder",
                                                  help="Fine-tune the OSG decoder (recipe paper: yes, authors: no)."),
     sym: bool = typer.Option(True, "--sym/--no-sym", help="Symmetry loss (paper §3.3); --no-sym is the ablation."),
-    sym_weight: Optional[float] = typer.Option(None, help="lambda_sym (recipe paper: 4, authors: 1)."),
-    sym_every: Optional[int] = typer.Option(None, help="Apply the symmetry loss every N steps (both recipes: 4)."),
+    sym_weight: Optional[float] = typer.Option(None, min=0.0, max=1000.0,
+                                               help="lambda_sym (recipe paper: 4, authors: 1)."),
+    sym_every: Optional[int] = typer.Option(None, **up_to("max_steps"),
+                                            help="Apply the symmetry loss every N steps (both recipes: 4)."),
     sym_poses: Optional[str] = typer.Option(None, help="Symmetric camera pairs: uniform (per sample, yaw +-0.35, "
                                                        "pitch +-0.25; recipe paper) | orbit (the authors' 120-frame "
                                                        "orbit)."),
@@ -77,20 +83,23 @@ def train(
     id_crop: str = typer.Option("full", help="Face crop of the identity network: full (the authors) | psp | "
                                              "arcface_ffhq."),
     lpips_net: str = typer.Option("alex", help="LPIPS trunk of the reconstruction loss: alex (the authors) | vgg."),
-    inversion_steps: Optional[int] = typer.Option(None, help="W-inversion steps per photo (default 500; 100 "
-                                                             "with --preset)."),
-    inversion_lr: float = typer.Option(0.01, help="Peak learning rate of the W inversion."),
-    inversion_batch: int = typer.Option(4, help="Photos inverted together (memory: ~2-3 GB each at 512x512)."),
+    inversion_steps: Optional[int] = typer.Option(None, **up_to("max_steps"),
+                                                  help="W-inversion steps per photo (default 500; 100 with "
+                                                       "--preset)."),
+    inversion_lr: float = typer.Option(0.01, min=1e-6, max=1.0, help="Peak learning rate of the W inversion."),
+    inversion_batch: int = typer.Option(4, **up_to("max_batch"),
+                                        help="Photos inverted together (memory: ~2-3 GB each at 512x512)."),
     w_plus: bool = typer.Option(False, help="Invert to W+ (one w per layer) instead of W."),
     projector_noise: bool = typer.Option(True, "--projector-noise/--no-projector-noise",
                                          help="Optimise and regularise the noise maps during the W inversion, as "
                                               "the StyleGAN2 projector does (part of the inversion cache key)."),
     stochastic_render: bool = typer.Option(False, help="Render training images with the official stochastic "
                                                        "depth sampling instead of the deterministic default."),
-    seed: int = typer.Option(0, help="Seed of batch sampling, symmetric poses, LoRA init and inversion noise."),
+    seed: int = typer.Option(0, **SEED_RANGE, help="Seed of batch sampling, symmetric poses, LoRA init and "
+                                                   "inversion noise."),
     checkpoint_dir: Optional[Path] = typer.Option(None, help="Checkpoints, inversion cache, log.jsonl and "
                                                              "preview.png (default: <out stem>_train/ beside --out)."),
-    checkpoint_every: int = typer.Option(100, help="Checkpoint every N steps."),
+    checkpoint_every: int = typer.Option(100, **up_to("max_steps"), help="Checkpoint every N steps."),
     restart: bool = typer.Option(False, help="Discard an existing checkpoint instead of resuming from it."),
     fp16: bool = typer.Option(False, help="Store the adapter in float16 (half the file size)."),
     preview: bool = typer.Option(True, help="Write preview.png (photos / base / personalized / novel views)."),
@@ -115,6 +124,7 @@ def train(
             iterations = iterations_for_kimg(kimg, batch or defaults.batch)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--kimg") from None
+        check_limit(iterations, "max_steps", "--kimg", "steps")
     if preset is not None:
         applied = []
         if iterations is None:

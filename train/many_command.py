@@ -3,9 +3,8 @@
 The command takes its own options (roster, store, Ray) plus every option of `cli.py train` except the
 per-person ones (--data, --out, --checkpoint-dir), read from the `train` command's signature, so the two
 commands always accept the same training options with the same defaults and help. Ray is imported only when
-the command runs; without it the command prints one line saying how to install it.
-
-    python -m train.many_command ROSTER --out STORE --preset tiny ...   (until cli.py registers it)
+the command runs; without it, or when Ray does not start, the command prints one line saying what to do. Roster
+entries that are not person folders (files, dangling symlinks, symlink loops) are reported as skipped, with why.
 """
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from cli_options import up_to
 from train.roster import PER_PERSON_TRAIN_OPTIONS, train_entry
 
 
@@ -28,17 +28,19 @@ def _train_many(
     work_dir: Annotated[Optional[Path], typer.Option("--work-dir", help="Per-person checkpoints, logs and "
                                                      "preprocessed photos (default: STORE/.train-many/NAME/); "
                                                      "run again to resume.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="People trained at once by the local Ray "
-                                                   "(default: CPUs / --cpus-per-person).")] = None,
-    cpus_per_person: Annotated[float, typer.Option("--cpus-per-person", help="Ray CPUs per person (torch threads "
-                                                   "in the task).")] = 1.0,
-    gpus_per_person: Annotated[float, typer.Option("--gpus-per-person", help="Ray GPUs per person (0: CPU "
-                                                   "workers).")] = 0.0,
+    workers: Annotated[Optional[int], typer.Option("--workers", **up_to("max_workers"),
+                                                   help="People trained at once by the local Ray (default: CPUs / "
+                                                        "--cpus-per-person).")] = None,
+    cpus_per_person: Annotated[float, typer.Option("--cpus-per-person", min=0.01, max=1024.0,
+                                                   help="Ray CPUs per person (torch threads in the task).")] = 1.0,
+    gpus_per_person: Annotated[float, typer.Option("--gpus-per-person", min=0.0, max=64.0,
+                                                   help="Ray GPUs per person (0: CPU workers).")] = 0.0,
     address: Annotated[Optional[str], typer.Option("--address", help="Join this Ray cluster (ray start --head, "
                                                    "KubeRay; 'auto') instead of a local Ray; ROSTER and STORE "
                                                    "must then be on storage every node sees.")] = None,
-    max_retries: Annotated[int, typer.Option("--max-retries", help="Retries of a person whose worker died; a "
-                                             "retry resumes from the checkpoint.")] = 2,
+    max_retries: Annotated[int, typer.Option("--max-retries", min=0, max=100,
+                                             help="Retries of a person whose worker died; a retry resumes from the "
+                                                  "checkpoint.")] = 2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain people already in the store (default: "
                                             "skip them).")] = False,
     preprocess_backend: Annotated[str, typer.Option("--preprocess-backend", help="Face backend for photo "
@@ -53,7 +55,7 @@ def _train_many(
     import json
 
     from formats.atomic import write_text
-    from train.roster import RosterError, RosterSettings, require_ray, train_roster
+    from train.roster import SUMMARY_FILE, RosterError, RosterSettings, require_ray, train_roster
 
     try:
         require_ray()
@@ -69,13 +71,14 @@ def _train_many(
                               preprocess_backend=preprocess_backend, insightface_models=insightface_models)
     try:
         result = train_roster(roster, out, settings, train_kwargs, progress=True, echo=typer.echo)
-    except RosterError as e:
-        raise typer.BadParameter(str(e)) from None
+    except RosterError as e:  # the roster, a setting, or Ray's start: one line saying what to do
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(result.table())
     counts = result.counts()
     typer.echo(f"{counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in "
                f"{result.wall_seconds:.1f} s ({result.people_per_hour():.1f} people/hour); summary: "
-               f"{Path(result.work_dir) / 'summary.json'}")
+               f"{Path(result.work_dir) / SUMMARY_FILE}")
     if summary is not None:
         write_text(summary, json.dumps(result.to_dict(), indent=2) + "\n")
     if counts["failed"]:
@@ -105,9 +108,3 @@ def _with_train_options(func):
 
 train_many = _with_train_options(_train_many)
 """The `train-many` command: register with `app.command(name="train-many")(train_many)`."""
-
-
-if __name__ == "__main__":
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command(name="train-many")(train_many)
-    app()

@@ -24,9 +24,11 @@ Ray is an optional dependency, imported only when a roster runs (`require_ray`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import json
 import os
+import stat
 import sys
 import time
 import uuid
@@ -76,7 +78,8 @@ def discover_roster(roster: str | os.PathLike) -> tuple[list[PersonSource], list
     """(people to train, failures found already): every non-hidden sub-folder of `roster`, sorted by name.
 
     A sub-folder whose name is not a valid person name is a failure of its own (the store could not hold it);
-    files and hidden folders (`.name`) beside the people are ignored."""
+    any other entry (a file, a dangling symlink, a symlink loop) is a 'skipped' row saying why, so the summary
+    accounts for every entry; hidden entries (`.name`) are ignored."""
     from preprocess import DATASET_JSON
 
     roster = Path(roster)
@@ -85,7 +88,11 @@ def discover_roster(roster: str | os.PathLike) -> tuple[list[PersonSource], list
                           f"data per person)")
     people, invalid = [], []
     for entry in sorted(roster.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            invalid.append(PersonOutcome(person=entry.name, status="skipped", source=str(entry),
+                                         error=why_not_a_person(entry)))
             continue
         if not is_valid_name(entry.name):
             invalid.append(PersonOutcome(person=entry.name, status="failed", source=str(entry),
@@ -93,9 +100,25 @@ def discover_roster(roster: str | os.PathLike) -> tuple[list[PersonSource], list
             continue
         kind = "dataset" if (entry / DATASET_JSON).is_file() else "photos"
         people.append(PersonSource(entry.name, entry, kind))
-    if not people and not invalid:
-        raise RosterError(f"roster {roster}: no person folders in it")
+    if not people and not any(o.status == "failed" for o in invalid):
+        skipped = "".join(f"; skipped {o.error}" for o in invalid)
+        raise RosterError(f"roster {roster}: no person folders in it{skipped}")
     return people, invalid
+
+
+def why_not_a_person(entry: Path) -> str:
+    """Why roster entry `entry`, which is not a folder, is no person, in words."""
+    try:
+        mode = entry.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{entry}: a symlink loop (it leads back to itself), not a person folder"
+        if entry.is_symlink():
+            return f"{entry}: a dangling symlink (to {os.readlink(entry)}, which does not exist), not a person folder"
+        return f"{entry}: unreadable ({e.strerror}), not a person folder"
+    if stat.S_ISREG(mode):
+        return f"{entry}: a file, not a person folder (a person is a folder of photos or a dataset)"
+    return f"{entry}: not a folder, so not a person"
 
 
 # ------------------------------------------------------------------------------------------ train's options
@@ -386,7 +409,7 @@ class RosterSummary:
             losses = " ".join(f"{k} {v:.4f}" for k, v in p.final_losses.items() if k in ("loss", "rec", "sym"))
             rows.append((p.person, p.status, "" if p.steps is None else str(p.steps),
                          "" if p.wall_seconds is None else f"{p.wall_seconds:.1f}", str(p.attempts), losses,
-                         p.adapter if p.status != "failed" else (p.error or "")))
+                         p.adapter or p.error or ""))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows)
 
@@ -396,16 +419,31 @@ def _repo_root() -> Path:
 
 
 def _init_ray(ray, settings: RosterSettings) -> dict:
-    """Start a local Ray, or join `settings.address`; returns what was started (for the summary)."""
+    """Start a local Ray, or join `settings.address`; returns what was started (for the summary). Ray failing to
+    start or join is a RosterError of one line: what Ray said, and what to try."""
     pythonpath = os.pathsep.join(p for p in (str(_repo_root()), os.environ.get("PYTHONPATH", "")) if p)
-    if settings.address is not None:
-        ray.init(address=settings.address, log_to_driver=False)
-        return {"mode": "cluster", "address": settings.address}
-    cpus = os.cpu_count() or 1
-    num_cpus = settings.cpus_per_person * (settings.workers or max(1, int(cpus // settings.cpus_per_person)))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
-    return {"mode": "local", "num_cpus": num_cpus}
+    try:
+        if settings.address is not None:
+            ray.init(address=settings.address, log_to_driver=False)
+            return {"mode": "cluster", "address": settings.address}
+        cpus = os.cpu_count() or 1
+        num_cpus = settings.cpus_per_person * (settings.workers or max(1, int(cpus // settings.cpus_per_person)))
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+        return {"mode": "local", "num_cpus": num_cpus}
+    except Exception as e:  # noqa: BLE001 - Ray raises many types (ConnectionError, RuntimeError, its own) here
+        raise RosterError(ray_start_help(e, settings.address)) from e
+
+
+def ray_start_help(error: BaseException, address: str | None) -> str:
+    """One line: Ray did not start (what it said), and what to try."""
+    said = " ".join(str(error).split())[:300]
+    said = f"{type(error).__name__}: {said}" if said else type(error).__name__
+    if address is not None:
+        return (f"Ray could not join the cluster at --address {address} ({said}); check that it runs (`ray status "
+                f"--address {address}`), or leave out --address to start a local Ray")
+    return (f"the local Ray did not start ({said}); try fewer --workers or --cpus-per-person, or start Ray yourself "
+            f"(`ray start --head`) and pass --address auto")
 
 
 def train_roster(roster: str | os.PathLike, store: str | os.PathLike, settings: RosterSettings,
