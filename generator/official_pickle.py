@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from formats.limits import current_limits, raise_hint
 from formats.tensors import read_file_bytes
 
 __all__ = [
@@ -464,9 +465,19 @@ def _named_entries(state: dict, attr: str, where: str) -> dict:
     return entries
 
 
-def _collect_tensors(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+def _check_depth(depth: int, where: str) -> None:
+    """Refuse data nested deeper than `max_nesting` (formats.limits): every walk over what a pickle built is
+    bounded, so deep nesting or a reference cycle is a one-line error, never a RecursionError."""
+    cap = current_limits().max_nesting
+    if depth > cap:
+        raise OfficialPickleError(f"{where or '<root>'}: nested more than max_nesting={cap} levels deep (corrupt, "
+                                  f"cyclic or hostile); " + raise_hint("max_nesting"))
+
+
+def _collect_tensors(obj: Any, prefix: str, out: dict[str, torch.Tensor], depth: int = 0) -> None:
     """Fills ``out`` in ``nn.Module.state_dict()`` order: own parameters, persistent buffers, then children."""
     where = prefix[:-1]
+    _check_depth(depth, where)
     state = _module_state(obj, where)
     non_persistent = state.get("_non_persistent_buffers_set") or set()
     for attr in ("_parameters", "_buffers"):
@@ -478,17 +489,19 @@ def _collect_tensors(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> Non
             out[prefix + name] = tensor
     for name, child in _named_entries(state, "_modules", where).items():
         if child is not None:
-            _collect_tensors(child, f"{prefix}{name}.", out)
+            _collect_tensors(child, f"{prefix}{name}.", out, depth + 1)
 
 
-def _to_plain(value: Any) -> Any:
-    """EasyDict/OrderedDict -> dict, numpy scalars -> Python numbers, recursively through lists and tuples."""
+def _to_plain(value: Any, where: str = "", depth: int = 0) -> Any:
+    """EasyDict/OrderedDict -> dict, numpy scalars -> Python numbers, recursively through lists and tuples (at
+    most `max_nesting` levels deep)."""
+    _check_depth(depth, where)
     if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
+        return {k: _to_plain(v, f"{where}.{k}"[:200], depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_to_plain(v) for v in value]
+        return [_to_plain(v, f"{where}[{i}]"[:200], depth + 1) for i, v in enumerate(value)]
     if isinstance(value, tuple):
-        return tuple(_to_plain(v) for v in value)
+        return tuple(_to_plain(v, f"{where}[{i}]"[:200], depth + 1) for i, v in enumerate(value))
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -522,10 +535,15 @@ def read_official_pickle(path: str | os.PathLike, key: str = "G_ema") -> Officia
         raise OfficialPickleError(f"{os.fspath(path)}: {key}: {exc}") from None
     state = network.state
     resolution = state.get("neural_rendering_resolution")
+    try:
+        init_kwargs = _to_plain(state.get("_init_kwargs") or {}, f"{key}.init_kwargs")
+        rendering_kwargs = _to_plain(state.get("rendering_kwargs") or {}, f"{key}.rendering_kwargs")
+    except OfficialPickleError as exc:
+        raise OfficialPickleError(f"{os.fspath(path)}: {exc}") from None
     return OfficialCheckpoint(
         state_dict=state_dict,
-        init_kwargs=_to_plain(state.get("_init_kwargs") or {}),
-        rendering_kwargs=_to_plain(state.get("rendering_kwargs") or {}),
+        init_kwargs=init_kwargs,
+        rendering_kwargs=rendering_kwargs,
         neural_rendering_resolution=None if resolution is None else int(resolution),
         class_name=network.class_name,
     )

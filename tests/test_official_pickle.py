@@ -495,3 +495,64 @@ def test_writer_rejects_unknown_module_names(tmp_path, fixture_weights):
         write_official_pickle(tmp_path / "x.pkl", {"mystery.weight": torch.ones(1)}, init_kwargs, rendering_kwargs,
                               resolution)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Nesting depth is a limit of the reader (formats.limits.max_nesting)
+
+def _deeply_nested_pickle(fixture_weights, tmp_path, depth: int) -> Path:
+    """A valid official pickle whose init_kwargs holds a list nested `depth` deep (spliced in as opcodes: EMPTY_LIST
+    `depth` times, then APPEND `depth - 1` times, in place of a marker string)."""
+    state_dict, init_kwargs, rendering_kwargs, resolution = fixture_weights
+    good = tmp_path / "good.pkl"
+    write_official_pickle(good, {"dataset_label_std": state_dict["dataset_label_std"]},
+                          {**init_kwargs, "marker_slot": "X" * 40}, rendering_kwargs, resolution)
+    slot = b"\x8c\x28" + b"X" * 40 + b"\x94"
+    data = _unframe(good.read_bytes())
+    assert data.count(slot) == 1
+    deep = tmp_path / f"deep{depth}.pkl"
+    deep.write_bytes(data.replace(slot, b"]" * depth + b"a" * (depth - 1) + b"\x94"))
+    return deep
+
+
+def test_deeply_nested_init_kwargs_are_a_one_line_error(fixture_weights, tmp_path):
+    """50,000 levels of nesting (a RecursionError before the limit existed) are refused naming the limit; 50 are
+    read."""
+    shallow = read_official_pickle(_deeply_nested_pickle(fixture_weights, tmp_path, 50))
+    value, depth = shallow.init_kwargs["marker_slot"], 1
+    while value:
+        value, depth = value[0], depth + 1
+    assert depth == 50
+    with pytest.raises(OfficialPickleError, match="max_nesting=200.*MY3DGEN_LIMITS") as e:
+        read_official_pickle(_deeply_nested_pickle(fixture_weights, tmp_path, 50_000))
+    assert "init_kwargs.marker_slot" in str(e.value) and "deep50000.pkl" in str(e.value)
+
+
+def test_convert_of_a_deeply_nested_pickle_exits_2_with_one_line(fixture_weights, tmp_path):
+    from tests.helpers.cli import run_cli
+    pkl = _deeply_nested_pickle(fixture_weights, tmp_path, 50_000)
+    r = run_cli("convert", pkl, "--out", tmp_path / "model", check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "max_nesting" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_deep_or_cyclic_module_chain_is_refused(monkeypatch, tmp_path):
+    """Every walk over what a pickle built is bounded: a _modules chain 10,000 deep, and a module that is its own
+    child (a memo reference makes that one opcode), are one-line errors."""
+    root = op._PersistentModuleStub("training.triplane.TriPlaneGenerator", 1, {"_modules": {}})
+    node = root
+    for _ in range(10_000):
+        child = op._PersistentModuleStub("torch.nn.Module", 1, {"_modules": {}})
+        node.state["_modules"]["m"] = child
+        node = child
+    monkeypatch.setattr(op, "_safe_load", lambda path: {"G_ema": root})
+    with pytest.raises(OfficialPickleError, match="max_nesting"):
+        op.read_official_pickle(tmp_path / "x.pkl")
+    root.state["_modules"] = {"self": root}
+    with pytest.raises(OfficialPickleError, match="max_nesting"):
+        op.read_official_pickle(tmp_path / "x.pkl")
+    cyclic: dict = {}
+    cyclic["again"] = cyclic
+    with pytest.raises(OfficialPickleError, match="max_nesting"):
+        op._to_plain(cyclic)
