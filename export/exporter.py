@@ -44,7 +44,8 @@ from formats.adapter_file import FORMAT_VERSION as ADAPTER_FORMAT_VERSION
 from formats.atomic import atomic_dir
 from formats.cameras import FFHQ_FOCAL
 from formats.export_manifest import (ANCHORS_FILE, BASE_ADAPTER_FILE, GRAPH_FILES, MIXED_GRAPH_FILES, build_manifest,
-                                     graph_entry, keep_lora_adapter_section, merged_adapter_section, write_manifest)
+                                     engine_fingerprints, graph_entry, keep_lora_adapter_section,
+                                     merged_adapter_section, write_manifest)
 from formats.fingerprint import sha256_file
 from formats.names import NAME_RULE, is_valid_name
 from formats.tensors import save_safetensors
@@ -551,7 +552,8 @@ def build_engines(export_dir: str | os.PathLike, max_batch: int = 8, fp16: bool 
             info = build_engine(src, export_dir / f"{name}.engine", fp16=fp16, max_batch=max_batch, refit=refit)
         engines[name] = {"file": f"{name}.engine", "fp16": info.fp16, "tensorrt_version": info.tensorrt_version,
                          "refit": info.refit, "max_batch": max_batch, "size_bytes": info.size_bytes,
-                         "build_seconds": round(info.build_seconds, 2)}
+                         "build_seconds": round(info.build_seconds, 2),
+                         **engine_fingerprints(export_dir / f"{name}.engine", sha256_file(export_dir / f))}
     return engines
 
 

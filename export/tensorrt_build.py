@@ -39,6 +39,7 @@ import onnx
 
 from export.trt_support import graph_computes_in_fp16
 from formats.atomic import write_bytes
+from formats.export_manifest import engine_fingerprints
 from runtime.trt import TRT_INSTALL_HELP, TrtRunner, deserialize_engine, import_cudart, import_tensorrt
 
 __all__ = ["TRT_INSTALL_HELP", "TrtRunner", "import_cudart", "import_tensorrt", "TensorRTBuildError", "ProfileShape",
@@ -428,5 +429,6 @@ def refit_engines_from(source_dir: str | Path, source_engines: Mapping[str, Mapp
                      out_path=out_path)
         engines[name] = {**entry, "size_bytes": out_path.stat().st_size,
                          "build_seconds": round(time.perf_counter() - started, 2),
-                         "refitted_from": str(source_dir / entry["file"])}
+                         "refitted_from": str(source_dir / entry["file"]),
+                         **engine_fingerprints(out_path, target_graphs[name]["sha256"])}
     return engines

@@ -15,7 +15,8 @@ runtime, the TorchServe handler, `cli.py build-engine`, the packager). Layout of
 
 Top-level fields, in file order:
 
-    format, format_version     'my3dgen-export', 2 (version 1 exports still load: no input defaults, no mixed graphs)
+    format, format_version     'my3dgen-export', 3 (versions 1 and 2 still load: version 1 has no input defaults
+                               and no mixed graphs; engines of versions 1-2 record no fingerprints)
     graphs                     {name: {file, sha256, inputs: [{name, dtype, shape[, default]}], outputs: [...],
                                 adapter_inputs: [input names]}}; shapes use 'batch' for the dynamic axis;
                                `default: true` marks an input the graph holds a value for (may be left unfed)
@@ -38,7 +39,9 @@ Top-level fields, in file order:
                                the graph, tri-planes passed between the graphs as float16)
     opset, versions            ONNX opset; python, torch, onnx, onnxruntime, onnxscript versions
     verification               eager PyTorch vs onnxruntime on the export's example batch: max abs diffs, tolerance
-    tensorrt                   {check: {graph: {...}}, engines: {graph: {file, fp16, ...}} or null}
+    tensorrt                   {check: {graph: {...}}, engines: {graph: {file, fp16, ..., sha256, graph_sha256}}
+                               or null}; version 3 adds each engine's own sha256 and the sha256 of the ONNX graph
+                               it was built or refitted from (`engine_fingerprints`), checked when it loads
 """
 from __future__ import annotations
 
@@ -50,12 +53,14 @@ from typing import Any
 
 from formats.atomic import write_text
 from formats.errors import ManifestError
+from formats.fingerprint import sha256_bytes, sha256_file
 from formats.limits import Limits, current_limits
+from formats.tensors import open_regular
 from formats.versioned_json import dump_json, read_versioned_json
 
 FORMAT = "my3dgen-export"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_FILE = "manifest.json"
 GRAPH_FILES = {"mapping": "mapping.onnx", "synthesis": "synthesis.onnx", "render": "render.onnx"}
 MIXED_GRAPH_FILES = {"synthesis": "synthesis_mixed.onnx", "render": "render_mixed.onnx"}
@@ -96,6 +101,17 @@ def keep_lora_adapter_section(policy: dict, rank: int, alpha: float, layout: str
             "targets": targets, "inputs": inputs, "base_values_file": BASE_ADAPTER_FILE,
             "example_adapter_sha256": example_adapter_sha256, "adapter_format_version": adapter_format_version,
             "defaults_in_graph": bool(defaults_in_graph), "mixed_batch": mixed_batch}
+
+
+def engine_fingerprints(engine_path: str | os.PathLike, graph_sha256: str) -> dict[str, str]:
+    """What an engine entry records so a reader can check it (format 3): the engine file's own sha256, and the
+    sha256 of the ONNX graph it was built or refitted from, which must be the export's graph of that name."""
+    return {"sha256": sha256_file(engine_path), "graph_sha256": graph_sha256}
+
+
+def engine_is_fingerprinted(entry: dict[str, Any]) -> bool:
+    """True when an engine entry records both fingerprints (engines of format 1-2 exports do not)."""
+    return all(isinstance(entry.get(k), str) for k in ("sha256", "graph_sha256"))
 
 
 def keep_lora_adapter_format(adapter_section: dict) -> int:
@@ -189,6 +205,26 @@ def check_manifest(m: dict[str, Any], directory: Path, where: str, limits: Limit
                  f"adapter.inputs[{n}]", "needs string 'input', 'tensor', 'graph' and an integer 'shape'")
         need(a.get("mixed_batch") is None or _is_int(a["mixed_batch"], 2, 1024), "adapter.mixed_batch",
              f"is {a.get('mixed_batch')!r}: expected null or an integer 2..1024")
+
+
+def read_checked(directory: str | os.PathLike, file: str, sha256: Any, what: str, limits: Limits | None = None
+                 ) -> bytes:
+    """The bytes of `file` in an export directory, after checking that they hash to `sha256`, the fingerprint the
+    manifest recorded when the file was written. Readers load a graph or engine from these bytes, never from the
+    path again, so what was checked is what runs. A missing, oversized or altered file is a ManifestError naming
+    it: a graph replaced by another with the same inputs and outputs must not render."""
+    path = Path(directory) / file
+    if not isinstance(sha256, str) or not sha256.startswith("sha256:"):
+        raise ManifestError(str(path), f"the manifest records no sha256 for this {what}: it cannot be checked "
+                                       f"(re-export, or rebuild the engines, to record one)")
+    f, _ = open_regular(path, ManifestError, limits, what)
+    with f:
+        data = f.read()
+    actual = sha256_bytes(data)
+    if actual != sha256:
+        raise ManifestError(str(path), f"this {what} is not the one the export wrote (sha256 {actual[7:23]}..., "
+                                       f"manifest {sha256[7:23]}...): it was replaced or corrupted; re-export")
+    return data
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,24 @@ onnxruntime's own multi-LoRA API can swap people without feeding arrays: `People
 
     <name>.<graph>.<first 16 hex digits of the .safetensors sha256>.onnx_adapter
 
-and the runtime activates it with `RunOptions.add_active_adapter`. The hash in the name ties each file to one
-version of the person's adapter: a `.safetensors` replaced by other means has no matching file and runs on numpy
-feeds (the runtime's stats count which path each run took; nothing falls back silently). onnxruntime's adapter
-format cannot hold 0-d tensors (each parameter needs at least one dimension), so the few scalar inputs (noise
-strengths) are fed as arrays beside the native adapter.
+and the runtime activates it with `RunOptions.add_active_adapter`. The hash in the name finds the file of one
+version of the person's adapter; a `.safetensors` replaced by other means has no matching file and runs on numpy
+feeds (the runtime's stats count which path each run took; nothing falls back silently).
+
+A native file is derived data, and whoever can write the people folder can copy another person's files over it.
+So it is never trusted by its name: when it loads, its parameters must equal, value for value, what the checked
+`.safetensors` derives (`check_native`); it is loaded from a private copy of the very bytes that were checked. A
+file that differs (another person's, a sidecar of the other graph, truncated, altered) is refused with a warning
+and the person runs on numpy feeds of their checked `.safetensors`: the wrong face is never rendered.
+
+onnxruntime's adapter format cannot hold 0-d tensors (each parameter needs at least one dimension), so the few
+scalar inputs (noise strengths) are fed as arrays beside the native adapter.
 """
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +32,8 @@ import numpy as np
 
 from formats.atomic import atomic_file
 from runtime.session import import_onnxruntime
+
+log = logging.getLogger("my3dgen.runtime")
 
 SUFFIX = ".onnx_adapter"
 ADAPTER_VERSION = 1
@@ -132,16 +144,73 @@ def person_feeds(people_dir: Path, name: str, sha256: str, graph: str, inputs: l
     if not path.is_file():
         feeds.why_numpy = f"no {path.name} (written by `people add`)"
         return feeds
-    ort = import_onnxruntime()
-    adapter = ort.LoraAdapter()
     try:
-        adapter.Load(str(path))
-    except Exception as e:  # onnxruntime raises RuntimeError subclasses of its own for a bad file
-        feeds.why_numpy = f"{path.name} cannot be loaded ({type(e).__name__}: {e})"
+        adapter = load_checked_native(path, params)
+    except NativeMismatch as e:
+        log.warning("person %r, graph %s: %s; running their checked adapter file on numpy feeds instead "
+                    "(`cli.py people add` rewrites the native files)", name, graph, e)
+        feeds.why_numpy = str(e)
         return feeds
+    ort = import_onnxruntime()
     options = ort.RunOptions()
     options.add_active_adapter(adapter)
     return GraphFeeds(arrays=feeds.arrays, run_options=options, rest=rest, adapter=adapter)
+
+
+class NativeMismatch(Exception):
+    """A native adapter file that cannot be loaded or does not hold what the person's adapter derives."""
+
+
+def check_native(path: Path, fmt, expected: dict[str, np.ndarray]) -> None:
+    """NativeMismatch unless onnxruntime AdapterFormat `fmt` (read from `path`) holds exactly `expected`: the same
+    parameter names, shapes and float32 values."""
+    got = fmt.get_parameters()
+    if set(got) != set(expected):
+        extra, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
+        raise NativeMismatch(f"{path.name} holds other parameters than the person's adapter derives (unexpected "
+                             f"{extra[:3]}, missing {missing[:3]}): refused")
+    for k, want in expected.items():
+        value = got[k].numpy()
+        if value.dtype != np.float32 or value.shape != want.shape:
+            raise NativeMismatch(f"{path.name}: parameter {k!r} is {value.dtype} {list(value.shape)}, the person's "
+                                 f"adapter derives float32 {list(want.shape)}: refused")
+        if not np.array_equal(value, want):
+            raise NativeMismatch(f"{path.name}: parameter {k!r} holds other values than the person's adapter "
+                                 f"derives (another person's file, or altered): refused")
+
+
+def load_checked_native(path: Path, expected: dict[str, np.ndarray]):
+    """The onnxruntime.LoraAdapter of native file `path`, loaded only once its parameters are `expected`.
+
+    The file is read once (bounded, regular files only) into a private temporary copy; the check and the load
+    both read that copy, so the people folder cannot change what runs between them. (LoraAdapter memory-maps its
+    file; the mapping outlives the copy's name, which is removed at once.)"""
+    from formats.errors import FormatError, without_paths
+    from formats.tensors import open_regular
+    ort = import_onnxruntime()
+    try:
+        f, _ = open_regular(path, FormatError, what="native adapter file")
+        with f:
+            data = f.read()
+    except FormatError as e:
+        raise NativeMismatch(f"{path.name} {e.reason}") from None
+    fd, tmp = tempfile.mkstemp(prefix="my3dgen-native-", suffix=SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        try:
+            fmt = ort.AdapterFormat.read_adapter(tmp)
+            check_native(path, fmt, expected)
+            adapter = ort.LoraAdapter()
+            adapter.Load(tmp)
+        except NativeMismatch:
+            raise
+        except Exception as e:  # onnxruntime raises RuntimeError subclasses of its own for a bad file
+            said = without_paths(str(e).replace(tmp, path.name))[:200]
+            raise NativeMismatch(f"{path.name} cannot be loaded ({type(e).__name__}: {said})") from None
+    finally:
+        os.unlink(tmp)
+    return adapter
 
 
 def base_feeds(inputs: list[dict], tensors: dict[str, np.ndarray], defaults_in_graph: bool) -> GraphFeeds:

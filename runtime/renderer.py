@@ -17,7 +17,7 @@ import numpy as np
 
 from formats.cameras import lookat_label
 from formats.export_manifest import ExportManifest
-from runtime.errors import ExportInvalid
+from runtime.errors import AdapterInvalid, ExportInvalid
 from runtime.native_adapters import GraphFeeds
 from runtime.session import Graph, OrtGraph, choose_providers, open_graph
 
@@ -95,7 +95,13 @@ class Renderer:
         if adapter.arrays:
             with self._count_lock:
                 self._paths[path] += 1
-        return graph.run({**feeds, **extra}, keep_on_device=keep, run_options=options)
+        if path != "native":
+            return graph.run({**feeds, **extra}, keep_on_device=keep, run_options=options)
+        try:
+            return graph.run({**feeds, **extra}, keep_on_device=keep, run_options=options)
+        except Exception as e:  # onnxruntime's own error types: the person's native adapter does not fit the graph
+            raise AdapterInvalid(f"native adapter of the {graph.name} graph", f"onnxruntime refused it "
+                                 f"({type(e).__name__}: {str(e)[:200]})") from None
 
     def planes(self, ws: np.ndarray, adapter: GraphFeeds) -> Any:
         """Tri-planes of W+ latents [B, num_ws, w_dim]: a numpy array, or an OrtValue left on the device when

@@ -32,6 +32,8 @@ from typing import Any, Collection, Sequence
 
 import numpy as np
 
+from formats.errors import ManifestError
+from formats.export_manifest import engine_is_fingerprinted, read_checked
 from runtime.errors import ExportInvalid, InvalidRequest
 
 ENGINE_PROVIDER = "TensorRTEngine"
@@ -142,6 +144,15 @@ def choose_providers(requested: str | Sequence[str] = "auto", engines_present: b
     return requested
 
 
+def checked_bytes(directory: Path, file: str, sha256: Any, what: str) -> bytes:
+    """The bytes of a graph or engine file, checked against the manifest's sha256 (formats.export_manifest
+    .read_checked), as the runtime's ExportInvalid. Checked once, when a graph is opened: requests never pay it."""
+    try:
+        return read_checked(directory, file, sha256, what)
+    except ManifestError as e:
+        raise ExportInvalid.of(e) from None
+
+
 def _np_dtype(name: str) -> np.dtype:
     return np.dtype({"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
                      "bool": np.bool_, "float64": np.float64}[name])
@@ -221,16 +232,17 @@ class OrtGraph(Graph):
                 plist.append((p, {"device_id": self.device_id}))
             else:
                 plist.append(p)
+        model = checked_bytes(path.parent, path.name, spec.get("sha256"), "graph")
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=plist or [CPU_EP])
+            self.session = ort.InferenceSession(model, so, providers=plist or [CPU_EP])
         except Exception as e:  # onnxruntime raises its own exception types for bad models
-            raise ExportInvalid(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {e})") from None
+            raise ExportInvalid(str(path), f"onnxruntime cannot load it ({type(e).__name__}: {e})") from None
         required = {i.name for i in self.session.get_inputs()}
         overridable = {i.name for i in self.session.get_overridable_initializers()}
         wanted = set(self.input_dtypes)
         if not required <= wanted or not wanted <= required | overridable:
-            raise ExportInvalid(f"{path}: graph inputs {sorted(required)[:5]}... differ from the manifest's "
-                                f"{list(self.input_dtypes)[:5]}...")
+            raise ExportInvalid(str(path), f"graph inputs {sorted(required)[:5]}... differ from the manifest's "
+                                           f"{list(self.input_dtypes)[:5]}...")
         self.optional &= overridable
         self.provider = self.session.get_providers()[0]
         self.device = "cuda" if self.provider in DEVICE_PROVIDERS else "cpu"
@@ -274,11 +286,16 @@ class EngineGraph(Graph):
 
     provider = ENGINE_PROVIDER
 
-    def __init__(self, name: str, spec: dict[str, Any], engine_path: Path):
+    def __init__(self, name: str, spec: dict[str, Any], engine_path: Path, engine: dict[str, Any]):
         super().__init__(name, spec)
         self.optional = set()  # an engine has no defaults: every adapter input is fed
+        if engine.get("graph_sha256") != spec.get("sha256"):
+            raise ExportInvalid(str(engine_path), "this engine was not built from this export's graph (its "
+                                                  "graph_sha256 differs from the graph's sha256, or is not "
+                                                  "recorded): rebuild it with `cli.py build-engine`")
+        data = checked_bytes(engine_path.parent, engine_path.name, engine.get("sha256"), "TensorRT engine")
         from runtime.trt import TrtRunner
-        self.runner = TrtRunner(engine_path)
+        self.runner = TrtRunner(engine_path, data=data)
 
     def run(self, feeds: dict[str, Any], keep_on_device: Collection[str] = (), run_options: Any = None
             ) -> dict[str, Any]:
@@ -292,7 +309,12 @@ def open_graph(export_dir: Path, name: str, spec: dict[str, Any], providers: lis
                engines: dict[str, Any] | None, io_binding: bool | None = None) -> Graph:
     """The Graph for manifest entry `spec`: an engine when ENGINE_PROVIDER leads `providers`, else onnxruntime."""
     if providers and providers[0] == ENGINE_PROVIDER and engines and name in engines:
-        return EngineGraph(name, spec, export_dir / engines[name]["file"])
+        if engine_is_fingerprinted(engines[name]):
+            return EngineGraph(name, spec, export_dir / engines[name]["file"], engines[name])
+        log.warning("graph %s: its TensorRT engine %s records no fingerprints (built before manifest format 3), "
+                    "so it cannot be checked against the graph; running the checked ONNX graph on onnxruntime "
+                    "instead. Rebuild the engines with `cli.py build-engine %s` to use them.", name,
+                    engines[name].get("file"), export_dir)
     cache = os.environ.get("MY3DGEN_TRT_CACHE")
     trt_cache = Path(cache) if cache else (export_dir / ".trt_ep_cache" if os.access(export_dir, os.W_OK) else None)
     return OrtGraph(name, spec, export_dir / spec["file"], providers, threads, trt_cache, io_binding)

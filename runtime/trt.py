@@ -54,12 +54,13 @@ def import_cudart():
     return cudart
 
 
-def deserialize_engine(trt, logger, engine_path: Path):
-    """(trt.Runtime, ICudaEngine) of a serialized engine file; the runtime must outlive the engine."""
-    if not engine_path.is_file():
+def deserialize_engine(trt, logger, engine_path: Path, data: bytes | None = None):
+    """(trt.Runtime, ICudaEngine) of a serialized engine file (or of its bytes `data`, already read and checked
+    by the caller); the runtime must outlive the engine."""
+    if data is None and not engine_path.is_file():
         raise FileNotFoundError(f"TensorRT engine not found: {engine_path}")
     runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes() if data is None else data)
     if engine is None:
         raise RuntimeError(
             f"TensorRT could not deserialize {engine_path}: engines only load with the TensorRT version and GPU "
@@ -76,12 +77,12 @@ class TrtRunner:
     on data (e.g. NonZero) are not supported. Use as a context manager or call close().
     """
 
-    def __init__(self, engine_path: str | Path, *, device: int = 0):
+    def __init__(self, engine_path: str | Path, *, device: int = 0, data: bytes | None = None):
         self._trt = import_tensorrt()
         self._cudart = import_cudart()
         self._check(self._cudart.cudaSetDevice(device))
         self._logger = self._trt.Logger(self._trt.Logger.WARNING)
-        self._runtime, self.engine = deserialize_engine(self._trt, self._logger, Path(engine_path))
+        self._runtime, self.engine = deserialize_engine(self._trt, self._logger, Path(engine_path), data)
         self.context = self.engine.create_execution_context()
         self._stream = self._check(self._cudart.cudaStreamCreate())
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]

@@ -39,6 +39,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
+from formats.errors import without_paths
 from formats.names import NAME_RULE, is_valid_name
 from media.runtime_video import render_video, video_frames
 from media.video_writer import encode_video
@@ -366,7 +367,8 @@ class Service:
             outcome.op = op if isinstance(op, str) and op in FIELDS else "invalid"
         if e.kind == "budget_exceeded":
             outcome.budget_refusal = "before" if e.status == 503 else "after"
-        return self._json(context, idx, e.to_dict(), e.status, _PHRASES.get(e.status, "Error"))
+        body = {**e.to_dict(), "error": _strip_paths(e.message, self.people_dir)}
+        return self._json(context, idx, body, e.status, _PHRASES.get(e.status, "Error"))
 
     def _map_runtime_error(self, e: RuntimeErrorBase, raw: Any) -> RequestError:
         msg = _strip_paths(str(e) or type(e).__name__, self.people_dir)
@@ -403,10 +405,11 @@ def _field_of(raw: Any, name: str) -> Any:
 
 
 def _strip_paths(message: str, people_dir: Optional[Path]) -> str:
-    """Keep server folder names out of error messages sent to clients."""
+    """Keep the server's folders out of error messages sent to clients: paths in the people folder become
+    relative to it, every other absolute path its last part (formats.errors.without_paths)."""
     if people_dir is not None:
-        message = message.replace(str(people_dir) + os.sep, "").replace(str(people_dir), "")
-    return message
+        message = message.replace(str(people_dir) + os.sep, "").replace(str(people_dir), "the people folder")
+    return without_paths(message)
 
 
 _SERVICE: Optional[Service] = None

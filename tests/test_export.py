@@ -359,7 +359,7 @@ def test_fp16_export_within_its_tolerance(G, exports):
 def test_manifest_content(G, exports):
     from generator.adapter_file import base_fingerprint, read_adapter_meta
     keep = load_manifest(exports["keep"])
-    assert keep["format"] == "my3dgen-export" and keep["format_version"] == 2 and keep["opset"] == 18
+    assert keep["format"] == "my3dgen-export" and keep["format_version"] == 3 and keep["opset"] == 18
     assert keep["base_fingerprint"] == base_fingerprint(G)
     assert keep["rendering_mode"]["noise_mode"] == "const" and keep["rendering_mode"]["sampling"] == "deterministic"
     assert keep["rendering_mode"]["fused_modconv"] is False

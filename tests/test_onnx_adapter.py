@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from formats.fingerprint import sha256_file
 from runtime import Runtime
 from runtime.native_adapters import SUFFIX, native_path
 from tests.test_export import TinyExports, adapter_feeds, load_manifest, tiny_generator
@@ -48,7 +49,7 @@ def session(path: Path):
 def test_keep_lora_graphs_carry_the_base_values_as_overridable_defaults(exports):
     d = exports["keep"]
     m = load_manifest(d)
-    assert m["format_version"] == 2 and m["adapter"]["defaults_in_graph"] is True
+    assert m["format_version"] == 3 and m["adapter"]["defaults_in_graph"] is True
     for g in ("synthesis", "render"):
         spec = {i["name"]: i for i in m["graphs"][g]["inputs"]}
         adapter_inputs = m["graphs"][g]["adapter_inputs"]
@@ -114,6 +115,8 @@ def as_format_1(src: Path, dst: Path) -> Path:
         assert not session(dst / f"{g}.onnx").get_overridable_initializers()
         for i in m["graphs"][g]["inputs"]:
             i.pop("default", None)
+    for g in ("synthesis", "render"):  # format 1 recorded the sha256 of the graphs it wrote
+        m["graphs"][g]["sha256"] = sha256_file(dst / f"{g}.onnx")
     m["format_version"] = 1
     for key in ("defaults_in_graph", "mixed_batch"):
         m["adapter"].pop(key)

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from formats.fingerprint import sha256_file
 from runtime import session
 from runtime.errors import InvalidRequest
 from runtime.session import CPU_EP, CUDA_EP, ENGINE_PROVIDER, TRT_EP, OrtGraph, choose_providers
@@ -102,7 +103,7 @@ def tiny_graph(path) -> dict:
                               opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     onnx.save(model, str(path))
-    return {"inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]},
+    return {"sha256": sha256_file(path), "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]},
                        {"name": "a", "dtype": "float32", "shape": [4, 2], "default": True},
                        {"name": "b", "dtype": "float32", "shape": [2, 4], "default": True}],
             "outputs": [{"name": "y", "dtype": "float32"}, {"name": "z", "dtype": "float32"}]}

@@ -13,6 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from formats.fingerprint import sha256_file
 from export import tensorrt_build as tb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -471,16 +472,19 @@ def test_engines_of_another_merged_person_are_refitted_from_this_exports_graphs(
     alice.mkdir()
     (alice / "render.engine").write_bytes(b"plan:REFIT")
     engines = {"render": {"file": "render.engine", "fp16": True, "refit": True, "build_seconds": 90.0}}
-    result = tb.refit_engines_from(alice, engines, bob, {"render": {"file": "render.onnx"}})
+    graphs = {"render": {"file": "render.onnx", "sha256": sha256_file(bob / "render.onnx")}}
+    result = tb.refit_engines_from(alice, engines, bob, graphs)
     assert fake.names() == ["refit_from_file", "refit_cuda_engine", "serialization_flag"]
     assert (bob / "render.engine").read_bytes() == b"refitted:conv.bias,conv.weight"
     assert result["render"]["refitted_from"] == str(alice / "render.engine") and result["render"]["fp16"]
     assert result["render"]["build_seconds"] < 90
+    # the refitted engine records its own hash and the graph it now carries the weights of (manifest format 3)
+    assert result["render"]["sha256"] == sha256_file(bob / "render.engine")
+    assert result["render"]["graph_sha256"] == graphs["render"]["sha256"]
     with pytest.raises(ValueError, match=r"no graph\(s\) \['render'\]"):
         tb.refit_engines_from(alice, engines, bob, {})
     with pytest.raises(ValueError, match="not built refittable.*--refittable"):
-        tb.refit_engines_from(alice, {"render": {**engines["render"], "refit": False}}, bob,
-                              {"render": {"file": "render.onnx"}})
+        tb.refit_engines_from(alice, {"render": {**engines["render"], "refit": False}}, bob, graphs)
 
 
 # --- tensorrt_build with TensorRT (GPU machines only) ------------------------------------------
