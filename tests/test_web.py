@@ -16,12 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
+from formats.limits import MAX_ABS_YAW
 from generator.adapter_file import Anchors, save_adapter
 from generator.cameras import lookat_label
 from generator.lora import PersonAdapter
 from generator.model_dir import build_generator
 from web.app import WebApp
-from web.server import ServerOptions, WebServer, is_loopback
+from web.server import ServerOptions, WebServer
+from web.settings import is_loopback
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -156,6 +158,7 @@ def test_page_in_headless_chromium_slider_changes_the_image(server):
         before = np.asarray(Image.open(io.BytesIO(view.screenshot_as_png)).convert("RGB"))
         renders = int(view.get_attribute("data-renders"))
         yaw = driver.find_element(By.ID, "yaw")
+        assert float(yaw.get_attribute("max")) == MAX_ABS_YAW == -float(yaw.get_attribute("min"))
         for _ in range(40):                       # drag by keyboard: each key is a real input event
             yaw.send_keys(Keys.ARROW_RIGHT)
         assert float(yaw.get_attribute("value")) == pytest.approx(0.4)

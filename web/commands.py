@@ -1,4 +1,5 @@
-"""`cli.py web`: the web page for the people of a folder (see web/server.py)."""
+"""`cli.py web`: the web page for the people of a folder (see web/server.py); ranges and defaults from
+web/settings.py (torch-free, so `--help` and bad values answer without importing torch)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,24 +7,55 @@ from typing import Optional
 
 import typer
 
-from cli_options import ModelDir, PresetName, build_model_source
+from cli_options import ModelDir, PresetName, Truncation, build_model_source
+from web.settings import ServerOptions, WebLimits
+
+
+def _range(settings: type, name: str) -> dict:
+    """typer.Option keywords of setting `name`: its range in `settings.RANGES`."""
+    lo, hi = settings.RANGES[name]
+    return {"min": lo, "max": hi}
 
 
 def web(model: ModelDir = None, preset: PresetName = None,
         people: Optional[Path] = typer.Option(None, "--people", file_okay=False,
                                               help="Folder of adapter files NAME.safetensors (the people to show)."),
-        host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback needs a token."),
-        port: int = typer.Option(8765, help="Port (0: any free port)."),
+        host: str = typer.Option(ServerOptions.host, help="Address to listen on; anything but loopback needs a "
+                                                          "token."),
+        port: int = typer.Option(ServerOptions.port, **_range(ServerOptions, "port"),
+                                 help="Port (0: any free port)."),
         token: Optional[str] = typer.Option(None, envvar="MY3DGEN_WEB_TOKEN",
                                             help="Token the page and API require (>= 16 characters); generated "
                                                  "when --host is not loopback and none is given."),
-        truncation: float = typer.Option(0.7, help="Truncation psi of the base model's seed latents.")):
+        truncation: Truncation = 0.7,
+        view_budget: float = typer.Option(WebLimits.view_budget_s, "--view-budget",
+                                          **_range(WebLimits, "view_budget_s"),
+                                          help="Seconds a view may take, waiting for the model included (503 "
+                                               "when it cannot)."),
+        video_budget: float = typer.Option(WebLimits.video_budget_s, "--video-budget",
+                                           **_range(WebLimits, "video_budget_s"),
+                                           help="Seconds a video may take (503 when the estimate is over, 504 "
+                                                "when it runs out midway)."),
+        mesh_budget: float = typer.Option(WebLimits.mesh_budget_s, "--mesh-budget",
+                                          **_range(WebLimits, "mesh_budget_s"), help="Seconds a mesh may take."),
+        max_jobs: int = typer.Option(WebLimits.max_jobs, "--max-jobs", **_range(WebLimits, "max_jobs"),
+                                     help="Videos and meshes made at once (views go on beside them)."),
+        read_timeout: float = typer.Option(ServerOptions.read_timeout_s, "--read-timeout",
+                                           **_range(ServerOptions, "read_timeout_s"),
+                                           help="Seconds a connection may stay silent before it is closed."),
+        max_connections: int = typer.Option(ServerOptions.max_connections, "--max-connections",
+                                            **_range(ServerOptions, "max_connections"),
+                                            help="Connections served at once (one more gets 503).")):
     """A web page to play with a person: choose a person, drag yaw/pitch, interpolate anchors, download a
     video or a mesh. Serves until Ctrl-C."""
+    limits = WebLimits(view_budget_s=view_budget, video_budget_s=video_budget, mesh_budget_s=mesh_budget,
+                       max_jobs=max_jobs)
+    options = ServerOptions(host=host, port=port, token=token, read_timeout_s=read_timeout,
+                            max_connections=max_connections)
     from web.app import WebApp
-    from web.server import ServerOptions, WebServer
+    from web.server import WebServer
     G = build_model_source(model, preset)
-    server = WebServer(WebApp(G, people, truncation=truncation), ServerOptions(host=host, port=port, token=token))
+    server = WebServer(WebApp(G, people, limits=limits, truncation=truncation), options)
     typer.echo(f"serving {server.url} (Ctrl-C to stop)")
     try:
         server.serve_forever()
