@@ -43,9 +43,9 @@ from export.onnx_graphs import AdapterInput, MappingGraph, RenderGraph, Synthesi
 from formats.adapter_file import FORMAT_VERSION as ADAPTER_FORMAT_VERSION
 from formats.atomic import atomic_dir
 from formats.cameras import FFHQ_FOCAL
-from formats.export_manifest import (ANCHORS_FILE, BASE_ADAPTER_FILE, GRAPH_FILES, MIXED_GRAPH_FILES, build_manifest,
-                                     engine_fingerprints, graph_entry, keep_lora_adapter_section,
-                                     merged_adapter_section, write_manifest)
+from formats.export_manifest import (ANCHORS_FILE, BASE_ADAPTER_FILE, GRAPH_FILES, MIXED_GRAPH_FILES, TORCH_MODEL_DIR,
+                                     build_manifest, engine_fingerprints, graph_entry, keep_lora_adapter_section,
+                                     merged_adapter_section, torch_section, write_manifest)
 from formats.fingerprint import sha256_file
 from formats.names import NAME_RULE, is_valid_name
 from formats.tensors import save_safetensors
@@ -465,6 +465,8 @@ def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path:
                                                                          base_values, syn_in, ren_in, opts.mixed_batch)
 
         adapter_section = _adapter_section(opts, G, adapter, anchors, meta, adapter_path, person, inputs, tmp)
+        torch_model = _write_torch_model(G, adapter if opts.mode == "merge" else None, tmp / TORCH_MODEL_DIR,
+                                         opts.mode)
         graphs = {}
         for name, p in [*paths.items(), *((f"{g}_mixed", p) for g, p in mixed_paths.items())]:
             gin, gout = io_spec(p)
@@ -481,12 +483,13 @@ def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path:
                     "focal": FFHQ_FOCAL},
             base_fingerprint=fingerprint, source=source or {}, adapter=adapter_section,
             precision="fp16" if opts.fp16 else "fp32", opset=opts.opset, versions=_versions(),
-            verification=verification, tensorrt_check=checks, mixed_precision=mixed_precision)
+            verification=verification, tensorrt_check=checks, mixed_precision=mixed_precision,
+            torch_model=torch_model)
         if opts.trt:
             manifest["tensorrt"]["engines"] = build_engines(tmp, max_batch=opts.max_batch)
         write_manifest(tmp, manifest)
-        for f in tmp.iterdir():  # temp files are created private; an export is meant to be read by servers
-            os.chmod(f, 0o644)
+        for f in tmp.rglob("*"):  # temp files are created private; an export is meant to be read by servers
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
         os.chmod(tmp, 0o755)
     return Path(out)
 
@@ -508,6 +511,19 @@ def _verify(paths, z, c, ws, ref, planes_ref, file_tensors, syn_in, ren_in, opts
         raise ExportError(f"onnxruntime differs from eager PyTorch by more than {tol}: {diffs}")
     return {"batch": int(z.shape[0]), "reference": "eager PyTorch (adapter attached, not merged)",
             "max_abs_diff": diffs, "tolerance": tol, "passed": passed}
+
+
+def _write_torch_model(G: TriPlaneGenerator, merged: PersonAdapter | None, path: Path, mode: str) -> dict[str, str]:
+    """The export's model directory for the runtime's torch backend (manifest 'torch'): G's base weights, or with
+    `merged` the person baked in (generator.lora.merged_state_dict, the weights the merged graphs were traced
+    from); returns the manifest section with the weights fingerprint the backend checks."""
+    from generator.lora import merged_state_dict
+    from generator.model_dir import read_config, save_model_dir
+    if merged is not None:
+        G = copy.deepcopy(G)
+        G.load_state_dict(merged_state_dict(G, merged), strict=True)
+    save_model_dir(G, path, source={"export": f"weights of this {mode} export, for the runtime's torch backend"})
+    return torch_section(read_config(path)[1]["fingerprint"], TORCH_MODEL_DIR)
 
 
 def _adapter_section(opts, G, adapter, anchors, meta, adapter_path, person, inputs, tmp: Path) -> dict[str, Any]:

@@ -42,6 +42,11 @@ Top-level fields, in file order:
     tensorrt                   {check: {graph: {...}}, engines: {graph: {file, fp16, ..., sha256, graph_sha256}}
                                or null}; version 3 adds each engine's own sha256 and the sha256 of the ONNX graph
                                it was built or refitted from (`engine_fingerprints`), checked when it loads
+    torch                      version 3, optional: {model_dir, weights_fingerprint}: the model directory
+                               (formats.model_dir) the runtime's torch backend builds the generator from, a folder
+                               inside the export (`model/`): the base weights for 'none' and 'keep-lora' exports
+                               (fingerprint = base_fingerprint), the merged weights for 'merged' exports. Exports
+                               without it serve on onnxruntime / TensorRT only (re-export for the torch backend)
 """
 from __future__ import annotations
 
@@ -66,6 +71,8 @@ GRAPH_FILES = {"mapping": "mapping.onnx", "synthesis": "synthesis.onnx", "render
 MIXED_GRAPH_FILES = {"synthesis": "synthesis_mixed.onnx", "render": "render_mixed.onnx"}
 """Served graph -> file of its static mixed-person-batch form (keep-LoRA exports with a mixed batch)."""
 BASE_ADAPTER_FILE = "base_adapter.safetensors"
+TORCH_MODEL_DIR = "model"
+"""The folder of an export holding the model directory its torch backend loads (manifest 'torch.model_dir')."""
 ANCHORS_FILE = "anchors.safetensors"
 MODES = ("none", "merged", "keep-lora")
 RENDERING_MODE = {"noise_mode": "const", "sampling": "deterministic", "fused_modconv": False,
@@ -103,6 +110,12 @@ def keep_lora_adapter_section(policy: dict, rank: int, alpha: float, layout: str
             "defaults_in_graph": bool(defaults_in_graph), "mixed_batch": mixed_batch}
 
 
+def torch_section(weights_fingerprint: str, model_dir: str = TORCH_MODEL_DIR) -> dict[str, str]:
+    """`torch` of a manifest: the export's model directory (a folder inside the export) and the weights
+    fingerprint its safetensors must have (formats.fingerprint.weights_fingerprint)."""
+    return {"model_dir": model_dir, "weights_fingerprint": weights_fingerprint}
+
+
 def engine_fingerprints(engine_path: str | os.PathLike, graph_sha256: str) -> dict[str, str]:
     """What an engine entry records so a reader can check it (format 3): the engine file's own sha256, and the
     sha256 of the ONNX graph it was built or refitted from, which must be the export's graph of that name."""
@@ -122,9 +135,10 @@ def keep_lora_adapter_format(adapter_section: dict) -> int:
 def build_manifest(*, graphs: dict[str, dict], generator: dict, model: dict, camera: dict, base_fingerprint: str,
                    source: dict, adapter: dict, precision: str, opset: int, versions: dict,
                    verification: dict | None, tensorrt_check: dict, engines: dict | None = None,
-                   mixed_precision: dict | None = None) -> dict[str, Any]:
+                   mixed_precision: dict | None = None, torch_model: dict | None = None) -> dict[str, Any]:
     """The manifest of an export, every field in its documented place; `mixed_precision` (fp16 exports only:
-    which nodes of each graph compute in fp16) is optional, so readers of format version 1 ignore it."""
+    which nodes of each graph compute in fp16) is optional, so readers of format version 1 ignore it;
+    `torch_model` is `torch_section(...)` (optional: exports made before it serve without the torch backend)."""
     if adapter.get("mode") not in MODES:
         raise ValueError(f"adapter mode {adapter.get('mode')!r}: expected one of {MODES}")
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "graphs": graphs, "generator": generator,
@@ -132,7 +146,8 @@ def build_manifest(*, graphs: dict[str, dict], generator: dict, model: dict, cam
             "base_fingerprint": base_fingerprint, "source": source, "adapter": adapter, "precision": precision,
             "opset": opset, "versions": versions, "verification": verification,
             "tensorrt": {"check": tensorrt_check, "engines": engines},
-            **({"mixed_precision": mixed_precision} if mixed_precision is not None else {})}
+            **({"mixed_precision": mixed_precision} if mixed_precision is not None else {}),
+            **({"torch": torch_model} if torch_model is not None else {})}
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Path:
@@ -205,6 +220,12 @@ def check_manifest(m: dict[str, Any], directory: Path, where: str, limits: Limit
                  f"adapter.inputs[{n}]", "needs string 'input', 'tensor', 'graph' and an integer 'shape'")
         need(a.get("mixed_batch") is None or _is_int(a["mixed_batch"], 2, 1024), "adapter.mixed_batch",
              f"is {a.get('mixed_batch')!r}: expected null or an integer 2..1024")
+    if "torch" in m:
+        t = m["torch"]
+        need(isinstance(t, dict) and _plain_file(t.get("model_dir")), "torch.model_dir",
+             "is not a folder name inside the export directory")
+        need(isinstance(t.get("weights_fingerprint"), str) and t["weights_fingerprint"].startswith("sha256:"),
+             "torch.weights_fingerprint", "is not a 'sha256:<hex>' string")
 
 
 def read_checked(directory: str | os.PathLike, file: str, sha256: Any, what: str, limits: Limits | None = None
@@ -307,6 +328,13 @@ class ExportManifest:
         """N of the static mixed-person-batch graphs ('synthesis_mixed', 'render_mixed'), or None."""
         n = self.adapter.get("mixed_batch") if self.mode == "keep-lora" else None
         return n if n and all(self.graph(f"{g}_mixed") for g in SERVED_GRAPHS) else None
+
+    @property
+    def torch_model(self) -> tuple[Path, str] | None:
+        """(model directory, its weights fingerprint) for the torch backend, or None (an export made before the
+        'torch' field: it serves on onnxruntime / TensorRT only)."""
+        t = self.raw.get("torch")
+        return None if t is None else (self.directory / t["model_dir"], t["weights_fingerprint"])
 
     def adapter_inputs(self, graph: str) -> list[dict[str, Any]]:
         """The keep-LoRA inputs of one graph ([] for other modes)."""

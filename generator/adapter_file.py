@@ -22,7 +22,8 @@ from formats.errors import AdapterFileError
 from generator.lora import AdapterPolicy, PersonAdapter, base_state_dict, plan
 from generator.model_dir import weights_fingerprint
 
-__all__ = ["AdapterFileError", "Anchors", "base_fingerprint", "save_adapter", "read_adapter_meta", "load_adapter"]
+__all__ = ["AdapterFileError", "Anchors", "base_fingerprint", "save_adapter", "read_adapter_meta", "load_adapter",
+           "policy_of"]
 
 
 @dataclass
@@ -94,6 +95,12 @@ def save_adapter(path: str | os.PathLike, adapter: PersonAdapter, G: torch.nn.Mo
     return Path(path)
 
 
+def policy_of(record: dict) -> AdapterPolicy:
+    """The validated AdapterPolicy of a JSON record (an adapter file's or a keep-LoRA manifest's 'policy');
+    TypeError / ValueError when it is not one."""
+    return AdapterPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}).validate()
+
+
 def load_adapter(path: str | os.PathLike, G: torch.nn.Module, check_base: bool = True
                  ) -> tuple[PersonAdapter, Anchors | None, dict]:
     """Load an adapter for base model G: the file is checked by formats.adapter_file.read_adapter (format, fields,
@@ -104,8 +111,7 @@ def load_adapter(path: str | os.PathLike, G: torch.nn.Module, check_base: bool =
         raise AdapterFileError(where, f"made for a different base model (adapter base "
                                       f"{meta['base_fingerprint'][:19]}..., this model {base_fingerprint(G)[:19]}...)")
     try:
-        policy = AdapterPolicy(**{k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in meta["policy"].items()}).validate()
+        policy = policy_of(meta["policy"])
     except (KeyError, TypeError, ValueError) as e:
         raise AdapterFileError(where, f"metadata field 'policy' is invalid ({e})") from None
     targets = plan(G, policy)

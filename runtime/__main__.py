@@ -21,6 +21,7 @@ from pathlib import Path
 from formats.atomic import write_bytes
 from formats.limits import LIMITS_ENV, MAX_ABS_PITCH, MAX_ABS_YAW, Limits, current_limits
 from runtime import Runtime, RuntimeErrorBase
+from runtime.backend import BACKENDS, PRECISIONS
 from runtime.people import is_index
 from runtime.requests import RequestLimits
 
@@ -124,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"video frames (default 16), {frames.describe()} and at most the runtime's "
                          f"{RequestLimits().max_frames}")
     ap.add_argument("--fps", type=fps, default=30.0, help=f"video frame rate (default 30), {fps.describe()}")
+    ap.add_argument("--backend", choices=BACKENDS, default="auto",
+                    help="what runs the model (default auto: the rule in runtime/backend.py, logged at start-up)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="fp32 (default) or bf16 (torch backend, CPUs with native bf16 only)")
     return ap
 
 
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "person"  # the file's name need not be a valid person name: it is copied under this one
     with tempfile.TemporaryDirectory() as people:
         try:
-            rt = Runtime(args.export_dir, people_dir=people)
+            rt = Runtime(args.export_dir, people_dir=people, backend=args.backend, precision=args.precision)
             rt.add_person(name, args.adapter)
             anchor = int(args.anchor) if is_index(args.anchor) else args.anchor
             if args.video is not None:

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from formats.cameras import lookat_label
 from formats.export_manifest import ExportManifest
+from runtime.backend import Backend
 from runtime.errors import AdapterInvalid, ExportInvalid
 from runtime.native_adapters import GraphFeeds
 from runtime.session import Graph, OrtGraph, choose_providers, open_graph
@@ -24,14 +24,17 @@ from runtime.session import Graph, OrtGraph, choose_providers, open_graph
 SERVED = ("synthesis", "render")
 
 
-class Renderer:
-    """Opens the synthesis and render graphs at once, the mapping and mixed-batch graphs on first use.
+class Renderer(Backend):
+    """The onnxruntime backend (runtime.backend): opens the synthesis and render graphs at once, the mapping and
+    mixed-batch graphs on first use.
 
     `io_binding`: force onnxruntime's I/O binding on or off (default: on for the CUDA / TensorRT EPs only)."""
 
+    name = "onnxruntime"
+
     def __init__(self, manifest: ExportManifest, providers: str | Sequence[str] = "auto", threads: int | None = None,
                  io_binding: bool | None = None):
-        self.manifest = manifest
+        super().__init__(manifest)
         self.providers = choose_providers(providers, engines_present=bool(manifest.engines))
         self.threads = threads
         self.io_binding = io_binding
@@ -75,11 +78,6 @@ class Renderer:
         return (isinstance(s, OrtGraph) and isinstance(r, OrtGraph) and s.io_binding and r.io_binding
                 and s.device == r.device != "cpu")
 
-    def camera(self, yaw: float, pitch: float) -> np.ndarray:
-        """[1, 25] label of the export's look-at camera at (yaw, pitch)."""
-        radius, pivot, focal = self.manifest.camera
-        return lookat_label(yaw, pitch, radius=radius, focal=focal, pivot=pivot)[None]
-
     def _run(self, graph: Graph, feeds: dict[str, Any], adapter: GraphFeeds, keep: tuple[str, ...] = ()
              ) -> dict[str, Any]:
         """Run `graph` with the person's adapter: natively where both sides can, as device-resident values on a
@@ -103,38 +101,41 @@ class Renderer:
             raise AdapterInvalid(f"native adapter of the {graph.name} graph", f"onnxruntime refused it "
                                  f"({type(e).__name__}: {str(e)[:200]})") from None
 
-    def planes(self, ws: np.ndarray, adapter: GraphFeeds) -> Any:
+    def planes(self, ws: np.ndarray, person) -> Any:
         """Tri-planes of W+ latents [B, num_ws, w_dim]: a numpy array, or an OrtValue left on the device when
         `planes_on_device`."""
         keep = ("planes",) if self.planes_on_device else ()
-        return self._run(self._graphs["synthesis"], {"ws": ws}, adapter, keep)["planes"]
+        return self._run(self._graphs["synthesis"], {"ws": ws}, person.feeds["synthesis"], keep)["planes"]
 
-    def render(self, planes: Any, ws: np.ndarray, c: np.ndarray, adapter: GraphFeeds) -> dict[str, np.ndarray]:
+    def render(self, planes: Any, ws: np.ndarray, c: np.ndarray, person) -> dict[str, np.ndarray]:
         """image, image_raw, depth of tri-planes (array or device OrtValue) seen from cameras c [B, 25]."""
-        return self._run(self._graphs["render"], {"planes": planes, "ws": ws, "c": c}, adapter)
+        return self._run(self._graphs["render"], {"planes": planes, "ws": ws, "c": c}, person.feeds["render"])
 
-    @property
-    def mixed_batch(self) -> int | None:
-        """N of the export's mixed-person-batch graphs, or None."""
-        return self.manifest.mixed_batch
-
-    def planes_mixed(self, ws: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """Tri-planes of exactly `mixed_batch` samples, sample k with the adapter arrays [N, ...][k]."""
+    def planes_mixed(self, ws: np.ndarray, people: Sequence) -> np.ndarray:
+        """Tri-planes of exactly `mixed_batch` samples, sample k with people[k]'s adapter arrays."""
         graph = self._lazy("synthesis_mixed", "export with --mixed-batch N")
-        return self._count_mixed(graph.run({"ws": ws, **arrays}))["planes"]
+        return self._count_mixed(graph.run({"ws": ws, **stacked(people, "synthesis")}))["planes"]
 
-    def render_mixed(self, planes: np.ndarray, ws: np.ndarray, c: np.ndarray, arrays: dict[str, np.ndarray]
+    def render_mixed(self, planes: np.ndarray, ws: np.ndarray, c: np.ndarray, people: Sequence
                      ) -> dict[str, np.ndarray]:
         """image, image_raw, depth of exactly `mixed_batch` samples with per-sample adapter arrays."""
         graph = self._lazy("render_mixed", "export with --mixed-batch N")
-        return self._count_mixed(graph.run({"planes": planes, "ws": ws, "c": c, **arrays}))
+        return self._count_mixed(graph.run({"planes": planes, "ws": ws, "c": c, **stacked(people, "render")}))
 
     def _count_mixed(self, out: dict[str, Any]) -> dict[str, Any]:
         with self._count_lock:
             self._paths["numpy"] += 1
         return out
 
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "adapter_paths": self.adapter_paths, "planes_on_device": self.planes_on_device}
+
     def map(self, z: np.ndarray, c: np.ndarray, psi: float) -> np.ndarray:
         """W+ of z [B, z_dim] with conditioning cameras c [B, 25] and truncation psi."""
         graph = self._lazy("mapping", "only given latents can be rendered")
         return graph.run({"z": z, "c": c, "truncation_psi": np.array([psi], np.float32)})["ws"]
+
+
+def stacked(people: Sequence, graph: str) -> dict[str, np.ndarray]:
+    """The adapter arrays of `graph` of each sample's person, stacked: {input: [N, ...]} (a mixed graph's feeds)."""
+    return {name: np.stack([p.feeds[graph].arrays[name] for p in people]) for name in people[0].feeds[graph].arrays}

@@ -1,8 +1,10 @@
 """Runtime: novel views, interpolations and turntables of personalized generators from an export directory.
 
-No torch: numpy + onnxruntime (TensorRT engines where present). A request runs at most two of the export's graphs:
+Torch-free by default: numpy + onnxruntime (TensorRT engines where present); where torch is installed and the
+export carries its model directory, the eager generator can serve instead (runtime.backend: `backend='auto'`
+times both at start-up and logs the choice). A request runs at most two stages:
 
-    latent (anchor W, or given W / W+)  --synthesis graph-->  tri-planes  --render graph(camera)-->  images
+    latent (anchor W, or given W / W+)  --synthesis-->  tri-planes  --render(camera)-->  images
 
 Videos: `orbit` (a turntable on EG3D's gen_videos.py orbit, media.orbit) and `interpolation` (the paper's synthesis
 between two anchors, latent and camera interpolated: media.camera_path) return the frames;
@@ -19,7 +21,9 @@ small parts, each with one job:
     runtime.budget.LatencyBudget             stage-time estimates; a call whose `budget_ms` cannot be met raises
                                              BudgetExceeded without running, one that finishes late raises it with
                                              the result attached
-    runtime.renderer.Renderer                the graphs and the look-at cameras
+    runtime.backend.Backend                  what runs the stages and builds the look-at cameras: the onnxruntime
+                                             Renderer (runtime.renderer; also TensorRT) or the torch backend
+                                             (runtime.torch_backend), chosen by runtime.backend.open_backend
     runtime.native_adapters                  a person's adapter per graph: native onnxruntime adapter files,
                                              values kept on a CUDA device, or numpy feeds
     runtime.batching                         `render_batch`: N queued requests in one run per person, or in the
@@ -32,6 +36,7 @@ policy and base model match the export.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -46,17 +51,20 @@ from formats.limits import Limits
 from media.camera_path import interpolate_camera, interpolation_weights, view_angles
 from media.orbit import Orbit
 from runtime import requests as check
+from runtime.backend import Backend, open_backend
 from runtime.batching import Run, ViewRequest, plan_runs
 from runtime.budget import LatencyBudget
 from runtime.errors import (AdapterInvalid, BudgetExceeded, ExportInvalid, InvalidRequest, RuntimeErrorBase,
                             UnknownPerson)
 from runtime.people import Person, PeopleStore
 from runtime.planes import PlaneCache, latent_key
-from runtime.renderer import Renderer
 from runtime.requests import Anchor, RequestLimits
 from runtime.result import RenderResult
 from runtime.session import to_numpy
 from runtime.stats import Counters
+
+
+log = logging.getLogger("my3dgen.runtime")
 
 
 def _ms(t0: float) -> float:
@@ -64,12 +72,16 @@ def _ms(t0: float) -> float:
 
 
 class Runtime:
-    """Serve an export directory (+ a directory of adapter files) without torch. See the module docstring."""
+    """Serve an export directory (+ a directory of adapter files). See the module docstring.
+
+    `backend`: 'auto', 'onnxruntime', 'torch' or 'tensorrt' (runtime.backend states the rule 'auto' follows);
+    `precision`: 'fp32' or 'bf16' (the torch backend only, on a CPU with native bf16 kernels). `providers` and
+    `io_binding` are the onnxruntime backend's."""
 
     def __init__(self, export_dir: str | os.PathLike, people_dir: str | os.PathLike | None = None,
                  providers: str | Sequence[str] = "auto", plane_cache_size: int = 64, adapter_cache_size: int = 16,
                  threads: int | None = None, limits: RequestLimits | None = None, file_limits: Limits | None = None,
-                 io_binding: bool | None = None):
+                 io_binding: bool | None = None, backend: str = "auto", precision: str = "fp32"):
         self.export_dir = Path(export_dir)
         try:
             self.manifest = ExportManifest.read(self.export_dir)
@@ -79,7 +91,11 @@ class Runtime:
         self._counters = Counters()
         self.people_store = PeopleStore(self.manifest, people_dir, adapter_cache_size,
                                         on_load=lambda: self._counters.add("adapter_loads"), limits=file_limits)
-        self.renderer = Renderer(self.manifest, providers, threads, io_binding)
+        self.backend: Backend
+        self.backend, self.backend_reason = open_backend(self.manifest, backend, precision, self.people_store.base,
+                                                         providers, threads, io_binding)
+        log.info("backend=%r: %s (precision %s, export %s)", backend, f"{self.backend.name}, {self.backend_reason}",
+                 self.backend.precision, self.export_dir)
         self.planes = PlaneCache(plane_cache_size)
         self.budget = LatencyBudget()
 
@@ -112,13 +128,18 @@ class Runtime:
         return self.manifest.image_size
 
     @property
+    def renderer(self) -> Backend:
+        """The backend (the onnxruntime Renderer before backends existed: the name stays for its callers)."""
+        return self.backend
+
+    @property
     def providers(self) -> list[str]:
-        return self.renderer.providers
+        return self.backend.providers
 
     @property
     def graph_providers(self) -> dict[str, str]:
         """The provider each loaded graph actually runs on."""
-        return self.renderer.graph_providers
+        return self.backend.graph_providers
 
     @property
     def counters(self) -> dict[str, int]:
@@ -255,14 +276,14 @@ class Runtime:
         if z.ndim != 2 or z.shape[1] != self.z_dim or not np.isfinite(z).all():
             raise InvalidRequest("z", f"must be finite with shape [{self.z_dim}] or [B, {self.z_dim}], got {z.shape}")
         if c is None:
-            c = np.repeat(self.renderer.camera(0.0, 0.0), len(z), 0)
+            c = np.repeat(self.backend.camera(0.0, 0.0), len(z), 0)
         try:
             c = np.asarray(c, dtype=np.float32).reshape(len(z), 25)
         except (TypeError, ValueError):
             raise InvalidRequest("c", f"must be {len(z)} camera label(s) of 25 numbers") from None
         if not np.isfinite(c).all():
             raise InvalidRequest("c", "has non-finite values")
-        ws = self.renderer.map(z, c, check.number("truncation_psi", truncation_psi))
+        ws = self.backend.map(z, c, check.number("truncation_psi", truncation_psi))
         self._counters.add("mapping_runs")
         return ws[0] if single else ws
 
@@ -289,7 +310,7 @@ class Runtime:
                          timings["adapter"], "planes": None if cached is None else to_numpy(cached),
                          "hit": cached is not None, "synthesis_ms": 0.0})
         identity = lambda q: q["p"].identity  # noqa: E731
-        for run in plan_runs([q for q in todo if q["planes"] is None], identity, self.renderer.mixed_batch):
+        for run in plan_runs([q for q in todo if q["planes"] is None], identity, self.backend.mixed_batch):
             ts = time.perf_counter()
             planes = to_numpy(self._batch_run(run, "synthesis", {"ws": self._stack(run, "ws")})["planes"])
             ms = _ms(ts)
@@ -297,9 +318,9 @@ class Runtime:
             for k, q in enumerate(run.items):
                 q["planes"], q["synthesis_ms"] = planes[k:k + 1], ms
                 self.planes.put(q["p"].name, q["p"].identity, q["key"], q["planes"])
-        for run in plan_runs(todo, identity, self.renderer.mixed_batch):
+        for run in plan_runs(todo, identity, self.backend.mixed_batch):
             tr = time.perf_counter()
-            cams = [self.renderer.camera(q["yaw"], q["pitch"]) for q in run.items]
+            cams = [self.backend.camera(q["yaw"], q["pitch"]) for q in run.items]
             res = self._batch_run(run, "render", {"planes": self._stack(run, "planes"), "ws": self._stack(run, "ws"),
                                                   "c": np.concatenate(cams + cams[-1:] * run.padding)})
             ms = _ms(tr)
@@ -320,20 +341,16 @@ class Runtime:
         return np.concatenate(parts + parts[-1:] * run.padding)
 
     def _batch_run(self, run: Run, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
-        """One run of `graph`: the person's own feeds for a one-person run, per-sample adapter arrays (padded)
-        through the mixed graph otherwise."""
+        """One run of `graph`: the person's own for a one-person run, one person per sample (padded) otherwise."""
         people = [q["p"] for q in run.items]
         if not run.mixed:
-            adapter = people[0].feeds[graph]
             if graph == "synthesis":
-                return {"planes": self.renderer.planes(feeds["ws"], adapter)}
-            return self.renderer.render(feeds["planes"], feeds["ws"], feeds["c"], adapter)
+                return {"planes": self.backend.planes(feeds["ws"], people[0])}
+            return self.backend.render(feeds["planes"], feeds["ws"], feeds["c"], people[0])
         people += people[-1:] * run.padding
-        arrays = {name: np.stack([p.feeds[graph].arrays[name] for p in people])
-                  for name in people[0].feeds[graph].arrays}
         if graph == "synthesis":
-            return {"planes": self.renderer.planes_mixed(feeds["ws"], arrays)}
-        return self.renderer.render_mixed(feeds["planes"], feeds["ws"], feeds["c"], arrays)
+            return {"planes": self.backend.planes_mixed(feeds["ws"], people)}
+        return self.backend.render_mixed(feeds["planes"], feeds["ws"], feeds["c"], people)
 
     def warmup(self, person: str | None = None, latent: np.ndarray | None = None) -> RenderResult:
         """Run both graphs once (a fresh latent, so synthesis runs) to prime the stage-time estimates."""
@@ -350,7 +367,8 @@ class Runtime:
     def stats(self) -> dict[str, Any]:
         return {**self.counters, "plane_cache": self.planes.stats(), "adapter_cache": self.people_store.cache_stats(),
                 "estimates_ms": self.estimates(), "providers": self.graph_providers,
-                "adapter_paths": self.renderer.adapter_paths, "planes_on_device": self.renderer.planes_on_device}
+                "adapter_paths": self.backend.adapter_paths, "planes_on_device": self.backend.planes_on_device,
+                "backend": {**self.backend.describe(), "why": self.backend_reason}}
 
     def clear_caches(self) -> None:
         self.planes.clear()
@@ -392,7 +410,7 @@ class Runtime:
         synthesis_ms = 0.0
         if not hit:
             ts = time.perf_counter()
-            planes = self.renderer.planes(ws_b, p.feeds["synthesis"])
+            planes = self.backend.planes(ws_b, p)
             synthesis_ms = _ms(ts)
             self._counters.add("synthesis_runs")
             self.budget.observe("synthesis", synthesis_ms)
@@ -400,8 +418,8 @@ class Runtime:
         results = []
         for k, (yaw, pitch) in enumerate(views):
             tr = time.perf_counter()
-            c = self.renderer.camera(yaw, pitch) if cameras is None else cameras[k].reshape(1, 25)
-            out = self.renderer.render(planes, ws_b, c, p.feeds["render"])
+            c = self.backend.camera(yaw, pitch) if cameras is None else cameras[k].reshape(1, 25)
+            out = self.backend.render(planes, ws_b, c, p)
             render_ms = _ms(tr)
             self._counters.add("render_runs")
             self.budget.observe("render", render_ms)
