@@ -91,7 +91,7 @@ def fp16_vs_fp32(G, work: Path, adapter: Path, reps: int, threads: int, log=prin
         log(f"[deploy] exporting the merged person in {precision} ...")
         out = export_generator(G, work / f"merged_{precision}", adapter,
                                ExportOptions(mode="merge", fp16=precision == "fp16", verify=False, overwrite=True))
-        runtimes[precision] = Runtime(out, threads=threads, plane_cache_size=0)
+        runtimes[precision] = Runtime(out, threads=threads, plane_cache_size=0, backend="onnxruntime")
     latent = np.random.default_rng(1).standard_normal(G.w_dim).astype(np.float32) * 0.3
     view = {p: rt.novel_view(rt.people()[0], latent=latent, yaw=0.3, pitch=0.1) for p, rt in runtimes.items()}
     diff = float(np.abs(view["fp16"].image - view["fp32"].image).max())
@@ -114,7 +114,7 @@ def measure(G, work: Path, reps: int, threads: int, make_person: Callable, log=p
                                                                             verify=False, overwrite=True))
     people_dir = work / "deploy_people"
     people_dir.mkdir(parents=True, exist_ok=True)
-    rt = Runtime(export, people_dir, threads=threads, plane_cache_size=0)
+    rt = Runtime(export, people_dir, threads=threads, plane_cache_size=0, backend="onnxruntime")
     names = [f"p{k}" for k in range(BATCH)]
     for name, f in zip(names, files):
         rt.add_person(name, f)

@@ -192,7 +192,7 @@ def bench_model(name: str, reps: int, threads: int, work: Path, log) -> ModelRep
     rep.rows.append(("novel view from cached tri-planes, LoRA unmerged / keep-LoRA", e_view_lora, o_view_keep, ""))
 
     # parity of the runtime against eager (merged weights, same latent and camera)
-    rt = Runtime(keep_dir, people, threads=threads)
+    rt = Runtime(keep_dir, people, threads=threads, backend="onnxruntime")
     w_alice = np.repeat(read_adapter(people / "alice.safetensors").anchor_ws[:1], G.num_ws, axis=0)  # W+
     res = rt.novel_view("alice", latent=w_alice, yaw=0.3, pitch=-0.1)
     with torch.no_grad():

@@ -12,6 +12,8 @@ runtime, the TorchServe handler, `cli.py build-engine`, the packager). Layout of
     base_adapter.safetensors   keep-LoRA only: the base model's values of every adapter input (B = 0)
     anchors.safetensors        merged only: the merged person's anchors (W latents, cameras, names)
     <graph>.engine             TensorRT engines, where built
+    model/                     the model directory (formats.model_dir: model.safetensors + config.json) the runtime's
+                               torch backend builds the generator from: base weights, or a merged export's merged ones
 
 Top-level fields, in file order:
 

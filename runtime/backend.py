@@ -12,8 +12,8 @@ Backends (`Runtime(backend=...)`, `python -m runtime --backend`):
 `auto` (the default) decides by this rule, and logs the choice and why:
 
     1. precision 'bf16' -> torch (the only backend with a bf16 path; refused with the reason where it cannot run);
-    2. torch not importable, or the export carries no model directory (made before manifest 'torch') ->
-       onnxruntime;
+    2. onnxruntime options given (`providers` other than 'auto', or `io_binding`), torch not importable, or the
+       export carries no model directory (made before manifest 'torch') -> onnxruntime;
     3. otherwise both are opened and one cached-plane render of the base model (what most requests cost: a new
        view of known tri-planes) is timed on each, best of AUTO_REPEATS; torch is chosen only when it is faster
        than onnxruntime by AUTO_MARGIN (onnxruntime is the export-verified, torch-free path with native adapters
@@ -27,6 +27,7 @@ onnxruntime OrtValue on the device), outputs image [B, 3, S, S], image_raw [B, 3
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -114,6 +115,9 @@ class Backend(ABC):
         """What Runtime.stats() reports of the backend."""
         return {"name": self.name, "precision": self.precision, "providers": self.graph_providers}
 
+    def reset_counts(self) -> None:
+        """Zero `adapter_paths` (after `auto`'s timing runs, so stats count requests only)."""
+
     def close(self) -> None:
         """Release what the backend holds (nothing by default)."""
 
@@ -130,11 +134,18 @@ def open_backend(manifest: ExportManifest, backend: str, precision: str, probe, 
         raise InvalidRequest("precision", f"'bf16' runs on the torch backend only; backend={backend!r} computes in "
                                           f"the export's own precision ({manifest.raw.get('precision', 'fp32')!r}): "
                                           f"use backend='torch' (or 'auto'), or precision='fp32'")
-    if backend in ("torch", "onnxruntime", "tensorrt"):
-        return _open(backend, manifest, precision, providers, threads, io_binding), "asked for by name"
-    if precision == "bf16":
-        return _open("torch", manifest, precision, providers, threads, io_binding), \
-            "precision 'bf16' runs on the torch backend only"
+    why = "asked for by name"
+    if backend == "auto" and precision == "bf16":
+        backend, why = "torch", "precision 'bf16' runs on the torch backend only"
+    ort_options = [k for k, v in (("providers", providers != "auto"), ("io_binding", io_binding is not None)) if v]
+    if backend == "torch" and ort_options:
+        raise InvalidRequest(ort_options[0], f"{ort_options[0]} is an onnxruntime option, and the torch backend was "
+                                             f"chosen ({why}): leave it unset, or use backend='onnxruntime'")
+    if backend != "auto":
+        return _open(backend, manifest, precision, providers, threads, io_binding), why
+    if ort_options:
+        return _open("onnxruntime", manifest, precision, providers, threads, io_binding), \
+            f"onnxruntime options given ({', '.join(ort_options)})"
     why_not = torch_unavailable(manifest)
     if why_not is not None:
         return _open("onnxruntime", manifest, precision, providers, threads, io_binding), why_not
@@ -142,23 +153,23 @@ def open_backend(manifest: ExportManifest, backend: str, precision: str, probe, 
     tb = _open("torch", manifest, precision, providers, threads, io_binding)
     t_ort, t_torch = time_render(ort, probe), time_render(tb, probe)
     timing = f"one cached-plane render: onnxruntime {t_ort:.1f} ms, torch {t_torch:.1f} ms"
-    if t_torch <= AUTO_MARGIN * t_ort:
-        ort.close()
-        return tb, f"{timing}; torch is faster by more than {1 - AUTO_MARGIN:.0%}"
-    tb.close()
-    return ort, f"{timing}; torch is not faster by more than {1 - AUTO_MARGIN:.0%}"
+    chosen, other = (tb, ort) if t_torch <= AUTO_MARGIN * t_ort else (ort, tb)
+    other.close()
+    chosen.reset_counts()
+    return chosen, f"{timing}; torch is {'' if chosen is tb else 'not '}faster by more than {1 - AUTO_MARGIN:.0%}"
 
 
 def torch_unavailable(manifest: ExportManifest) -> str | None:
     """Why the torch backend cannot serve this export here, or None when it can be tried."""
     if manifest.torch_model is None:
-        return (f"{manifest.path} has no 'torch' field (exported before the torch backend): re-export with "
-                f"`cli.py export` to carry the model directory the torch backend needs")
+        return ("this export's manifest.json has no 'torch' field (exported before the torch backend): re-export "
+                "with `cli.py export` to carry the model directory the torch backend needs")
     try:
-        import torch  # noqa: F401 - only whether it imports
-    except ImportError:
-        return "torch is not installed (the runtime wheel is torch-free): install torch for the torch backend"
-    return None
+        found = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a blocked import, or sys.modules['torch'] = None
+        found = False
+    return None if found else ("torch is not installed (the runtime wheel is torch-free): install torch for the "
+                               "torch backend")
 
 
 def _open(name: str, manifest: ExportManifest, precision: str, providers, threads, io_binding) -> Backend:

@@ -122,6 +122,10 @@ class Renderer(Backend):
         graph = self._lazy("render_mixed", "export with --mixed-batch N")
         return self._count_mixed(graph.run({"planes": planes, "ws": ws, "c": c, **stacked(people, "render")}))
 
+    def reset_counts(self) -> None:
+        with self._count_lock:
+            self._paths = dict.fromkeys(self._paths, 0)
+
     def _count_mixed(self, out: dict[str, Any]) -> dict[str, Any]:
         with self._count_lock:
             self._paths["numpy"] += 1

@@ -136,6 +136,10 @@ class TorchBackend(Backend):
         with self._lock, torch.no_grad():
             return self.G.mapping(_t(z), _t(c), truncation_psi=float(psi)).float().numpy()
 
+    def reset_counts(self) -> None:
+        with self._lock:
+            self._runs = dict.fromkeys(self._runs, 0)
+
     def close(self) -> None:
         self._adapters.clear()
 

@@ -45,7 +45,7 @@ def world(exports, G, tmp_path_factory):
     people = root / "people"
     people.mkdir()
     make_person(G, root / "carol.safetensors", seed=7)
-    rt = Runtime(exports["keep"], people, threads=2)
+    rt = Runtime(exports["keep"], people, threads=2, backend="onnxruntime")
     rt.add_person("bob", exports["people"] / "bob.safetensors")
     rt.add_person("carol", root / "carol.safetensors")
     assert rt.person_info("bob")["native_adapter"] == {"synthesis": True, "render": True}
@@ -54,7 +54,7 @@ def world(exports, G, tmp_path_factory):
     plain.mkdir()
     for p in people.glob("*.safetensors"):
         shutil.copy(p, plain / p.name)
-    truth_rt = Runtime(exports["keep"], plain, threads=2)
+    truth_rt = Runtime(exports["keep"], plain, threads=2, backend="onnxruntime")
     truth = {who: truth_rt.novel_view(who, latent=latent).image for who in ("bob", "carol")}
     assert truth_rt.person_info("bob")["native_adapter"] == {"synthesis": False, "render": False}
     assert np.array_equal(rt.novel_view("bob", latent=latent).image, truth["bob"])  # native == numpy, exactly
@@ -105,7 +105,7 @@ def test_tampered_native_adapters_never_render_another_face(world, graphs, kind,
         shutil.copytree(world["people"], folder)
         for graph in sorted(graphs):
             tamper(folder, graph, kind, data)
-        rt = Runtime(world["export"], folder, threads=2)
+        rt = Runtime(world["export"], folder, threads=2, backend="onnxruntime")
         with caplog.at_level(logging.WARNING, "my3dgen.runtime"):
             try:
                 image = rt.novel_view("bob", latent=world["latent"]).image
@@ -126,7 +126,7 @@ def test_another_persons_native_files_under_this_persons_names_are_refused(world
     shutil.copytree(world["people"], folder)
     for graph in GRAPHS:
         shutil.copy(native_file(folder, "carol", graph), native_file(folder, "bob", graph))
-    rt = Runtime(world["export"], folder, threads=2)
+    rt = Runtime(world["export"], folder, threads=2, backend="onnxruntime")
     with caplog.at_level(logging.WARNING, "my3dgen.runtime"):
         image = rt.novel_view("bob", latent=world["latent"]).image
     assert np.array_equal(image, world["truth"]["bob"])
@@ -146,7 +146,7 @@ def test_a_native_adapter_onnxruntime_refuses_is_a_422_naming_the_person(world, 
     folder = tmp_path / "people"
     shutil.copytree(world["people"], folder)
     shutil.copy(native_file(folder, "bob", "render"), native_file(folder, "bob", "synthesis"))
-    rt = Runtime(world["export"], folder, threads=2)
+    rt = Runtime(world["export"], folder, threads=2, backend="onnxruntime")
     with pytest.raises(AdapterInvalid, match="native adapter of the synthesis graph"):
         rt.novel_view("bob", latent=world["latent"])
     service = Service(rt, "tiny", HandlerConfig(warmup=False), folder)
@@ -165,11 +165,11 @@ def test_a_replaced_graph_with_the_same_inputs_and_outputs_is_refused(exports, t
     catches it when the graph is opened."""
     d = tmp_path / "alice"
     shutil.copytree(exports["merged_alice"], d)
-    Runtime(d, threads=2)  # the untouched copy loads
+    Runtime(d, threads=2, backend="onnxruntime")  # the untouched copy loads
     for graph in GRAPHS:
         shutil.copy(exports["merged_bob"] / f"{graph}.onnx", d / f"{graph}.onnx")
     with pytest.raises(ExportInvalid, match=r"synthesis\.onnx.*not the one the export wrote.*re-export"):
-        Runtime(d, threads=2)
+        Runtime(d, threads=2, backend="onnxruntime")
 
 
 def test_lazily_opened_graphs_are_checked_too(exports, tmp_path):
@@ -178,7 +178,7 @@ def test_lazily_opened_graphs_are_checked_too(exports, tmp_path):
     data = bytearray((d / "mapping.onnx").read_bytes())
     data[len(data) // 2] ^= 1  # one bit of one weight
     (d / "mapping.onnx").write_bytes(bytes(data))
-    rt = Runtime(d, threads=2)
+    rt = Runtime(d, threads=2, backend="onnxruntime")
     with pytest.raises(ExportInvalid, match=r"mapping\.onnx"):
         rt.map(np.zeros(rt.z_dim, np.float32))
 

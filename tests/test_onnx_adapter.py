@@ -32,7 +32,7 @@ def rt(exports, tmp_path):
     """A runtime on the keep-LoRA export with an empty people folder (people are added by the tests)."""
     people = tmp_path / "people"
     people.mkdir()
-    return Runtime(exports["keep"], people, threads=2)
+    return Runtime(exports["keep"], people, threads=2, backend="onnxruntime")
 
 
 def latent(rt) -> np.ndarray:
@@ -76,7 +76,7 @@ def test_people_add_writes_native_adapters_that_match_numpy_feeds_exactly(rt, ex
     got = rt.novel_view("alice", latent=latent(rt), yaw=0.3)
     assert rt.stats()["adapter_paths"] == {"defaults": 0, "native": 2, "device": 0, "numpy": 0}
     # the same person without native files: numpy feeds, said in stats and person_info (tolerance 0.0)
-    numpy_rt = Runtime(exports["keep"], exports["people"], threads=2)
+    numpy_rt = Runtime(exports["keep"], exports["people"], threads=2, backend="onnxruntime")
     want = numpy_rt.novel_view("alice", latent=latent(rt), yaw=0.3)
     assert numpy_rt.stats()["adapter_paths"] == {"defaults": 0, "native": 0, "device": 0, "numpy": 2}
     assert "written by `people add`" in numpy_rt.person_info("alice")["native_adapter_why_not"]["synthesis"]
@@ -95,7 +95,8 @@ def test_a_replaced_adapter_file_never_runs_with_stale_native_values(rt, exports
     rt.clear_caches()
     assert rt.person_info("alice")["native_adapter"] == {"synthesis": False, "render": False}
     got = rt.novel_view("alice", latent=latent(rt))
-    bob = Runtime(exports["keep"], exports["people"], threads=2).novel_view("bob", latent=latent(rt))
+    bob = Runtime(exports["keep"], exports["people"], threads=2,
+                  backend="onnxruntime").novel_view("bob", latent=latent(rt))
     assert np.array_equal(got.image, bob.image)
     rt.add_person("alice", exports["people"] / "bob.safetensors")  # re-adding replaces the native files
     new = set(rt.people_dir.glob(f"*{SUFFIX}"))
@@ -128,7 +129,7 @@ def test_format_1_exports_still_load_and_render_on_numpy_feeds(rt, exports, tmp_
     old_dir = as_format_1(exports["keep"], tmp_path / "v1")
     people = tmp_path / "people_v1"
     people.mkdir()
-    old = Runtime(old_dir, people, threads=2)
+    old = Runtime(old_dir, people, threads=2, backend="onnxruntime")
     assert not old.manifest.adapter_defaults_in_graph and old.manifest.mixed_batch is None
     old.add_person("alice", exports["people"] / "alice.safetensors")
     assert not list(people.glob(f"*{SUFFIX}"))  # no native files for graphs without defaults
@@ -149,6 +150,6 @@ def test_cli_people_add_writes_and_people_remove_deletes_native_adapters(exports
     folder = people_dir(store, "tiny")
     assert dest == folder / "alice.safetensors" and dest.is_file()
     assert len(list(folder.glob(f"alice.*{SUFFIX}"))) == 2
-    rt = Runtime(store / "tiny" / "export", folder, threads=2)
+    rt = Runtime(store / "tiny" / "export", folder, threads=2, backend="onnxruntime")
     assert rt.person_info("alice")["native_adapter"] == {"synthesis": True, "render": True}
     assert remove_person(store, "tiny", "alice") and not list(folder.glob(f"*{SUFFIX}"))
