@@ -31,7 +31,8 @@ import importlib.util
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,10 +56,11 @@ class Backend(ABC):
     .GraphFeeds)."""
 
     name = "?"
-    providers: list[str] = []
 
     def __init__(self, manifest: ExportManifest):
         self.manifest = manifest
+        self.providers: list[str] = []
+        """What runs the stages, in order of preference (onnxruntime's providers, or the torch device)."""
 
     def camera(self, yaw: float, pitch: float) -> np.ndarray:
         """[1, 25] label of the export's look-at camera at (yaw, pitch) (formats.cameras.lookat_label)."""
@@ -164,12 +166,16 @@ def torch_unavailable(manifest: ExportManifest) -> str | None:
     if manifest.torch_model is None:
         return ("this export's manifest.json has no 'torch' field (exported before the torch backend): re-export "
                 "with `cli.py export` to carry the model directory the torch backend needs")
-    try:
-        found = importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):  # a blocked import, or sys.modules['torch'] = None
-        found = False
-    return None if found else ("torch is not installed (the runtime wheel is torch-free): install torch for the "
-                               "torch backend")
+    for module, what in (("torch", "torch is not installed"),
+                         ("generator", ("the project's generator package is not installed (the runtime wheel ships "
+                                        "without it)"))):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a blocked import, or sys.modules[module] = None
+            found = False
+        if not found:
+            return f"{what}: the torch backend needs torch and the project's `generator` package (a full install)"
+    return None
 
 
 def _open(name: str, manifest: ExportManifest, precision: str, providers, threads, io_binding) -> Backend:
@@ -207,4 +213,4 @@ def time_render(backend: Backend, person) -> float:
     return best
 
 
-__all__ = ["AUTO_MARGIN", "BACKENDS", "Backend", "PRECISIONS", "open_backend", "time_render", "torch_unavailable"]
+__all__ = ["AUTO_MARGIN", "BACKENDS", "PRECISIONS", "Backend", "open_backend", "time_render", "torch_unavailable"]

@@ -387,6 +387,9 @@ def test_manifest_content(G, exports):
         for name in graphs[g]["adapter_inputs"]:
             assert "batch" not in spec[g][name]["shape"] and spec[g][name]["dtype"] == "float32"
     assert keep["verification"]["passed"] and max(keep["verification"]["max_abs_diff"].values()) <= TOL
+    # the torch backend's model directory: the base weights of a keep-LoRA export, fingerprint checked
+    assert keep["torch"] == {"model_dir": "model", "weights_fingerprint": base_fingerprint(G)}
+    assert (exports["keep"] / "model" / "model.safetensors").is_file()
     merged = load_manifest(exports["merged_alice"])
     assert merged["adapter"]["mode"] == "merged" and merged["adapter"]["person"] == "alice"
     assert merged["adapter"]["anchor_names"] == ["photo0", "photo1", "photo2"]

@@ -71,7 +71,7 @@ def test_keep_lora_every_operation_matches_onnxruntime(exports, people):
 
 def test_merged_and_base_exports_match_onnxruntime(exports):
     ort, tb = both(exports["merged_alice"])
-    assert tb.people() == ["alice"]
+    assert tb.people() == ["alice"] and tb.manifest.torch_model[1] != tb.manifest.base_fingerprint  # merged weights
     diffs = {"merged_novel_view": diff(ort.novel_view("alice", anchor=2, yaw=0.3), tb.novel_view("alice", anchor=2,
                                                                                                    yaw=0.3)),
              "merged_orbit": diff(ort.orbit("alice", anchor=0, frames=2), tb.orbit("alice", anchor=0, frames=2))}
@@ -122,7 +122,7 @@ def test_bf16_is_refused_with_the_reason(exports, monkeypatch):
     with pytest.raises(InvalidRequest, match="torch backend only") as info:
         Runtime(exports["keep"], backend="onnxruntime", precision="bf16")
     assert info.value.field == "precision"
-    for kwargs, field in ((dict(backend="jax"), "backend"), (dict(precision="fp16"), "precision")):
+    for kwargs, field in (({"backend": "jax"}, "backend"), ({"precision": "fp16"}, "precision")):
         with pytest.raises(InvalidRequest) as info:
             Runtime(exports["keep"], **kwargs)
         assert info.value.field == field
