@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"video frames (default 16), {frames.describe()} and at most the runtime's "
                          f"{RequestLimits().max_frames}")
     ap.add_argument("--fps", type=fps, default=30.0, help=f"video frame rate (default 30), {fps.describe()}")
-    ap.add_argument("--backend", choices=BACKENDS, default="auto",
-                    help="what runs the model (default auto: the rule in runtime/backend.py, logged at start-up)")
+    ap.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                    help="what runs the model (default onnxruntime; auto: the rule in runtime/backend.py, timed and "
+                         "logged at start-up)")
     ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
                     help="fp32 (default) or bf16 (torch backend, CPUs with native bf16 only)")
     return ap

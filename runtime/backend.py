@@ -9,7 +9,7 @@ Backends (`Runtime(backend=...)`, `python -m runtime --backend`):
     torch         runtime.torch_backend.TorchBackend: the product's eager generator, built from the model
                   directory the export carries (manifest 'torch'), at precision fp32 or bf16.
 
-`auto` (the default) decides by this rule, and logs the choice and why:
+`auto` (asked for by name; the default backend is onnxruntime) decides by this rule, and logs the choice and why:
 
     1. precision 'bf16' -> torch (the only backend with a bf16 path; refused with the reason where it cannot run);
     2. onnxruntime options given (`providers` other than 'auto', or `io_binding`), torch not importable, or the

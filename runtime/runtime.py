@@ -1,8 +1,9 @@
 """Runtime: novel views, interpolations and turntables of personalized generators from an export directory.
 
 Torch-free by default: numpy + onnxruntime (TensorRT engines where present); where torch is installed and the
-export carries its model directory, the eager generator can serve instead (runtime.backend: `backend='auto'`
-times both at start-up and logs the choice). A request runs at most two stages:
+export carries its model directory, the eager generator can serve instead (`backend='torch'`, or `backend='auto'`,
+which times both at start-up and logs the choice: runtime.backend). The default stays 'onnxruntime' until the
+TorchServe handler and the web page choose a backend themselves. A request runs at most two stages:
 
     latent (anchor W, or given W / W+)  --synthesis-->  tri-planes  --render(camera)-->  images
 
@@ -74,14 +75,15 @@ def _ms(t0: float) -> float:
 class Runtime:
     """Serve an export directory (+ a directory of adapter files). See the module docstring.
 
-    `backend`: 'auto', 'onnxruntime', 'torch' or 'tensorrt' (runtime.backend states the rule 'auto' follows);
+    `backend`: 'onnxruntime' (default), 'torch', 'tensorrt' or 'auto' (runtime.backend states the rule 'auto'
+    follows);
     `precision`: 'fp32' or 'bf16' (the torch backend only, on a CPU with native bf16 kernels). `providers` and
     `io_binding` are the onnxruntime backend's."""
 
     def __init__(self, export_dir: str | os.PathLike, people_dir: str | os.PathLike | None = None,
                  providers: str | Sequence[str] = "auto", plane_cache_size: int = 64, adapter_cache_size: int = 16,
                  threads: int | None = None, limits: RequestLimits | None = None, file_limits: Limits | None = None,
-                 io_binding: bool | None = None, backend: str = "auto", precision: str = "fp32"):
+                 io_binding: bool | None = None, backend: str = "onnxruntime", precision: str = "fp32"):
         self.export_dir = Path(export_dir)
         try:
             self.manifest = ExportManifest.read(self.export_dir)
