@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{RequestLimits().max_frames}")
     ap.add_argument("--fps", type=fps, default=30.0, help=f"video frame rate (default 30), {fps.describe()}")
     ap.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
-                    help="what runs the model (default onnxruntime; auto: the rule in runtime/backend.py, timed and "
+                    help="what runs the model (default onnxruntime; auto: the rule in runtime/choose_backend.py, timed and "
                          "logged at start-up)")
     ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
                     help="fp32 (default) or bf16 (torch backend, CPUs with native bf16 only)")

@@ -2,7 +2,7 @@
 
 Torch-free by default: numpy + onnxruntime (TensorRT engines where present); where torch is installed and the
 export carries its model directory, the eager generator can serve instead (`backend='torch'`, or `backend='auto'`,
-which times both at start-up and logs the choice: runtime.backend). The default stays 'onnxruntime' until the
+which times both at start-up and logs the choice: runtime.choose_backend). The default stays 'onnxruntime' until the
 TorchServe handler and the web page choose a backend themselves. A request runs at most two stages:
 
     latent (anchor W, or given W / W+)  --synthesis-->  tri-planes  --render(camera)-->  images
@@ -24,7 +24,7 @@ small parts, each with one job:
                                              the result attached
     runtime.backend.Backend                  what runs the stages and builds the look-at cameras: the onnxruntime
                                              Renderer (runtime.renderer; also TensorRT) or the torch backend
-                                             (runtime.torch_backend), chosen by runtime.backend.open_backend
+                                             (runtime.torch_backend), chosen by runtime.choose_backend.open_backend
     runtime.native_adapters                  a person's adapter per graph: native onnxruntime adapter files,
                                              values kept on a CUDA device, or numpy feeds
     runtime.batching                         `render_batch`: N queued requests in one run per person, or in the
@@ -52,7 +52,8 @@ from formats.limits import Limits
 from media.camera_path import interpolate_camera, interpolation_weights, view_angles
 from media.orbit import Orbit
 from runtime import requests as check
-from runtime.backend import Backend, open_backend
+from runtime.backend import Backend
+from runtime.choose_backend import open_backend
 from runtime.batching import Run, ViewRequest, plan_runs
 from runtime.budget import LatencyBudget
 from runtime.errors import (AdapterInvalid, BudgetExceeded, ExportInvalid, InvalidRequest, RuntimeErrorBase,
@@ -75,7 +76,7 @@ def _ms(t0: float) -> float:
 class Runtime:
     """Serve an export directory (+ a directory of adapter files). See the module docstring.
 
-    `backend`: 'onnxruntime' (default), 'torch', 'tensorrt' or 'auto' (runtime.backend states the rule 'auto'
+    `backend`: 'onnxruntime' (default), 'torch', 'tensorrt' or 'auto' (runtime.choose_backend states the rule 'auto'
     follows);
     `precision`: 'fp32' or 'bf16' (the torch backend only, on a CPU with native bf16 kernels). `providers` and
     `io_binding` are the onnxruntime backend's."""
