@@ -1,7 +1,10 @@
 """Errors for files that do not follow their format: each names the file (or field) and says what is wrong."""
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
+from typing import Iterable
 
 
 class FormatError(ValueError):
@@ -27,7 +30,14 @@ class ModelDirError(FormatError):
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:~|/)[^\s'\"`,;:()\[\]{}<>|]*")
 
 
-def without_paths(message: str) -> str:
-    """`message` with every absolute path cut to its last part ('/srv/people/tiny/bob.safetensors' ->
-    'bob.safetensors'): errors a server sends to a client name files, never the folders of the machine."""
+def without_paths(message: str, folders: Iterable[str | os.PathLike] = ()) -> str:
+    """`message` with every absolute path cut: a path inside one of `folders` (as given or resolved) made relative
+    to it, a folder named alone cut to its last part, and every other absolute path cut to its last part
+    ('/srv/people/tiny/bob.safetensors' -> 'bob.safetensors'). Errors a server sends to a client name files, never
+    the folders of the machine; `folders` also catches paths the pattern cannot (a folder with a space)."""
+    for folder in folders:
+        for form in {str(folder), str(Path(folder).resolve())}:
+            form = form.rstrip("/")
+            if form:
+                message = message.replace(form + "/", "").replace(form, Path(form).name)
     return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rpartition("/")[2] or "/", message)

@@ -93,11 +93,11 @@ class Renderer(Backend):
         if adapter.arrays:
             with self._count_lock:
                 self._paths[path] += 1
-        if path != "native":
-            return graph.run({**feeds, **extra}, keep_on_device=keep, run_options=options)
         try:
             return graph.run({**feeds, **extra}, keep_on_device=keep, run_options=options)
-        except Exception as e:  # onnxruntime's own error types: the person's native adapter does not fit the graph
+        except Exception as e:  # onnxruntime's own error types: a person's native adapter that does not fit the graph
+            if path != "native":
+                raise
             raise AdapterInvalid(f"native adapter of the {graph.name} graph", f"onnxruntime refused it "
                                  f"({type(e).__name__}: {str(e)[:200]})") from None
 

@@ -60,8 +60,9 @@ class TorchBackend(Backend):
 
     def __init__(self, manifest: ExportManifest, precision: str = "fp32", threads: int | None = None):
         super().__init__(manifest)
-        if precision == "bf16" and bf16_refusal() is not None:
-            raise InvalidRequest("precision", f"'bf16' refused: {bf16_refusal()}")
+        refusal = bf16_refusal() if precision == "bf16" else None
+        if refusal is not None:
+            raise InvalidRequest("precision", f"'bf16' refused: {refusal}")
         self._precision = precision
         self.providers = [f"torch-cpu-{precision}"]
         if threads:
@@ -117,12 +118,10 @@ class TorchBackend(Backend):
             return dict(self._runs)
 
     def planes(self, ws: np.ndarray, person) -> np.ndarray:
-        with self._lock, self._attached([person], "synthesis"):
-            return self._out(self.G.planes(_t(ws), noise_mode="const", fused_modconv=False))
+        return self.planes_mixed(ws, [person])
 
     def render(self, planes: Any, ws: np.ndarray, c: np.ndarray, person) -> dict[str, np.ndarray]:
-        with self._lock, self._attached([person], "render"):
-            return self._render(planes, ws, c)
+        return self.render_mixed(planes, ws, c, [person])
 
     def planes_mixed(self, ws: np.ndarray, people: Sequence) -> np.ndarray:
         with self._lock, self._attached(people, "synthesis"):
@@ -131,7 +130,9 @@ class TorchBackend(Backend):
     def render_mixed(self, planes: np.ndarray, ws: np.ndarray, c: np.ndarray, people: Sequence
                      ) -> dict[str, np.ndarray]:
         with self._lock, self._attached(people, "render"):
-            return self._render(planes, ws, c)
+            out = self.G.render_planes(_t(planes), _t(ws), _t(c), sampling="deterministic", fused_modconv=False)
+            return {"image": self._out(out["image"]), "image_raw": self._out(out["image_raw"]),
+                    "depth": self._out(out["image_depth"])}
 
     def map(self, z: np.ndarray, c: np.ndarray, psi: float) -> np.ndarray:
         with self._lock, torch.no_grad():
@@ -145,11 +146,6 @@ class TorchBackend(Backend):
         self._adapters.clear()
 
     # ------------------------------------------------------------------ internals
-
-    def _render(self, planes: Any, ws: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.G.render_planes(_t(planes), _t(ws), _t(c), sampling="deterministic", fused_modconv=False)
-        return {"image": self._out(out["image"]), "image_raw": self._out(out["image_raw"]),
-                "depth": self._out(out["image_depth"])}
 
     def _out(self, t: torch.Tensor) -> np.ndarray:
         return t.float().numpy()

@@ -139,6 +139,8 @@ class Service:
         self.model_name = model_name
         self.cfg = cfg
         self.people_dir = people_dir
+        self._folders = [people_dir] if people_dir is not None else []
+        """Folders no message sent to a client may name (formats.errors.without_paths)."""
         lim = runtime.limits
         self.limits = Limits(max_abs_yaw=lim.max_abs_yaw, max_abs_pitch=lim.max_abs_pitch,
                              max_frames=min(cfg.max_frames, lim.max_frames), image_size=runtime.image_size,
@@ -367,17 +369,17 @@ class Service:
             outcome.op = op if isinstance(op, str) and op in FIELDS else "invalid"
         if e.kind == "budget_exceeded":
             outcome.budget_refusal = "before" if e.status == 503 else "after"
-        body = {**e.to_dict(), "error": _strip_paths(e.message, self.people_dir)}
+        body = {**e.to_dict(), "error": without_paths(e.message, self._folders)}
         return self._json(context, idx, body, e.status, _PHRASES.get(e.status, "Error"))
 
     def _map_runtime_error(self, e: RuntimeErrorBase, raw: Any) -> RequestError:
-        msg = _strip_paths(str(e) or type(e).__name__, self.people_dir)
+        msg = without_paths(str(e) or type(e).__name__, self._folders)
         if isinstance(e, UnknownPerson):
             return RequestError(404, "person", msg, "unknown_person")
         if isinstance(e, AdapterInvalid):
             person = _field_of(raw, "person")
             name = f"people/{self.model_name}/{person}.safetensors" if isinstance(person, str) else "adapter file"
-            return RequestError(422, "person", f"{name}: {_strip_paths(e.reason, self.people_dir)}",
+            return RequestError(422, "person", f"{name}: {without_paths(e.reason, self._folders)}",
                                 "adapter_invalid")
         if isinstance(e, BudgetExceeded):
             return RequestError(503 if e.before_running else 504, "budget_ms", msg, "budget_exceeded")
@@ -402,14 +404,6 @@ def _field_of(raw: Any, name: str) -> Any:
         return body.get(name) if isinstance(body, dict) else None
     except Exception:  # noqa: BLE001 - only used to word an error message
         return None
-
-
-def _strip_paths(message: str, people_dir: Optional[Path]) -> str:
-    """Keep the server's folders out of error messages sent to clients: paths in the people folder become
-    relative to it, every other absolute path its last part (formats.errors.without_paths)."""
-    if people_dir is not None:
-        message = message.replace(str(people_dir) + os.sep, "").replace(str(people_dir), "the people folder")
-    return without_paths(message)
 
 
 _SERVICE: Optional[Service] = None

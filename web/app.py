@@ -40,7 +40,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -87,19 +87,6 @@ class PersonInvalid(ValueError):
     def __init__(self, message: str, reason: str):
         super().__init__(message)
         self.reason = reason
-
-
-def scrub_paths(text: str, folders: Iterable[str | Path] = ()) -> str:
-    """`text` with every absolute path cut to its last component, `folders` (and their resolved forms) first.
-
-    Why: error messages of readers name the files they read ('/srv/people/alice.safetensors: ...'); an HTTP
-    client may learn file *names*, never the server's folders.
-    """
-    for folder in folders:
-        for form in {str(folder), str(Path(folder).resolve())}:
-            if form not in ("", "/", "."):
-                text = text.replace(form.rstrip("/") + "/", "").replace(form, "<folder>")
-    return without_paths(text)
 
 
 def _shown(value) -> str:
@@ -247,7 +234,7 @@ class WebApp:
             if anchors is not None:
                 return adapter, anchors
             reason = "the adapter file stores no anchors"
-        reason = scrub_paths(reason, self._folders())
+        reason = without_paths(reason, self._folders())
         raise PersonInvalid(f"person {name!r}: {path.name} is not a usable adapter file: {reason}", reason)
 
     def _folders(self) -> list[Path]:
@@ -256,7 +243,7 @@ class WebApp:
 
     def scrub(self, text: str) -> str:
         """`text` without absolute paths (the people folder first): what an HTTP client may read."""
-        return scrub_paths(text, self._folders() + [Path(tempfile.gettempdir())])
+        return without_paths(text, self._folders() + [Path(tempfile.gettempdir())])
 
     # ---------------------------------------------------------------- the model (caller holds the lock)
 
@@ -407,28 +394,29 @@ class WebApp:
 
     def view(self, person: str, anchor: str, yaw=0.0, pitch=0.0, client_gone=None) -> bytes:
         """PNG of an anchor of `person` at (yaw, pitch)."""
-        yaw = _number(yaw, "yaw", -MAX_ABS_YAW, MAX_ABS_YAW)
-        pitch = _number(pitch, "pitch", -MAX_ABS_PITCH, MAX_ABS_PITCH)
-        work = self._work("view", 1, "view(s)", "view", client_gone)
-
-        def render() -> bytes:
-            who = self._select(person)
-            ws, _ = anchor_latent(self.G, who.anchors, anchor, "anchor")
-            return self._render((person, "anchor", anchor), ws, yaw, pitch)
-        return self._chunk(work, render, units=1, stage="view")
+        return self._view(person, (person, "anchor", anchor),
+                          lambda who: anchor_latent(self.G, who.anchors, anchor, "anchor")[0], yaw, pitch, client_gone)
 
     def interpolate(self, person: str, a: str, b: str, t=0.5, yaw=0.0, pitch=0.0, client_gone=None) -> bytes:
         """PNG of the W lerp (1 - t) w_a + t w_b of two anchors at (yaw, pitch)."""
         t = _number(t, "t", 0.0, 1.0)
+
+        def latent(who: _Person) -> torch.Tensor:
+            wa, _ = anchor_latent(self.G, who.anchors, a, "a")
+            wb, _ = anchor_latent(self.G, who.anchors, b, "b")
+            return torch.lerp(wa, wb, t)
+        return self._view(person, (person, "lerp", a, b, round(t, 4)), latent, yaw, pitch, client_gone)
+
+    def _view(self, person: str, key: tuple, latent: Callable[[_Person], torch.Tensor], yaw, pitch,
+              client_gone) -> bytes:
+        """PNG of `person` at (yaw, pitch) of the latent `latent(person)` gives (planes cached under `key`): one
+        chunk of work within a view's budget."""
         yaw = _number(yaw, "yaw", -MAX_ABS_YAW, MAX_ABS_YAW)
         pitch = _number(pitch, "pitch", -MAX_ABS_PITCH, MAX_ABS_PITCH)
         work = self._work("view", 1, "view(s)", "view", client_gone)
 
         def render() -> bytes:
-            who = self._select(person)
-            wa, _ = anchor_latent(self.G, who.anchors, a, "a")
-            wb, _ = anchor_latent(self.G, who.anchors, b, "b")
-            return self._render((person, "lerp", a, b, round(t, 4)), torch.lerp(wa, wb, t), yaw, pitch)
+            return self._render(key, latent(self._select(person)), yaw, pitch)
         return self._chunk(work, render, units=1, stage="view")
 
     def video(self, person: str, kind: str, a: str, b: str | None = None, frames=48, fps=24.0,
