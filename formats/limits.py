@@ -85,6 +85,12 @@ class Limits:
     max_workers: int = 1024
     """Most worker processes or threads a command starts (`train-many --workers`, `package --workers` and
     `--threads`): more than the cores of one machine."""
+    max_cache_entries: int = 100_000
+    """Most entries of one in-memory cache a server keeps (handler `plane_cache_size`, `adapter_cache_size`;
+    `package --plane-cache-size`): the byte bound below is what limits memory; this bounds bookkeeping."""
+    max_plane_cache_mb: float = 1 << 20
+    """Largest tri-plane cache of one worker, in MiB (handler `plane_cache_mb`, `package --plane-cache-mb`): 1 TiB,
+    beyond any one machine's memory (an ffhq512-128 latent's planes are 24 MiB)."""
     max_eval_count: int = 1000
     """Most anchor pairs, views per weight, interpolation weights or test photos of one `eval` run (the paper
     uses 10, 20, 10 and every test photo); the run time grows with their product."""

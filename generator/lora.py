@@ -257,6 +257,11 @@ class Attachment:
         self.attached = True
         return self
 
+    def activate(self) -> "Attachment":
+        """Route G through this attachment again (detaching whatever is attached now): an attachment over live
+        tensors (runtime.adapter_slots) is built once and re-activated, never rebuilt."""
+        return _replace(self.G, self)
+
     def layers(self) -> list[str]:
         """Names of the layers this attachment changes."""
         return [name for name, _, _ in self._layers]
@@ -313,6 +318,8 @@ def attachment_of(G: nn.Module) -> Attachment | None:
 
 def _replace(G: nn.Module, new: Attachment) -> Attachment:
     current = attachment_of(G)
+    if current is new and new.attached:
+        return new
     if current is not None:
         if current.merged:
             raise RuntimeError("an adapter is merged into this generator: unmerge() before attaching another")

@@ -125,11 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"video frames (default 16), {frames.describe()} and at most the runtime's "
                          f"{RequestLimits().max_frames}")
     ap.add_argument("--fps", type=fps, default=30.0, help=f"video frame rate (default 30), {fps.describe()}")
-    ap.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
-                    help="what runs the model (default onnxruntime; auto: the rule in runtime/choose_backend.py, timed and "
-                         "logged at start-up)")
+    ap.add_argument("--backend", choices=BACKENDS, default="auto",
+                    help="what runs the model (default auto: torch or onnxruntime, whichever renders faster here, by "
+                         "the rule in runtime/choose_backend.py, timed and logged at start-up)")
     ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                    help="fp32 (default) or bf16 (torch backend, CPUs with native bf16 only)")
+                    help="fp32 (default); bf16 (torch backend: CUDA, or CPUs with native bf16); fp16 (torch on CUDA)")
+    ap.add_argument("--device", help="torch backend: cpu, cuda or cuda:N (default: cuda where torch sees a GPU)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch backend: torch.compile each stage before its first run (minutes of start-up)")
     return ap
 
 
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "person"  # the file's name need not be a valid person name: it is copied under this one
     with tempfile.TemporaryDirectory() as people:
         try:
-            rt = Runtime(args.export_dir, people_dir=people, backend=args.backend, precision=args.precision)
+            rt = Runtime(args.export_dir, people_dir=people, backend=args.backend, precision=args.precision,
+                         device=args.device, compile=args.compile)
             rt.add_person(name, args.adapter)
             anchor = int(args.anchor) if is_index(args.anchor) else args.anchor
             if args.video is not None:

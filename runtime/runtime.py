@@ -1,9 +1,11 @@
 """Runtime: novel views, interpolations and turntables of personalized generators from an export directory.
 
 Torch-free by default: numpy + onnxruntime (TensorRT engines where present); where torch is installed and the
-export carries its model directory, the eager generator can serve instead (`backend='torch'`, or `backend='auto'`,
-which times both at start-up and logs the choice: runtime.choose_backend). The default stays 'onnxruntime' until the
-TorchServe handler and the web page choose a backend themselves. A request runs at most two stages:
+export carries its model directory, the product's generator can serve instead (`backend='torch'`: eager on the
+CPU, CUDA graphs on a GPU), or `backend='auto'` times both at start-up and logs the choice (runtime.choose_backend).
+This class defaults to 'onnxruntime' (a library call does not pay a start-up measurement); the product's entry
+points (`python -m runtime`, the TorchServe handler, `cli.py package|serve`) default to 'auto'. A request runs
+at most two stages:
 
     latent (anchor W, or given W / W+)  --synthesis-->  tri-planes  --render(camera)-->  images
 
@@ -52,7 +54,7 @@ from formats.limits import Limits
 from media.camera_path import interpolate_camera, interpolation_weights, view_angles
 from media.orbit import Orbit
 from runtime import requests as check
-from runtime.backend import Backend
+from runtime.backend import Backend, BackendOptions
 from runtime.choose_backend import open_backend
 from runtime.batching import Run, ViewRequest, plan_runs
 from runtime.budget import LatencyBudget
@@ -62,7 +64,6 @@ from runtime.people import Person, PeopleStore
 from runtime.planes import PlaneCache, latent_key
 from runtime.requests import Anchor, RequestLimits
 from runtime.result import RenderResult
-from runtime.session import to_numpy
 from runtime.stats import Counters
 
 
@@ -76,15 +77,16 @@ def _ms(t0: float) -> float:
 class Runtime:
     """Serve an export directory (+ a directory of adapter files). See the module docstring.
 
-    `backend`: 'onnxruntime' (default), 'torch', 'tensorrt' or 'auto' (runtime.choose_backend states the rule 'auto'
-    follows);
-    `precision`: 'fp32' or 'bf16' (the torch backend only, on a CPU with native bf16 kernels). `providers` and
-    `io_binding` are the onnxruntime backend's."""
+    backend, precision, threads, providers, io_binding, device, compile: runtime.backend.BackendOptions (which
+    backend serves, and how; runtime.choose_backend states the rule 'auto' follows).
+    plane_cache_size / plane_cache_bytes: the tri-plane cache's bounds in entries and in bytes (runtime.planes).
+    """
 
     def __init__(self, export_dir: str | os.PathLike, people_dir: str | os.PathLike | None = None,
                  providers: str | Sequence[str] = "auto", plane_cache_size: int = 64, adapter_cache_size: int = 16,
                  threads: int | None = None, limits: RequestLimits | None = None, file_limits: Limits | None = None,
-                 io_binding: bool | None = None, backend: str = "onnxruntime", precision: str = "fp32"):
+                 io_binding: bool | None = None, backend: str = "onnxruntime", precision: str = "fp32",
+                 device: str | None = None, compile: bool = False, plane_cache_bytes: int | None = None):
         self.export_dir = Path(export_dir)
         try:
             self.manifest = ExportManifest.read(self.export_dir)
@@ -94,12 +96,13 @@ class Runtime:
         self._counters = Counters()
         self.people_store = PeopleStore(self.manifest, people_dir, adapter_cache_size,
                                         on_load=lambda: self._counters.add("adapter_loads"), limits=file_limits)
+        self.options = BackendOptions(backend=backend, precision=precision, threads=threads, providers=providers,
+                                      io_binding=io_binding, device=device, compile=compile)
         self.backend: Backend
-        self.backend, self.backend_reason = open_backend(self.manifest, backend, precision, self.people_store.base,
-                                                         providers, threads, io_binding)
+        self.backend, self.backend_reason = open_backend(self.manifest, self.options, self.people_store.base)
         log.info("backend=%r: %s (precision %s, export %s)", backend, f"{self.backend.name}, {self.backend_reason}",
                  self.backend.precision, self.export_dir)
-        self.planes = PlaneCache(plane_cache_size)
+        self.planes = PlaneCache(plane_cache_size, plane_cache_bytes)
         self.budget = LatencyBudget()
 
     # ------------------------------------------------------------------ what this runtime serves
@@ -294,7 +297,8 @@ class Runtime:
         """Render N queued novel-view requests (of any people) in as few graph runs as runtime.batching plans:
         one run per person, or the export's mixed-person graphs. Returns, in request order, each request's
         RenderResult or the RuntimeErrorBase that refused it (one bad request does not fail the others).
-        Tri-planes of the batch pass through host memory (they are stacked and split per sample)."""
+        Tri-planes of the batch are stacked and split per sample where the backend keeps them (Backend.batch_planes:
+        host memory, or the torch backend's CUDA device)."""
         t0 = time.perf_counter()
         out: list[Any] = [None] * len(requests)
         todo = []
@@ -310,12 +314,13 @@ class Runtime:
             cached = self.planes.get(p.name, p.identity, key)
             self._counters.add("plane_cache_misses" if cached is None else "plane_cache_hits")
             todo.append({"i": i, "p": p, "ws": ws, "key": key, "yaw": yaw, "pitch": pitch, "adapter_ms":
-                         timings["adapter"], "planes": None if cached is None else to_numpy(cached),
+                         timings["adapter"], "planes": None if cached is None else self.backend.batch_planes(cached),
                          "hit": cached is not None, "synthesis_ms": 0.0})
         identity = lambda q: q["p"].identity  # noqa: E731
         for run in plan_runs([q for q in todo if q["planes"] is None], identity, self.backend.mixed_batch):
             ts = time.perf_counter()
-            planes = to_numpy(self._batch_run(run, "synthesis", {"ws": self._stack(run, "ws")})["planes"])
+            planes = self._batch_run(run, "synthesis", {"ws": self._stack(run, "ws")})["planes"]
+            planes = self.backend.batch_planes(planes)
             ms = _ms(ts)
             self._counters.add("synthesis_runs")
             for k, q in enumerate(run.items):
@@ -337,11 +342,10 @@ class Runtime:
                                            person=q["p"].name, yaw=q["yaw"], pitch=q["pitch"], latent_key=q["key"])
         return out
 
-    @staticmethod
-    def _stack(run: Run, name: str) -> np.ndarray:
+    def _stack(self, run: Run, name: str) -> Any:
         """The run's samples of `name` (W+ latents, or tri-planes [1, ...] each) stacked, padded to run.size."""
         parts = [q[name] if name == "planes" else q[name][None] for q in run.items]
-        return np.concatenate(parts + parts[-1:] * run.padding)
+        return self.backend.concat(parts + parts[-1:] * run.padding)
 
     def _batch_run(self, run: Run, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         """One run of `graph`: the person's own for a one-person run, one person per sample (padded) otherwise."""

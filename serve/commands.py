@@ -32,10 +32,21 @@ def package(export_dir: Path = typer.Argument(..., exists=True, file_okay=False,
                                                                    "below)."),
             max_frames: int = typer.Option(16, **up_to("max_video_frames", 2),
                                            help="Most frames per interpolation request."),
+            backend: str = typer.Option("auto", help="What runs the model: auto (torch or onnxruntime, whichever "
+                                                     "renders faster on the serving box at start-up) | onnxruntime "
+                                                     "| torch | tensorrt."),
+            precision: str = typer.Option("fp32", help="fp32 | bf16 (torch: CUDA, or CPUs with native bf16) | fp16 "
+                                                       "(torch on CUDA)."),
+            compile: bool = typer.Option(False, "--compile", help="torch backend: torch.compile each stage at its "
+                                                                  "first run (slow start-up)."),
             providers: str = typer.Option("auto", help="onnxruntime providers: auto or comma-separated names."),
             threads: Optional[int] = typer.Option(None, **up_to("max_workers"),
-                                                  help="onnxruntime threads per worker (default: the serving "
-                                                       "machine's cores / workers)."),
+                                                  help="Threads per worker (default: the serving machine's cores / "
+                                                       "workers)."),
+            plane_cache_size: int = typer.Option(64, **up_to("max_cache_entries", 0),
+                                                 help="Tri-plane cache entries per worker."),
+            plane_cache_mb: float = typer.Option(1024.0, **up_to("max_plane_cache_mb", 0.0, float),
+                                                 help="Tri-plane cache MiB per worker (an ffhq512-128 latent: 24)."),
             archive_format: str = typer.Option("default", help="default (.mar zip) | zip-store | no-archive."),
             overwrite: bool = typer.Option(False, help="Replace an existing archive."),
             check: bool = typer.Option(True, help="Load the export with the runtime before packaging.")):
@@ -44,7 +55,9 @@ def package(export_dir: Path = typer.Argument(..., exists=True, file_okay=False,
     cfg = PackageConfig(name=name, model_store=model_store, min_workers=workers, max_workers=workers,
                         batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms,
                         response_timeout_s=response_timeout, device=device, default_budget_ms=default_budget_ms,
-                        max_frames=max_frames, providers=providers, threads=threads, archive_format=archive_format,
+                        max_frames=max_frames, backend=backend, precision=precision, compile=compile,
+                        providers=providers, threads=threads, plane_cache_size=plane_cache_size,
+                        plane_cache_mb=plane_cache_mb, archive_format=archive_format,
                         overwrite=overwrite, check=check)
     path = package_model(export_dir, cfg)
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -68,7 +81,11 @@ def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store",
           stop: bool = typer.Option(False, "--stop", help="Stop the server started from --run-dir and wait."),
           foreground: bool = typer.Option(False, "--foreground", help="Stay attached; Ctrl-C stops the server."),
           timeout: float = typer.Option(300.0, min=1.0, max=86_400.0,
-                                        help="Seconds to wait for the models to be ready.")):
+                                        help="Seconds to wait for the models to be ready."),
+          backend: Optional[str] = typer.Option(None, help="Override every model's packaged backend: auto | "
+                                                           "onnxruntime | torch | tensorrt."),
+          precision: Optional[str] = typer.Option(None, help="Override every model's packaged precision: fp32 | "
+                                                             "bf16 | fp16.")):
     """Start TorchServe on the model store with a generated config (loopback, token auth on, model API off)."""
     from serve.server import ServeConfig, curl_example, start_server, stop_server
     if stop:
@@ -77,7 +94,8 @@ def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store",
         return
     names = "all" if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
     cfg = ServeConfig(model_store=model_store, models=names, host=host, port_offset=port_offset,
-                      enable_model_api=enable_model_api, run_dir=run_dir, token_expiration_min=token_expiration_min)
+                      enable_model_api=enable_model_api, run_dir=run_dir, token_expiration_min=token_expiration_min,
+                      backend=backend, precision=precision)
     info = start_server(cfg, wait=True, timeout_s=timeout)
     typer.echo(f"TorchServe pid {info.pid} serving {', '.join(info.models)} at {info.inference_url} "
                f"(management {info.management_url}, model API {'on' if enable_model_api else 'off'}, "

@@ -29,6 +29,7 @@ import base64
 import io
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -40,20 +41,21 @@ import numpy as np
 from PIL import Image
 
 from formats.errors import without_paths
+from formats.limits import current_limits
 from formats.names import NAME_RULE, is_valid_name
 from media.runtime_video import render_video, video_frames
 from media.video_writer import encode_video
 from runtime import (AdapterInvalid, BudgetExceeded, InvalidRequest, RenderResult, Runtime, RuntimeErrorBase,
                      UnknownPerson)
+from runtime.backend import BACKENDS, PRECISIONS
 from runtime.batching import ViewRequest
 from serve.metrics import Outcome, ServeMetrics, cache_delta
+from serve.worker_env import BACKEND_ENV, PEOPLE_ROOT_ENV, PRECISION_ENV
 from serve.requests import (FIELDS, Interpolate, Limits, NovelView, Output, People, PersonInfo, Request,
                             RequestError, Video, parse_request)
 
 logger = logging.getLogger(__name__)
 
-PEOPLE_ROOT_ENV = "MY3DGEN_PEOPLE_ROOT"
-"""Environment variable naming the folder that holds one `<model name>/` folder of adapters per model."""
 
 
 @dataclass
@@ -72,15 +74,26 @@ class HandlerConfig:
     """Most frames per interpolation request (the runtime's own limit applies too)."""
     max_video_frames: int = 64
     """Most frames per video request (the runtime's own limit applies too)."""
+    backend: str = "auto"
+    """What runs the model (runtime.backend.BACKENDS): 'auto' (torch or onnxruntime, whichever renders faster on
+    this box at start-up: runtime/choose_backend.py), 'onnxruntime', 'torch' or 'tensorrt'. The environment
+    variable MY3DGEN_BACKEND (set by `cli.py serve --backend`) wins over it."""
+    precision: str = "fp32"
+    """'fp32', 'bf16' (torch: CUDA, or a CPU with native bf16) or 'fp16' (torch on CUDA). MY3DGEN_PRECISION wins."""
+    compile: bool = False
+    """torch backend: torch.compile each stage at its first run (slow start-up; see docs/BENCHMARKS.md)."""
     providers: Any = "auto"
     """onnxruntime providers for the runtime: "auto" or a list of provider names."""
     plane_cache_size: int = 64
     """Tri-plane cache entries per worker."""
+    plane_cache_mb: float = 1024.0
+    """Tri-plane cache bytes per worker, in MiB (an ffhq512-128 latent's planes: 24 MiB), on the device where the
+    backend keeps them."""
     adapter_cache_size: int = 16
     """Loaded adapters kept per worker."""
     threads: Optional[int] = None
-    """onnxruntime intra-op threads per worker (None: this machine's cores divided by the model's maxWorkers, at
-    least 1, so that several workers on one box do not oversubscribe it)."""
+    """Intra-op threads per worker (None: this machine's cores divided by the model's maxWorkers, at least 1, so
+    that several workers on one box do not oversubscribe it)."""
     jpeg_quality: int = 90
     """JPEG quality when a request gives none."""
     warmup: bool = True
@@ -88,14 +101,43 @@ class HandlerConfig:
     estimates are primed."""
 
     @classmethod
-    def from_dict(cls, raw: Optional[dict]) -> "HandlerConfig":
+    def from_dict(cls, raw: Optional[dict], environ: Optional[dict] = None) -> "HandlerConfig":
+        """The section as written by `cli.py package`, then MY3DGEN_BACKEND / MY3DGEN_PRECISION from `environ`
+        (default os.environ); every value checked (ValueError naming the key)."""
         raw = dict(raw or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"model-config.yaml handler section: unknown key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
-        return cls(**raw)
+        env = os.environ if environ is None else environ
+        for key, var in (("backend", BACKEND_ENV), ("precision", PRECISION_ENV)):
+            if env.get(var):
+                raw[key] = env[var]
+        return cls(**raw).check()
+
+    def check(self) -> "HandlerConfig":
+        """Ranges and choices of every setting (a config file is input too)."""
+        limits = current_limits()
+        choices = {"backend": BACKENDS, "precision": PRECISIONS}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"handler.{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
+        for key in ("compile", "warmup"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"handler.{key}={getattr(self, key)!r}: expected true or false")
+        bounds = {"max_frames": (2, limits.max_video_frames), "max_video_frames": (2, limits.max_video_frames),
+                  "plane_cache_size": (0, limits.max_cache_entries),
+                  "adapter_cache_size": (0, limits.max_cache_entries),
+                  "plane_cache_mb": (0, limits.max_plane_cache_mb), "threads": (1, limits.max_workers),
+                  "jpeg_quality": (1, 100), "max_budget_ms": (1, 86_400_000), "default_budget_ms": (1, 86_400_000)}
+        for key, (lo, hi) in bounds.items():
+            v = getattr(self, key)
+            if v is None and key in ("threads", "default_budget_ms"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+                raise ValueError(f"handler.{key}={v!r}: expected a number in [{lo}, {hi}]")
+        return self
 
 
 def worker_threads(max_workers: Any, cores: Optional[int] = None) -> int:
@@ -146,7 +188,7 @@ class Service:
                              max_frames=min(cfg.max_frames, lim.max_frames), image_size=runtime.image_size,
                              default_budget_ms=cfg.default_budget_ms, max_budget_ms=float(cfg.max_budget_ms),
                              max_video_frames=min(cfg.max_video_frames, lim.max_frames))
-        self.metrics = ServeMetrics(model_name)
+        self.metrics = ServeMetrics(model_name, runtime.backend.name)
         self._batched: dict[int, Any] = {}
         """Request index -> RenderResult or RuntimeErrorBase rendered ahead by `render_batched` (this batch)."""
         self._batched_cache: dict[int, dict] = {}
@@ -174,14 +216,18 @@ class Service:
             raise FileNotFoundError(f"{export_dir}: the archive has no exported model folder "
                                     f"'{cfg.export_subdir}' (package it with `cli.py package`)")
         threads = cfg.threads or worker_threads(yaml_cfg.get("maxWorkers"))
-        rt = Runtime(export_dir, people_dir=people_dir, providers=cfg.providers,
-                     plane_cache_size=cfg.plane_cache_size, adapter_cache_size=cfg.adapter_cache_size,
-                     threads=threads)
+        gpu = props.get("gpu_id")
+        device = f"cuda:{int(gpu)}" if gpu is not None and cfg.backend in ("auto", "torch") else None
+        rt = Runtime(export_dir, people_dir=people_dir, providers=cfg.providers, backend=cfg.backend,
+                     precision=cfg.precision, device=device, compile=cfg.compile,
+                     plane_cache_size=cfg.plane_cache_size, plane_cache_bytes=int(cfg.plane_cache_mb * 2 ** 20),
+                     adapter_cache_size=cfg.adapter_cache_size, threads=threads)
         size = rt.image_size
         if cfg.warmup:
             rt.warmup()
-        logger.info("my3dgen handler ready: model %s, export %s, people %s, image %dx%d, %d onnxruntime threads",
-                    model_name, export_dir, people_dir, size, size, threads)
+        logger.info("my3dgen handler ready: model %s, export %s, people %s, image %dx%d, %d threads, backend %s "
+                    "(%s; %s)", model_name, export_dir, people_dir, size, size, threads, rt.backend.name,
+                    rt.backend.precision, rt.backend_reason)
         return cls(rt, model_name, cfg, people_dir)
 
     # ---------------------------------------------------------------- request handling
@@ -192,7 +238,7 @@ class Service:
         before = self.rt.counters
         body = self._respond(raw, idx, context, outcome)
         cache = self._batched_cache.pop(idx, None) or cache_delta(before, self.rt.counters)
-        self.metrics.record(context, idx, outcome, cache)
+        self.metrics.record(context, idx, outcome, cache, self.rt.planes.stats())
         return body
 
     def render_batched(self, raws: list) -> None:

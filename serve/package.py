@@ -1,7 +1,9 @@
 """Package an exported model as a TorchServe archive `model_store/<name>.mar`, written atomically.
 
-The archive is self-contained: the exported graphs (`export/`), the torch-free `runtime`, `formats` and `media`
-packages (the runtime reads every file through `formats`; videos come from `media`), the handler with
+The archive is self-contained: the exported graphs (`export/`, with the model directory the torch backend loads),
+the torch-free `runtime`, `formats` and `media` packages (the runtime reads every file through `formats`; videos
+come from `media`), the `generator` package (imported only by the torch backend, where torch is installed), the
+handler with
 `serve/requests.py` and `serve/metrics.py`, and a `model-config.yaml` (workers, batching, timeouts, the handler's
 limits). TorchServe puts
 the extracted archive first on the worker's PYTHONPATH, so the worker imports the `runtime` shipped with the model
@@ -29,7 +31,7 @@ ARCHIVE_FORMATS = ("default", "zip-store", "no-archive")
 RESERVED_NAMES = ("people",)
 """Names that would collide with the model store's own folders."""
 
-SERVE_FILES = ("__init__.py", "requests.py", "metrics.py", "handler.py")
+SERVE_FILES = ("__init__.py", "requests.py", "metrics.py", "worker_env.py", "handler.py")
 """The files of this package that the worker needs."""
 
 
@@ -63,10 +65,18 @@ class PackageConfig:
     """Largest `budget_ms` a request may ask for (None: 80% of the response timeout)."""
     max_frames: int = 16
     """Most frames per interpolation request."""
+    backend: str = "auto"
+    """What runs the model in the workers (runtime.backend.BACKENDS; 'auto' measures at start-up)."""
+    precision: str = "fp32"
+    """fp32, bf16 or fp16 (the torch backend's; serve/handler.HandlerConfig.precision)."""
+    compile: bool = False
+    """torch backend: torch.compile each stage at its first run."""
     providers: str = "auto"
     """onnxruntime providers: "auto" or comma-separated provider names."""
     plane_cache_size: int = 64
     """Tri-plane cache entries per worker."""
+    plane_cache_mb: float = 1024.0
+    """Tri-plane cache bytes per worker, in MiB."""
     adapter_cache_size: int = 16
     """Loaded adapters kept per worker."""
     threads: Optional[int] = None
@@ -93,6 +103,8 @@ class PackageConfig:
             raise ValueError("response_timeout_s and startup_timeout_s must be >= 1")
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"device={self.device!r}: cpu or gpu")
+        from serve.handler import HandlerConfig
+        HandlerConfig.from_dict(self.model_config()["handler"], environ={})  # the workers' checks, now
         limit = self.response_timeout_s * 1000.0
         for field in ("default_budget_ms", "max_budget_ms"):
             v = getattr(self, field)
@@ -119,7 +131,11 @@ class PackageConfig:
                 "max_budget_ms": self.max_budget_ms if self.max_budget_ms is not None else cap,
                 "max_frames": self.max_frames,
                 "providers": providers,
+                "backend": self.backend,
+                "precision": self.precision,
+                "compile": self.compile,
                 "plane_cache_size": self.plane_cache_size,
+                "plane_cache_mb": self.plane_cache_mb,
                 "adapter_cache_size": self.adapter_cache_size,
                 "threads": self.threads,
             },
@@ -131,11 +147,13 @@ def archive_path(model_store: Path, name: str, archive_format: str = "default") 
     return Path(model_store) / (name if archive_format == "no-archive" else f"{name}.mar")
 
 
-def check_export(export_dir: Path) -> None:
-    """Load the export with the runtime (as the worker will); raises ValueError naming the folder."""
+def check_export(export_dir: Path, backend: str = "onnxruntime", precision: str = "fp32") -> None:
+    """Load the export with the runtime on `backend` (a named one as the worker will; 'auto' checks onnxruntime,
+    which it can always fall back to, without its start-up timing); raises ValueError naming the folder."""
     from runtime import Runtime
     try:
-        Runtime(export_dir, people_dir=None)
+        Runtime(export_dir, people_dir=None, backend="onnxruntime" if backend == "auto" else backend,
+                precision=precision)
     except Exception as e:  # noqa: BLE001 - any failure means the archive would not serve
         raise ValueError(f"{export_dir}: the runtime cannot load this export ({type(e).__name__}: {e})") from e
 
@@ -149,6 +167,7 @@ def package_model(export_dir: str | os.PathLike, cfg: PackageConfig) -> Path:
     import yaml
 
     import formats
+    import generator
     import media
     import runtime
     cfg.validate()
@@ -162,7 +181,7 @@ def package_model(export_dir: str | os.PathLike, cfg: PackageConfig) -> Path:
     if existing and not cfg.overwrite:
         raise FileExistsError(f"{existing[0]} exists (pass overwrite / --overwrite to replace it)")
     if cfg.check:
-        check_export(export_dir)
+        check_export(export_dir, cfg.backend, cfg.precision)
     runtime_dir = Path(runtime.__file__).resolve().parent
     serve_dir = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix=f".{cfg.name}.", suffix=".tmp", dir=store) as tmp:
@@ -172,6 +191,7 @@ def package_model(export_dir: str | os.PathLike, cfg: PackageConfig) -> Path:
         shutil.copytree(runtime_dir, payload / "runtime", ignore=_ignore)
         shutil.copytree(Path(formats.__file__).resolve().parent, payload / "formats", ignore=_ignore)
         shutil.copytree(Path(media.__file__).resolve().parent, payload / "media", ignore=_ignore)
+        shutil.copytree(Path(generator.__file__).resolve().parent, payload / "generator", ignore=_ignore)
         (payload / "serve").mkdir()
         for name in SERVE_FILES:
             shutil.copy2(serve_dir / name, payload / "serve" / name)

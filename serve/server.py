@@ -39,6 +39,7 @@ from typing import Optional, Union
 from formats.atomic import write_text
 from launch.allocator import allocator_env
 from formats.names import NAME_CHARS, is_valid_name
+from serve.worker_env import BACKEND_ENV, PEOPLE_ROOT_ENV, PRECISION_ENV
 
 DEFAULT_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070,
                  "grpc_management": 7071, "worker": 9000, "distribution": 29500}
@@ -89,6 +90,10 @@ class ServeConfig:
     """gRPC connections (inference and management) are closed after this age, then given a grace of a quarter of
     it to finish: TorchServe's only connection timeout (its HTTP listeners have no idle timeout; see
     docs/SECURITY.md)."""
+    backend: Optional[str] = None
+    """Every worker's backend instead of the one its archive was packaged with (None: the packaged one)."""
+    precision: Optional[str] = None
+    """Every worker's precision instead of the packaged one (None: the packaged one)."""
     java: str = "java"
     """Java executable (JAVA_HOME/bin/java when JAVA_HOME is set)."""
     python: str = sys.executable
@@ -283,6 +288,10 @@ def start_server(cfg: ServeConfig, wait: bool = True, timeout_s: float = 180.0) 
     Raises ServerError (with the log tails) when the server exits or is not ready within `timeout_s`; the
     process is stopped in that case.
     """
+    from runtime.backend import BACKENDS, PRECISIONS
+    for what, value, allowed in (("backend", cfg.backend, BACKENDS), ("precision", cfg.precision, PRECISIONS)):
+        if value is not None and value not in allowed:
+            raise ServerError(f"{what}={value!r}: expected one of {', '.join(allowed)}")
     model_store = Path(cfg.model_store).resolve()
     if not model_store.is_dir():
         raise ServerError(f"{model_store}: no such model store")
@@ -329,7 +338,10 @@ def start_server(cfg: ServeConfig, wait: bool = True, timeout_s: float = 180.0) 
            "-s", str(model_store), "-ncs"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}  # TS_CONFIG_FILE would replace ours
     env.update(LOG_LOCATION=str(run_dir / "logs"), METRICS_LOCATION=str(run_dir / "logs"),
-               MY3DGEN_PEOPLE_ROOT=str(model_store / "people"))
+               **{PEOPLE_ROOT_ENV: str(model_store / "people")})
+    for var in (BACKEND_ENV, PRECISION_ENV):
+        env.pop(var, None)  # only this call's choice reaches the workers
+    env.update({var: value for var, value in ((BACKEND_ENV, cfg.backend), (PRECISION_ENV, cfg.precision)) if value})
     env.update(allocator_env(env))  # the Python workers inherit jemalloc/tcmalloc (launch/allocator.py)
     with open(run_dir / "logs" / "console.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,

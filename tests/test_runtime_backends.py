@@ -119,13 +119,19 @@ def test_bf16_is_refused_with_the_reason(exports, monkeypatch):
         with pytest.raises(InvalidRequest, match="native bf16") as info:
             Runtime(exports["keep"], backend=backend, precision="bf16")
         assert info.value.field == "precision"
-    with pytest.raises(InvalidRequest, match="torch backend only") as info:
-        Runtime(exports["keep"], backend="onnxruntime", precision="bf16")
+    for precision in ("bf16", "fp16"):
+        with pytest.raises(InvalidRequest, match="torch backend's.*export --fp16") as info:
+            Runtime(exports["keep"], backend="onnxruntime", precision=precision)
+        assert info.value.field == "precision"
+    with pytest.raises(InvalidRequest, match="fp16' runs on CUDA only") as info:
+        Runtime(exports["keep"], backend="torch", precision="fp16", device="cpu")
     assert info.value.field == "precision"
-    for kwargs, field in (({"backend": "jax"}, "backend"), ({"precision": "fp16"}, "precision")):
+    for kwargs, field in (({"backend": "jax"}, "backend"), ({"precision": "int8"}, "precision"),
+                          ({"backend": "torch", "device": "tpu"}, "device"),
+                          ({"backend": "onnxruntime", "compile": True}, "compile")):
         with pytest.raises(InvalidRequest) as info:
             Runtime(exports["keep"], **kwargs)
-        assert info.value.field == field
+        assert info.value.field == field, kwargs
 
 
 def test_onnxruntime_options_mean_onnxruntime(exports):
@@ -200,16 +206,18 @@ def test_a_replaced_adapter_file_is_rebuilt(G, exports, people, tmp_path):
 
 def test_command_line_backend_and_precision_options():
     from runtime.__main__ import UsageError, parse_args
-    args = parse_args(["e", "a.safetensors", "--out", "x.png", "--backend", "torch", "--precision", "bf16"])
-    assert (args.backend, args.precision) == ("torch", "bf16")
-    assert (parse_args(["e", "a", "--out", "x.png"]).backend, parse_args(["e", "a", "--out", "x.png"]).precision) \
-        == ("onnxruntime", "fp32")
-    for bad in (["--backend", "jax"], ["--precision", "fp16"]):
+    args = parse_args(["e", "a.safetensors", "--out", "x.png", "--backend", "torch", "--precision", "bf16",
+                       "--device", "cpu", "--compile"])
+    assert (args.backend, args.precision, args.device, args.compile) == ("torch", "bf16", "cpu", True)
+    default = parse_args(["e", "a", "--out", "x.png"])
+    assert (default.backend, default.precision, default.device, default.compile) == ("auto", "fp32", None, False)
+    for bad in (["--backend", "jax"], ["--precision", "int8"]):
         with pytest.raises(UsageError, match="invalid choice"):
             parse_args(["e", "a", "--out", "x.png", *bad])
 
 
 def test_the_default_backend_is_onnxruntime_without_timing(exports):
-    """Until the handler and the web page choose their backend, a Runtime made without one is today's."""
+    """A Runtime made without a backend (a library call) is onnxruntime's, with no start-up timing; the entry
+    points choose 'auto' themselves."""
     rt = Runtime(exports["keep"])
     assert rt.stats()["backend"]["name"] == "onnxruntime"

@@ -337,7 +337,10 @@ def test_metrics_scrape_shows_our_counters(served):
     model = {"ModelName": MODEL, "Level": "Model"}
     ok = series(samples, "my3dgen_requests_total", op="novel_view", status="200", **model)
     assert ok and ok[0][1] >= 2, sorted(k for k in samples if k[0].startswith("my3dgen"))
-    assert set(ok[0][0]) == {"op", "status", "ModelName", "Level", "Hostname"}
+    assert set(ok[0][0]) == {"op", "status", "backend", "ModelName", "Level", "Hostname"}
+    assert ok[0][0]["backend"] in ("onnxruntime", "torch")  # what the packaged 'auto' chose in the worker
+    assert series(samples, "my3dgen_plane_cache_bytes", **model)[0][1] > 0
+    assert 0 < series(samples, "my3dgen_plane_cache_hit_ratio", **model)[0][1] < 1
     assert series(samples, "my3dgen_requests_total", op="novel_view", status="400", **model)[0][1] >= 1
     assert series(samples, "my3dgen_requests_total", op="people", status="200", **model)[0][1] >= 1
     assert refusals and refusals[0][1] >= 1
@@ -418,3 +421,29 @@ def test_stop_by_pid_leaves_nothing(served):
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
     assert not (info.run_dir / "torchserve.pid").exists()
     assert stop_server(info.run_dir) is False
+
+
+def test_torchserve_serves_on_the_torch_backend(served, runtime):
+    """`cli.py serve --backend torch` (ServeConfig.backend): the packaged archive's workers run the torch backend
+    (the `generator` package travels in the .mar), answer the same image as an in-process torch Runtime, and label
+    their metrics with it."""
+    import dataclasses
+    from runtime import Runtime
+    run_dir = served["work"] / "run-torch"
+    cfg = dataclasses.replace(serve_config(served["store"], run_dir), backend="torch")
+    info = start_server(cfg, timeout_s=180)
+    try:
+        body = {"op": "novel_view", "person": "alice", "anchor": 1, "yaw": 0.3}
+        status, headers, data = http_request(f"{info.inference_url}/predictions/{MODEL}", body, token=info.token())
+        assert status == 200, data
+        local = Runtime(served["export_dir"], people_dir=served["store"] / "people" / MODEL, backend="torch")
+        assert_close(png(data), local.novel_view("alice", anchor=1, yaw=0.3).to_uint8())
+        deadline = time.monotonic() + 20
+        while True:
+            status, _, text = http_request(f"{info.metrics_url}/metrics")
+            if 'backend="torch"' in text.decode() or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert re.search(r'my3dgen_requests_total\{[^}]*backend="torch"', text.decode()), text.decode()[-2000:]
+    finally:
+        stop_server(run_dir)

@@ -250,49 +250,66 @@ def test_metrics_configuration_declares_our_counters_after_torchservers_defaults
     default = yaml.safe_load((home / "ts" / "configs" / "metrics.yaml").read_text())
     ours = yaml.safe_load(metrics_yaml_text(home))
     assert ours["ts_metrics"] == default["ts_metrics"]                       # TorchServe's own metrics stay
-    assert ours["model_metrics"]["gauge"] == default["model_metrics"]["gauge"]
-    counters = {m["name"]: m for m in ours["model_metrics"]["counter"]}
-    assert set(counters) >= set(METRICS)
-    for name, (unit, labels) in METRICS.items():
-        assert counters[name]["dimensions"] == [*labels, *MODEL_LABELS] and counters[name]["unit"] == unit
+    n = len(default["model_metrics"]["gauge"])
+    assert ours["model_metrics"]["gauge"][:n] == default["model_metrics"]["gauge"]  # TorchServe's gauges first
+    declared = {m["name"]: (kind, m) for kind in ("counter", "gauge") for m in ours["model_metrics"][kind]}
+    assert set(declared) >= set(METRICS)
+    for name, (kind, unit, labels) in METRICS.items():
+        assert declared[name][0] == kind and declared[name][1]["unit"] == unit
+        assert declared[name][1]["dimensions"] == [*labels, *MODEL_LABELS]
 
 
 class _FakeMetrics:
-    """TorchServe's MetricsCacheYamlImpl.add_counter, as the handler calls it: records what would be emitted."""
+    """TorchServe's MetricsCacheYamlImpl.add_counter / add_metric, as the handler calls them: records what would
+    be emitted."""
 
     def __init__(self, fail: bool = False):
-        self.calls, self.fail = [], fail
+        self.calls, self.gauges, self.fail = [], [], fail
 
     def add_counter(self, name, value, idx=None, dimensions=()):
         if self.fail:
             raise RuntimeError("metrics backend down")
         self.calls.append((name, value, idx, {d.name: d.value for d in dimensions}, [d.name for d in dimensions]))
 
+    def add_metric(self, name, value, unit, idx=None, dimensions=(), metric_type=None):
+        self.gauges.append((name, value, unit, idx, {d.name: d.value for d in dimensions}, metric_type))
+
 
 def test_one_request_becomes_the_declared_counters():
     from types import SimpleNamespace
-    from serve.metrics import (BUDGET_REFUSALS, METRICS, MODEL_LABELS, PLANE_CACHE, REQUESTS, STAGE_MS, Outcome,
-                               ServeMetrics, cache_delta)
+    from serve.metrics import (BUDGET_REFUSALS, METRICS, MODEL_LABELS, PLANE_CACHE, PLANE_CACHE_BYTES,
+                               PLANE_CACHE_HIT_RATIO, REQUESTS, STAGE_MS, Outcome, ServeMetrics, cache_delta,
+                               model_metrics_spec)
     sink = _FakeMetrics()
     outcome = Outcome(op="video", status=200, timings={"parse": 0.2, "synthesis": 12.0, "render": 30.5,
                                                        "mapping": 0.0, "total": 43.0})
     delta = cache_delta({"plane_cache_hits": 3, "plane_cache_misses": 1}, {"plane_cache_hits": 5,
                                                                            "plane_cache_misses": 2})
     assert delta == {"hit": 2, "miss": 1}
-    ServeMetrics("tiny").record(SimpleNamespace(metrics=sink), 3, outcome, delta)
+    ServeMetrics("tiny", "torch").record(SimpleNamespace(metrics=sink), 3, outcome, delta,
+                                         {"bytes": 3 << 20, "hit_rate": 0.25, "size": 2})
     for name, _, idx, labels, order in sink.calls:
-        assert order == [*METRICS[name][1], *MODEL_LABELS] and idx == 3      # the declared label order
-        assert labels["ModelName"] == "tiny" and labels["Level"] == "Model"
-    got = {(n, tuple(sorted((k, v) for k, v in lab.items() if k not in MODEL_LABELS))): v
+        assert order == [*METRICS[name][2], *MODEL_LABELS] and idx == 3      # the declared label order
+        assert labels["ModelName"] == "tiny" and labels["Level"] == "Model" and labels["backend"] == "torch"
+    got = {(n, tuple(sorted((k, v) for k, v in lab.items() if k not in MODEL_LABELS + ("backend",)))): v
            for n, v, _, lab, _ in sink.calls}
     assert got == {(REQUESTS, (("op", "video"), ("status", "200"))): 1,
                    (PLANE_CACHE, (("outcome", "hit"),)): 2, (PLANE_CACHE, (("outcome", "miss"),)): 1,
                    (STAGE_MS, (("op", "video"), ("stage", "parse"))): 0.2,
                    (STAGE_MS, (("op", "video"), ("stage", "synthesis"))): 12.0,
                    (STAGE_MS, (("op", "video"), ("stage", "render"))): 30.5}    # zero stages and 'total' left out
+    from ts.metrics.metric_type_enum import MetricTypes
+    assert [(g[0], g[1], g[2], g[4]["backend"], g[5]) for g in sink.gauges] == [
+        (PLANE_CACHE_BYTES, float(3 << 20), "bytes", "torch", MetricTypes.GAUGE),
+        (PLANE_CACHE_HIT_RATIO, 0.25, "ratio", "torch", MetricTypes.GAUGE)]
+    spec = model_metrics_spec()
+    assert {m["name"] for m in spec["gauge"]} == {PLANE_CACHE_BYTES, PLANE_CACHE_HIT_RATIO}
+    assert all(m["dimensions"][-3:] == ["backend", *MODEL_LABELS] for kind in spec.values() for m in kind)
     sink.calls.clear()
+    sink.gauges.clear()
     ServeMetrics("tiny").record(SimpleNamespace(metrics=sink), 0, Outcome("novel_view", 503, None, "before"),
-                                {"hit": 0, "miss": 0})
+                                {"hit": 0, "miss": 0}, {"bytes": 0, "hit_rate": None})
+    assert [g[0] for g in sink.gauges] == [PLANE_CACHE_BYTES]  # no lookups yet: no ratio
     assert [(c[0], c[3]["op"]) for c in sink.calls] == [(REQUESTS, "novel_view"), (BUDGET_REFUSALS, "novel_view")]
     assert sink.calls[1][3]["when"] == "before" and sink.calls[0][3]["status"] == "503"
     # no metrics object (in-process use) or a failing one: the request is not affected
@@ -348,3 +365,27 @@ def test_benchmark_section_replaces_only_its_section(tmp_path):
 def test_workers_share_the_cores_when_no_threads_are_configured(max_workers, cores, expected):
     from serve.handler import worker_threads
     assert worker_threads(max_workers, cores) == expected
+
+
+def test_handler_config_checks_backend_settings_and_the_environment_overrides():
+    from serve.handler import HandlerConfig
+    from serve.package import PackageConfig
+    from serve.worker_env import BACKEND_ENV, PRECISION_ENV
+    cfg = HandlerConfig.from_dict({"backend": "torch", "precision": "fp32", "plane_cache_mb": 48.0}, environ={})
+    assert (cfg.backend, cfg.precision, cfg.plane_cache_mb, cfg.compile) == ("torch", "fp32", 48.0, False)
+    assert HandlerConfig.from_dict({}, environ={}).backend == "auto"
+    env = {BACKEND_ENV: "onnxruntime", PRECISION_ENV: "bf16"}
+    assert (HandlerConfig.from_dict({"backend": "torch"}, environ=env).backend,
+            HandlerConfig.from_dict({}, environ=env).precision) == ("onnxruntime", "bf16")
+    for bad, key in (({"backend": "jax"}, "backend"), ({"precision": "int4"}, "precision"),
+                     ({"plane_cache_mb": float("nan")}, "plane_cache_mb"), ({"plane_cache_mb": -1}, "plane_cache_mb"),
+                     ({"plane_cache_size": 10 ** 9}, "plane_cache_size"), ({"compile": "yes"}, "compile"),
+                     ({"threads": 0}, "threads"), ({"jpeg_quality": 101}, "jpeg_quality")):
+        with pytest.raises(ValueError, match=f"handler.{key}="):
+            HandlerConfig.from_dict(bad, environ={})
+    with pytest.raises(ValueError, match="handler.backend="):
+        HandlerConfig.from_dict({}, environ={BACKEND_ENV: "tpu"})
+    section = PackageConfig(name="m", backend="torch", precision="fp16", plane_cache_mb=96.0).model_config()["handler"]
+    assert (section["backend"], section["precision"], section["plane_cache_mb"]) == ("torch", "fp16", 96.0)
+    with pytest.raises(ValueError, match="handler.backend="):
+        PackageConfig(name="m", backend="gpu").validate()
