@@ -125,3 +125,17 @@ def latent(value: Any, w_dim: int, num_ws: int) -> np.ndarray:
     if not np.isfinite(w).all():
         raise InvalidRequest("latent", "has non-finite values")
     return w
+
+
+def camera(value: Any, field: str = "camera") -> np.ndarray:
+    """A camera label of 25 finite numbers (cam2world 4x4 + intrinsics 3x3, flattened), as float32 [25]."""
+    try:
+        c = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidRequest(field, f"must be 25 numbers, got {type(value).__name__}") from None
+    if c.size != 25:
+        raise InvalidRequest(field, f"shape {list(c.shape)}: expected 25 numbers (a camera label)")
+    if not np.isfinite(c).all() or np.abs(c).max() > 1e6:
+        raise InvalidRequest(field, "must be finite numbers of magnitude at most 1e6")
+    return c.reshape(25)
+

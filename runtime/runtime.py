@@ -243,6 +243,17 @@ class Runtime:
         timings["mapping"] = _ms(t_map)
         return self._render_views(p, ws, [view_angles(c)], budget, t0, timings, cameras=[c])[0]
 
+    def camera_view(self, person: str | None, latent: Any, camera: Any, budget_ms: float | None = None
+                    ) -> RenderResult:
+        """Render a latent W [w_dim] / W+ [num_ws, w_dim] of `person` from a camera label [25] (a photo's camera, or
+        one of media.camera_path's: a caller rendering an interpolation one frame at a time)."""
+        t0 = time.perf_counter()
+        budget = check.budget_ms(budget_ms)
+        p, timings = self._resolve(person)
+        ws = check.latent(latent, self.w_dim, self.num_ws)
+        c = check.camera(camera)
+        return self._render_views(p, ws, [view_angles(c)], budget, t0, timings, cameras=[c])[0]
+
     def interpolation(self, person: str | None, a: Anchor, b: Anchor, frames: int = 16,
                       budget_ms: float | None = None) -> list[RenderResult]:
         """The paper's synthesis (Figures 8-9) from anchor `a` to anchor `b`: frame k, at t = k / (frames - 1),

@@ -158,7 +158,14 @@ def test_plane_cache_is_lru(exports, people):
     assert rt.stats()["plane_cache"]["evictions"] == 2
 
 
-def test_impossible_budget_fails_before_running(rt):
+@pytest.fixture(params=["onnxruntime", "torch"])
+def rt_any(request, exports, people):
+    """A runtime on each backend: latency budgets work the same on every one."""
+    return Runtime(exports["keep"], people, threads=2, backend=request.param)
+
+
+def test_impossible_budget_fails_before_running(rt_any):
+    rt = rt_any
     before = dict(rt.counters)
     with pytest.raises(BudgetExceeded) as info:
         rt.novel_view("alice", anchor=0, budget_ms=0.001)
@@ -178,7 +185,8 @@ def test_impossible_budget_fails_before_running(rt):
         rt.turntable("alice", 0, frames=8, budget_ms=estimate * 3)
 
 
-def test_budget_exceeded_after_running_carries_the_result(rt, monkeypatch):
+def test_budget_exceeded_after_running_carries_the_result(rt_any, monkeypatch):
+    rt = rt_any
     rt.person_info("alice")                      # adapter parsed: the call itself is fast up to the graphs
     from runtime.budget import LatencyBudget
     monkeypatch.setattr(rt, "budget", LatencyBudget())  # no estimates yet: the check before running lets it run
@@ -365,3 +373,16 @@ def test_runtime_sources_import_no_torch_generator_or_export():
                 top = name.split(".")[0]
                 assert top in allowed or top in stdlib, f"{path.name} imports {name}"
                 assert name != "safetensors.torch", path.name
+
+
+def test_camera_view_renders_a_latent_from_a_camera_label(rt):
+    """camera_view from an anchor's own camera is anchor_view; bad cameras are refused naming the field."""
+    info = rt.person_info("alice")
+    p = rt.people_store.get("alice")
+    a = rt.anchor_view("alice", 1)
+    b = rt.camera_view("alice", p.anchor_ws[1], p.anchor_c[1])
+    assert np.array_equal(a.image, b.image) and b.cache_hit and info["anchors"]
+    for bad in (np.zeros(24), np.full(25, np.nan), "x"):
+        with pytest.raises(InvalidRequest) as e:
+            rt.camera_view("alice", p.anchor_ws[1], bad)
+        assert e.value.field == "camera"

@@ -1,14 +1,19 @@
-"""The model side of the web page: people (adapter files in a folder), views, interpolations, videos, meshes.
+"""The web page's side of the model: people (the base model, adapter files in a folder), views, interpolations,
+videos, meshes, with time budgets, cancellation and one model lock shared fairly.
 
-Everything returns bytes (PNG, mp4/GIF, PLY/OBJ) for the HTTP layer (web/server.py).
+Everything returns bytes (PNG, mp4/GIF, PLY/OBJ) for the HTTP layer (web/server.py). What renders is a *source*
+(web/sources.py): `EagerSource`, the generator of a model directory or preset (`WebApp(G, people_dir)`, `cli.py
+web --model | --preset`), or `RuntimeSource`, a runtime.Runtime over an export directory on any of its backends
+(`WebApp(RuntimeSource(Runtime(export, people, backend=...)))`, `cli.py web --export`). This module is the same for
+both: it never asks which source or backend it has; the listing says (`backend()`).
 
-People: every `NAME.safetensors` in the people folder whose name is valid (formats.names) and whose file passes
-the checks it gets when used (`generator.adapter_file.load_adapter`: format, fields, shapes, finite tensors, the
-base model's fingerprint) and stores anchors; their anchors are the latents to show. The others are left out of
-the listing and reported in `skipped` with a reason (no paths). A listed file is checked again when it changes
-(its size, times or inode). A person's file is read again each time they are chosen after another, and when it
-changed while they stayed chosen (their planes with it). `BASE` is the base model itself, with seeds 0-3's
-latents as anchors.
+People: `BASE` is the base model itself, with seeds 0-3's latents as anchors (an export with a person merged into
+its weights lists that person instead). Then every `NAME.safetensors` in the people folder whose name is valid
+(formats.names) and whose file passes the checks it gets when used (the source's: format, fields, shapes, finite
+tensors, the base model's fingerprint; for an export also its adapter policy) and stores anchors; their anchors are
+the latents to show. The others are left out of the listing and reported in `skipped` with a reason (no paths). A
+listed file is checked again when it changes (its size, times or inode). A person is resolved again for every
+request, so a replaced file shows its new face (its tri-planes with it).
 
 Time budgets (`WebLimits`): every request has one, by kind: a view or interpolation `view_budget_s` (default
 30 s), a video `video_budget_s` (300 s), a mesh `mesh_budget_s` (180 s). A request whose running estimate (the
@@ -16,17 +21,20 @@ measured seconds per view, frame or mesh chunk of earlier requests, as runtime/b
 its budget is refused before anything runs (`BudgetExceeded`, before_running: HTTP 503); work that runs out of
 time midway is stopped between two chunks (HTTP 504). Nothing is left running after the answer.
 
-Cancellation: each request carries a `Work` token (web/jobs.py) (its deadline, a `client_gone` probe from the HTTP layer, the
-app's closing flag), checked before every chunk of work: a view, one video frame (a turntable renders up to 4 per
-chunk), one chunk of `MESH_CHUNK` density samples, the mesh's extraction. A client that went away stops the work
-at the next chunk (`Cancelled`).
+Cancellation: each request carries a `Work` token (web/jobs.py) (its deadline, a `client_gone` probe from the HTTP
+layer, the app's closing flag), checked before every chunk of work: a view, one video frame (the eager turntable
+renders up to 4 per chunk), one chunk of `MESH_CHUNK` density samples, the mesh's extraction. A client that went
+away stops the work at the next chunk (`Cancelled`).
 
-Concurrency: one generator serves every request, and attaching a person's adapter changes its routing, so the
-model is used under one lock, granted in arrival order (`FairLock`). Videos and meshes ("long jobs") take it per
-chunk and re-attach their own person each time, so views interleave with them: a view waits for at most the chunk
-in progress and the views queued before it. At most `max_jobs` long jobs run at once; another is refused with
-`Busy` (HTTP 503 and Retry-After: the soonest expected end of a running job). Tri-planes of the last few latents
-are kept, so dragging a slider over one latent runs only the renderer.
+Concurrency: one model serves every request, and a person's adapter changes its routing, so the model is used
+under one lock, granted in arrival order (`FairLock`). Videos and meshes ("long jobs") take it per chunk and route
+through their own person each time, so views interleave with them: a view waits for at most the chunk in progress
+and the views queued before it. At most `max_jobs` long jobs run at once; another is refused with `Busy` (HTTP 503
+and Retry-After: the soonest expected end of a running job). Tri-planes of recent latents are kept (the eager
+source's small LRU, or the runtime's tri-plane cache), so dragging a slider over one latent runs only the renderer.
+
+Meshes come from a torch generator (the eager one, or the export's model directory); an export without one is
+refused with the reason (HTTP 400) before anything runs.
 """
 from __future__ import annotations
 
@@ -36,33 +44,23 @@ import re
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
 
-from formats.errors import FormatError, without_paths
+from formats.errors import without_paths
 from formats.limits import MAX_ABS_PITCH, MAX_ABS_YAW
 from formats.names import NAME_RULE, check_name, is_valid_name
-from generator.adapter_file import Anchors, load_adapter
-from generator.cameras import lookat_label
-from generator.imaging import to_uint8
-from generator.lora import PersonAdapter, attach
-from generator.mesh import MeshConfig, decode_points, extract_mesh, grid_axis, trimmed
-from generator.triplane import TriPlaneGenerator
-from generator.video import VideoOptions, interpolation_frames, turntable_frames
-from generator.views import anchor_latent, camera_batch, latent_from_seed
+from generator.mesh import MeshConfig
+from generator.video import VideoOptions
 from runtime.budget import LatencyBudget
 from web.jobs import Busy, FairLock, Work
 from web.settings import WebLimits
+from web.sources import BASE, BASE_SEEDS, EagerSource, Latent, PersonInvalid, Source  # noqa: F401 - re-exported
 
-BASE = "base"
-BASE_SEEDS = (0, 1, 2, 3)
 LEVEL_RANGE = (-1e4, 1e4)
 """Allowed mesh density levels (raw sigma)."""
 FPS_RANGE = (1.0, 60.0)
@@ -78,15 +76,6 @@ _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII
 _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 MAX_NUMBER_CHARS = 32
 """Longest text accepted as a number (anything longer is refused before it is parsed)."""
-
-
-class PersonInvalid(ValueError):
-    """A person whose adapter file fails its checks (HTTP 422); the message names the person and file, no folder,
-    `reason` says what is wrong (for the listing's `skipped`)."""
-
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 def _shown(value) -> str:
@@ -137,35 +126,21 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@dataclass(frozen=True, eq=False)
-class _Person:
-    """A loaded person: name, adapter (None for BASE), anchors, and the version of the file they were read from.
-    Compared by identity: a re-read file is a new one."""
-
-    name: str
-    adapter: PersonAdapter | None
-    anchors: Anchors
-    stamp: tuple | None = None
-    """(inode, size, mtime, ctime) of the adapter file when it was read; None for BASE."""
-
-
 class WebApp:
-    """People of a people folder over one base generator; see the module docstring."""
+    """The page's people over one source (see the module docstring).
 
-    def __init__(self, G: TriPlaneGenerator, people_dir: str | Path | None, limits: WebLimits = WebLimits(),
-                 truncation: float = 0.7, plane_cache: int = 8):
-        self.G = G.eval()
-        self.people_dir = Path(people_dir) if people_dir is not None else None
-        if self.people_dir is not None and not self.people_dir.is_dir():
-            raise ValueError(f"people folder {self.people_dir} does not exist")
+    `WebApp(G, people_dir, ...)` serves a generator G (an EagerSource with `truncation` and `plane_cache`);
+    `WebApp(source)` serves any web.sources.Source (its own people folder; people_dir stays None)."""
+
+    def __init__(self, source: Source | object, people_dir: str | Path | None = None,
+                 limits: WebLimits = WebLimits(), truncation: float = 0.7, plane_cache: int = 8):
+        if not isinstance(source, Source):
+            source = EagerSource(source, people_dir, truncation, plane_cache)
+        elif people_dir is not None:
+            raise ValueError("a source brings its own people folder: give people_dir to the source, not to WebApp")
+        self.source = source
         self.limits = limits
-        self.truncation = truncation
         self._lock = FairLock()
-        self._planes: OrderedDict = OrderedDict()
-        self._plane_cache = plane_cache
-        self._chosen: _Person | None = None     # the person the last request chose (re-read when another is)
-        self._attached: _Person | None = None   # whose adapter G routes through now
-        self._base: _Person | None = None
         self._estimates = LatencyBudget()
         self._jobs_lock = threading.Lock()
         self._running: set[Work] = set()
@@ -173,24 +148,30 @@ class WebApp:
         self._listing_lock = threading.Lock()
         self._listing: dict[str, tuple[tuple, list[str] | None, str | None]] = {}
 
+    @property
+    def people_dir(self) -> Path | None:
+        return self.source.people_dir
+
     # ---------------------------------------------------------------- people
 
     def people(self) -> dict[str, list[str]]:
-        """{person: [anchor names]}: BASE first, then the usable adapter files of the folder, sorted."""
+        """{person: [anchor names]}: BASE (or an export's merged person) first, then the usable adapter files of
+        the folder, sorted."""
         return self.people_listing()[0]
 
     def people_listing(self) -> tuple[dict[str, list[str]], dict[str, str]]:
         """({person: [anchor names]}, {left-out file stem: why}): a file is listed only if it passes the checks it
         gets when used; a listed file is checked again only when its stat changes."""
-        people, skipped = {BASE: [f"seed{s}" for s in BASE_SEEDS]}, {}
+        people, skipped = self.source.fixed_people()
+        people, skipped = dict(people), {k: self.scrub(v) for k, v in skipped.items()}
         if self.people_dir is None:
             return people, skipped
         for path in sorted(self.people_dir.glob("*.safetensors")):
             name = path.stem
             if not is_valid_name(name):
                 skipped[name] = f"not a valid person name (use {NAME_RULE})"
-            elif name == BASE:
-                skipped[name] = f"the name {BASE!r} is the base model's"
+            elif name in people:
+                skipped[name] = f"the name {name!r} is the {'base model' if name == BASE else 'merged person'}'s"
             else:
                 anchors, reason = self._listed(name, path)
                 if anchors is None:
@@ -211,106 +192,25 @@ class WebApp:
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
         try:
-            anchors = self._read_person(name, path)[1].names
-            result = (list(anchors), None)
+            result = (list(self.source.check(name, path)), None)
         except PersonInvalid as e:
-            result = (None, e.reason)
+            result = (None, self.scrub(e.reason))
         with self._listing_lock:
             self._listing[name] = (key,) + result
         return result
 
-    def _read_person(self, name: str, path: Path) -> tuple[PersonAdapter, Anchors]:
-        """`name`'s adapter and anchors, with the checks of `load_adapter` (finite tensors included) and anchors
-        required; PersonInvalid(message, reason) naming the person and file name otherwise."""
-        try:
-            adapter, anchors, _ = load_adapter(path, self.G)
-        except FormatError as e:
-            reason = e.reason
-        except OSError as e:
-            reason = f"cannot be read ({e.strerror or type(e).__name__})"
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            reason = str(e)
-        else:
-            if anchors is not None:
-                return adapter, anchors
-            reason = "the adapter file stores no anchors"
-        reason = without_paths(reason, self._folders())
-        raise PersonInvalid(f"person {name!r}: {path.name} is not a usable adapter file: {reason}", reason)
-
-    def _folders(self) -> list[Path]:
-        """Folders no message may name."""
-        return [self.people_dir] if self.people_dir is not None else []
+    def backend(self) -> dict[str, str]:
+        """What renders ('name', 'precision') and why ('why'): the runtime's backend and the reason it was chosen,
+        or 'eager' for a model directory's generator."""
+        return {k: self.scrub(str(v)) for k, v in self.source.describe().items()}
 
     def scrub(self, text: str) -> str:
-        """`text` without absolute paths (the people folder first): what an HTTP client may read."""
-        return without_paths(text, self._folders() + [Path(tempfile.gettempdir())])
+        """`text` without absolute paths (the source's folders first): what an HTTP client may read."""
+        return without_paths(text, self.source.folders() + [Path(tempfile.gettempdir())])
 
-    # ---------------------------------------------------------------- the model (caller holds the lock)
-
-    def _select(self, person: str) -> _Person:
-        """Attach `person`'s adapter (none for BASE) as the chosen person, reading their file if another person
-        was chosen since; caller holds the lock."""
-        check_name(person)
-        if self._chosen is None or self._chosen.name != person or self._chosen.stamp != self._stamp(person):
-            self._chosen = self._load(person)
-        self._use(self._chosen)
-        return self._chosen
-
-    def _load(self, person: str) -> _Person:
-        """Read `person` (BASE: the base model's seed latents, computed once); caller holds the lock."""
-        if person == BASE:
-            if self._base is None:
-                attach(self.G, None)
-                self._attached = None
-                with torch.no_grad():
-                    z = torch.cat([latent_from_seed(self.G, s) for s in BASE_SEEDS])
-                    c = camera_batch(self.G, [(0.0, 0.0)] * len(BASE_SEEDS))
-                    ws = self.G.mapping(z, c, truncation_psi=self.truncation)
-                self._base = _Person(BASE, None, Anchors(ws, c, [f"seed{s}" for s in BASE_SEEDS]))
-            return self._base
-        path = self.people_dir / f"{person}.safetensors" if self.people_dir is not None else None
-        if path is None or not path.is_file():
-            raise ValueError(f"unknown person {person!r}")
-        stamp = self._stamp(person)
-        adapter, anchors = self._read_person(person, path)
-        for key in [k for k in self._planes if k[0] == person]:  # the file is re-read: so are its planes
-            del self._planes[key]
-        return _Person(person, adapter, anchors, stamp)
-
-    def _stamp(self, person: str) -> tuple | None:
-        """The version of `person`'s adapter file (None for BASE or a missing file): a file replaced while its
-        person stays chosen is read again, and its planes with it, so a name never shows an older face."""
-        if person == BASE or self.people_dir is None:
-            return None
-        try:
-            st = (self.people_dir / f"{person}.safetensors").stat()
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-    def _use(self, who: _Person) -> None:
-        """Route G through `who`'s adapter unless it already is (a long job re-attaches its person per chunk)."""
-        if self._attached is not who:
-            attach(self.G, who.adapter)
-            self._attached = who
-
-    def _planes_of(self, key: tuple, ws: torch.Tensor) -> torch.Tensor:
-        if key in self._planes:
-            self._planes.move_to_end(key)
-            return self._planes[key]
-        with torch.no_grad():
-            planes = self.G.planes(ws)
-        self._planes[key] = planes
-        while len(self._planes) > self._plane_cache:
-            self._planes.popitem(last=False)
-        return planes
-
-    def _render(self, key: tuple, ws: torch.Tensor, yaw: float, pitch: float) -> bytes:
-        c = torch.from_numpy(lookat_label(yaw, pitch, radius=self.G.cfg.rendering.avg_camera_radius,
-                                          pivot=self.G.cfg.rendering.avg_camera_pivot)).unsqueeze(0)
-        with torch.no_grad():
-            out = self.G.render_planes(self._planes_of(key, ws), ws, c)
-        return _png(to_uint8(out["image"][0]))
+    def _select(self, person: str):
+        """The source's `person` (a valid name); caller holds the lock."""
+        return self.source.select(check_name(person))
 
     # ---------------------------------------------------------------- budgets, chunks, jobs
 
@@ -327,20 +227,17 @@ class WebApp:
         work.check_estimate()
         return work
 
-    def _chunk(self, work: Work, fn: Callable[[], object], who: _Person | None = None, units: int = 0,
-               stage: str | None = None):
+    def _chunk(self, work: Work, fn: Callable[[], object], units: int = 0, stage: str | None = None):
         """Run fn() as one chunk of `work`: the token checked, the model lock taken (checking the token while
-        waiting), `who`'s adapter attached; counts `units` of the work done and `stage`'s time (per unit)."""
+        waiting); counts `units` of the work done and `stage`'s time (per unit). fn routes the model through its
+        own person (the source's methods do)."""
         work.check()
         while not self._lock.acquire(work.remaining_s(), LOCK_POLL_S, work.check):
             work.check()
         try:
             work.check()
-            if who is not None:
-                self._use(who)
             start = time.perf_counter()
-            with torch.no_grad():
-                out = fn()
+            out = fn()
             seconds = time.perf_counter() - start
         finally:
             self._lock.release()
@@ -381,12 +278,12 @@ class WebApp:
         with self._jobs_lock:
             return len(self._running)
 
-    def _frames(self, work: Work, who: _Person, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        """The `work.total` frames of `frames`, each taken as one chunk of `work` under the model lock with `who`
-        attached; the source is closed when the work stops."""
+    def _frames(self, work: Work, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """The `work.total` frames of `frames`, each taken as one chunk of `work` under the model lock; the source
+        is closed when the work stops."""
         try:
             for _ in range(work.total):
-                yield self._chunk(work, lambda: next(frames), who, units=1)
+                yield self._chunk(work, lambda: next(frames), units=1)
         finally:
             frames.close()
 
@@ -394,30 +291,24 @@ class WebApp:
 
     def view(self, person: str, anchor: str, yaw=0.0, pitch=0.0, client_gone=None) -> bytes:
         """PNG of an anchor of `person` at (yaw, pitch)."""
-        return self._view(person, (person, "anchor", anchor),
-                          lambda who: anchor_latent(self.G, who.anchors, anchor, "anchor")[0], yaw, pitch, client_gone)
+        return self._view(person, lambda who: self.source.latent(who, anchor, "anchor"), yaw, pitch, client_gone)
 
     def interpolate(self, person: str, a: str, b: str, t=0.5, yaw=0.0, pitch=0.0, client_gone=None) -> bytes:
         """PNG of the W lerp (1 - t) w_a + t w_b of two anchors at (yaw, pitch)."""
         t = _number(t, "t", 0.0, 1.0)
+        return self._view(person, lambda who: self.source.lerp(who, a, b, t), yaw, pitch, client_gone)
 
-        def latent(who: _Person) -> torch.Tensor:
-            wa, _ = anchor_latent(self.G, who.anchors, a, "a")
-            wb, _ = anchor_latent(self.G, who.anchors, b, "b")
-            return torch.lerp(wa, wb, t)
-        return self._view(person, (person, "lerp", a, b, round(t, 4)), latent, yaw, pitch, client_gone)
-
-    def _view(self, person: str, key: tuple, latent: Callable[[_Person], torch.Tensor], yaw, pitch,
-              client_gone) -> bytes:
-        """PNG of `person` at (yaw, pitch) of the latent `latent(person)` gives (planes cached under `key`): one
-        chunk of work within a view's budget."""
+    def _view(self, person: str, latent: Callable[[object], Latent], yaw, pitch, client_gone) -> bytes:
+        """PNG of `person` at (yaw, pitch) of the latent `latent(person)` gives: one chunk of work within a view's
+        budget (the PNG is encoded outside the model lock)."""
         yaw = _number(yaw, "yaw", -MAX_ABS_YAW, MAX_ABS_YAW)
         pitch = _number(pitch, "pitch", -MAX_ABS_PITCH, MAX_ABS_PITCH)
         work = self._work("view", 1, "view(s)", "view", client_gone)
 
-        def render() -> bytes:
-            return self._render(key, latent(self._select(person)), yaw, pitch)
-        return self._chunk(work, render, units=1, stage="view")
+        def render() -> np.ndarray:
+            who = self._select(person)
+            return self.source.render(who, latent(who), yaw, pitch)
+        return _png(self._chunk(work, render, units=1, stage="view"))
 
     def video(self, person: str, kind: str, a: str, b: str | None = None, frames=48, fps=24.0,
               fmt: str = "mp4", client_gone=None) -> tuple[bytes, str]:
@@ -433,59 +324,46 @@ class WebApp:
             raise ValueError("missing field 'b' (an interpolation needs anchors a and b)")
         work = self._work("video", frames, "frame(s)", f"video:{kind}", client_gone)
         with self._job(work):
-            who, ends = self._chunk(work, lambda: self._video_anchors(person, a, b if kind == "interpolate" else None))
-            if kind == "turntable":
-                source = turntable_frames(self.G, ends[0][0], frames, opts.orbit, opts.size)
-            else:
-                source = interpolation_frames(self.G, *ends[0], *ends[1], frames, opts.size)
+            source = self._chunk(work, lambda: self.source.frames(
+                self._select(person), kind, a, b if kind == "interpolate" else None, frames, opts.orbit, opts.size))
             choosing_s = work.busy_s
             try:
-                video = encode_video(self._frames(work, who, source), fmt, opts.fps)
+                video = encode_video(self._frames(work, source), fmt, opts.fps)
             finally:
                 if work.done:  # seconds per frame, for the next video's estimate (a turntable renders 4 at once)
                     self._estimates.observe(f"video:{kind}", (work.busy_s - choosing_s) / work.done * 1000)
             return video.data, video.info.path.suffix
 
-    def _video_anchors(self, person: str, a: str, b: str | None) -> tuple[_Person, list]:
-        """The chosen person and the (ws, camera) of anchors a (and b); caller holds the lock."""
-        who = self._select(person)
-        ends = [anchor_latent(self.G, who.anchors, a, "a")]
-        if b is not None:
-            ends.append(anchor_latent(self.G, who.anchors, b, "b"))
-        return who, ends
-
     def mesh(self, person: str, anchor: str, fmt: str = "ply", resolution=96, level=10.0, client_gone=None) -> bytes:
         """The mesh of an anchor of `person` as PLY or OBJ bytes (as generator/mesh.py's mesh_of_latent), the
-        density volume sampled in chunks of MESH_CHUNK points (see the module docstring)."""
+        density volume sampled in chunks of MESH_CHUNK points (see the module docstring); ValueError (400) naming
+        why when the source makes no meshes."""
         from media.mesh_io import write_mesh
         fmt = _choice(fmt, "format", ("ply", "obj"))
         cfg = MeshConfig(resolution=_integer(resolution, "resolution", 16, self.limits.max_mesh_resolution),
                          level=_number(level, "level", *LEVEL_RANGE)).validate()
+        why_not = self.source.mesh_unavailable()
+        if why_not is not None:
+            raise ValueError(why_not)
         n = cfg.resolution
         chunks = math.ceil(n ** 3 / MESH_CHUNK)
         work = self._work("mesh", chunks, "mesh chunk(s)", "mesh", client_gone)
         with self._job(work):
-            who, ws = self._chunk(work, lambda: self._mesh_latent(person, anchor))
-            planes = self._chunk(work, lambda: self.G.planes(ws), who)
-            axis = torch.from_numpy(grid_axis(self.G, n)).float()
+            mesher, who, latent = self._chunk(work, lambda: self._mesh_latent(person, anchor))
+            planes = self._chunk(work, lambda: mesher.planes(who, latent))
+            axis = mesher.grid_axis(n)
             volume = np.empty(n ** 3, np.float32)
             for start in range(0, n ** 3, MESH_CHUNK):
                 stop = min(start + MESH_CHUNK, n ** 3)
-                volume[start:stop] = self._chunk(work, lambda: self._densities(planes, axis, n, start, stop), who,
+                volume[start:stop] = self._chunk(work, lambda: mesher.densities(who, planes, axis, n, start, stop),
                                                  units=1, stage="mesh")
-            volume = trimmed(volume.reshape(n, n, n), cfg.trim)
-            mesh = self._chunk(work, lambda: extract_mesh(self.G, planes, volume, cfg.level, cfg.chunk), who)
+            mesh = self._chunk(work, lambda: mesher.extract(who, planes, volume.reshape(n, n, n), cfg))
         with tempfile.TemporaryDirectory(prefix="my3dgen-web-") as tmp:
             return write_mesh(mesh, Path(tmp) / f"mesh.{fmt}").read_bytes()
 
-    def _mesh_latent(self, person: str, anchor: str) -> tuple[_Person, torch.Tensor]:
-        """The chosen person and the latent of their anchor; caller holds the lock."""
+    def _mesh_latent(self, person: str, anchor: str) -> tuple[EagerSource, object, Latent]:
+        """What makes the mesh, its person, and the latent of `person`'s anchor; caller holds the lock."""
         who = self._select(person)
-        return who, anchor_latent(self.G, who.anchors, anchor, "anchor")[0]
-
-    def _densities(self, planes: torch.Tensor, axis: torch.Tensor, n: int, start: int, stop: int) -> np.ndarray:
-        """Raw density at grid samples start..stop of the N^3 grid (x-major), as generator.mesh.density_volume
-        computes them; caller holds the lock."""
-        idx = torch.arange(start, stop)
-        points = torch.stack([axis[idx // (n * n)], axis[(idx // n) % n], axis[idx % n]], dim=-1)
-        return decode_points(self.G, planes, points)[1].numpy()
+        latent = self.source.latent(who, anchor, "anchor")
+        mesher = self.source.mesher()
+        return mesher, mesher.person(who), latent

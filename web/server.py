@@ -4,14 +4,17 @@ Routes (GET; the token, when one is set, as `?token=` or the `X-Token` header; `
 page passes it on):
   /                                   the page (web/page.html, its slider and field ranges filled in from
                                       formats.limits.MAX_ABS_YAW / MAX_ABS_PITCH and the app's WebLimits)
-  /api/people                         {"people": {name: [anchor, ...]}, "skipped": {name: why}}
+  /api/people                         {"people": {name: [anchor, ...]}, "skipped": {name: why},
+                                       "backend": {"name", "precision", "why"}: what renders (the runtime's
+                                       backend and why it was chosen, or "eager": a model directory's generator)
   /api/view?person&anchor&yaw&pitch   PNG
   /api/interpolate?person&a&b&t&yaw&pitch   PNG
   /api/video?person&kind&a[&b]&frames&fps&format    mp4 or GIF, as a download
   /api/mesh?person&anchor&format&resolution&level   PLY or OBJ, as a download
 
 Status codes (errors are {"error": "..."}, with no absolute path in them: people, fields and file names only):
-  400  a missing or bad field, named (numbers must be finite, plain decimal, within range)
+  400  a missing or bad field, named (numbers must be finite, plain decimal, within range); a mesh of an export
+       without its model directory (the reason named)
   403  a missing or wrong token            404  no such page
   422  a person whose adapter file fails its checks, named
   503  a time budget that cannot be met (nothing was run), the long-job slots taken, or too many connections:
@@ -177,8 +180,8 @@ def make_handler(app: WebApp, token: str | None, read_timeout_s: float = 30.0) -
                 return self._send(200, render_page(app), "text/html; charset=utf-8")
             if path == "/api/people":
                 people, skipped = app.people_listing()
-                return self._send(200, json.dumps({"people": people, "skipped": skipped}).encode(),
-                                  "application/json")
+                return self._send(200, json.dumps({"people": people, "skipped": skipped,
+                                                   "backend": app.backend()}).encode(), "application/json")
             if path == "/api/view":
                 png = app.view(_required(q, "person"), _required(q, "anchor"), q.get("yaw", 0), q.get("pitch", 0),
                                client_gone=gone)

@@ -1,6 +1,8 @@
 """The web page's settings, torch-free so `cli.py web --help` and its range checks answer without importing torch:
 what one request may cost and how long it may take (`WebLimits`), and where and how the server listens
 (`ServerOptions`). Each field has a range, checked when the dataclass is built; the CLI reads its ranges from here.
+`check_page_source` is the command line's rule for what the page serves: exactly one of --export, --model and
+--preset, and --backend / --precision only with --export.
 """
 from __future__ import annotations
 
@@ -93,3 +95,19 @@ class ServerOptions:
         if self.token is None and not is_loopback(self.host):
             return secrets.token_urlsafe(24)
         return self.token
+
+
+def check_page_source(export, model, preset, backend: str | None = None, precision: str | None = None) -> None:
+    """Refuse (ValueError) a `cli.py web` command line that does not give exactly one of --export, --model and
+    --preset, or gives --backend / --precision (how an export is served) without --export."""
+    given = [opt for opt, value in (("--export", export), ("--model", model), ("--preset", preset))
+             if value is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of --export DIR, --model DIR or --preset NAME"
+                         + (f" (got {' and '.join(given)})" if given else ""))
+    if export is None:
+        extra = [opt for opt, value in (("--backend", backend), ("--precision", precision)) if value is not None]
+        if extra:
+            raise ValueError(f"{' and '.join(extra)} {'choose' if len(extra) > 1 else 'chooses'} how an export is "
+                             f"served: give {'them' if len(extra) > 1 else 'it'} with --export DIR (--model / --preset "
+                             f"run the generator eagerly)")
