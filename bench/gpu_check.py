@@ -6,6 +6,9 @@ Sections, each recorded on its own (a failure is written down with its error, ne
   env        versions, device name, capability, memory;
   parity     CUDA eager against CPU fp32 (TF32 off) on the official EG3D fixture, and both against the official
              outputs; tolerance PARITY_TOL (images in [-1, 1], depth in scene units, tri-planes, ws);
+  serve      the handler on the torch backend (over TorchServe where Java is present): latency, batched and
+             mixed-people throughput, person swaps, CUDA graphs, VRAM per cached person, parity of every operation
+             against eager, the budget refusal; against issue 25's targets (bench/gpu_serve.py);
   forward    ffhq512-128 (random weights): full forward (mapping + tri-planes + render + SR) and the cached-plane
              novel view (render + SR from stored tri-planes), batch 1 and 8, fp32 / fp16 / bf16 autocast, eager;
   lora_train one LoRA personalization step at 512 (train.Trainer: LPIPS-Alex + L2 at both resolutions, the
@@ -84,14 +87,25 @@ class CheckConfig:
     parity_samples: int = 2
     """Fixture samples compared (the fixture holds 2)."""
     seed: int = 0
+    serve_people: int = 8
+    serve_batch: int = 8
+    serve_precisions: tuple[str, ...] = ("fp32", "fp16", "bf16")
+    serve_repeats: int = 20
+    serve_frames: int = 3
+    serve_batch_delay_ms: int = 5
+    serve_budget_s: float = 120.0
+    serve_export: str | None = None
+    """The serve section's settings: bench/gpu_serve.py (its docstring says what each one does)."""
 
     @classmethod
     def dry_run(cls) -> "CheckConfig":
-        # fp16 autocast is left out: on a CPU it is ~30x slower than fp32 and is the same code path as bf16
+        # fp16 autocast is left out: on a CPU it is ~30x slower than fp32 and is the same code path as bf16;
+        # budget_s leaves room for the serve section's ONNX export (~40-70 s on 2 cores) before compile
         return cls(preset="tiny", device="cpu", batches=(1, 2), dtypes=("fp32", "bf16"), warmup=1, repeats=2,
                    train_batches=(2,), train_warmup=1, train_steps=2, people=2, compile_backend="eager",
-                   compile_dtypes=("fp32",), compile_ops=("novel",), budget_s=120.0, trt_max_batch=2,
-                   parity_samples=1)
+                   compile_dtypes=("fp32",), compile_ops=("novel",), budget_s=300.0, trt_max_batch=2,
+                   parity_samples=1, serve_people=2, serve_batch=2, serve_precisions=("fp32",), serve_repeats=3,
+                   serve_frames=2, serve_budget_s=60.0)
 
 
 class Budget:
@@ -104,7 +118,8 @@ class Budget:
         return self.end - time.perf_counter()
 
 
-SECTIONS = ("env", "parity", "forward", "lora_train", "mixed", "plane_lookup", "cudagraph", "compile", "tensorrt")
+SECTIONS = ("env", "parity", "serve", "forward", "lora_train", "mixed", "plane_lookup", "cudagraph", "compile",
+            "tensorrt")
 
 
 @dataclass
@@ -581,6 +596,10 @@ def markdown(report: dict) -> str:
             lines += [head, "", f"FAILED: `{sec.get('error')}`", ""]
             continue
         lines += [head, ""]
+        if name == "serve":
+            from bench.gpu_serve import markdown_lines
+            lines += markdown_lines(sec) + [""]
+            continue
         rows = sec.get("rows")
         if rows:
             keys = [k for k in ("op", "dtype", "batch", "ms", "min_ms", "images_per_s", "compile_s", "capture_s",
@@ -621,6 +640,8 @@ def run_check(cfg: CheckConfig, out: Path, dry_run: bool = False, only: tuple[st
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     report.record("env", lambda: section_env(device))
     report.record("parity", lambda: section_parity(device, cfg.parity_samples))
+    from bench.gpu_serve import section_serve
+    report.record("serve", lambda: section_serve(cfg, device, report.progress("serve"), dry_run))
     reference: dict = {}
     holder: dict = {}
 
@@ -651,8 +672,11 @@ def main(argv: list[str] | None = None) -> int:
                     "(default 1,4)")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget; torch.compile cases and "
                     "TensorRT are skipped once it is spent")
+    ap.add_argument("--serve-export", default=None, help="serve section: reuse this keep-LoRA export (with mixed "
+                    "graphs) instead of exporting one")
     args = ap.parse_args(argv)
     cfg = CheckConfig.dry_run() if args.dry_run else CheckConfig()
+    cfg.serve_export = args.serve_export
     if args.train_batches:
         cfg.train_batches = tuple(int(b) for b in args.train_batches.split(","))
     if args.budget_s is not None:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from bench.gpu_check import markdown
+from bench.gpu_serve import summary_lines
 from bench.run import GPU_HEADING, REPO, replace_section
 from formats.atomic import write_text
 
@@ -124,6 +125,7 @@ def summary(report: dict, raw: str, day: str) -> str:
                      f"{mx['mixed_images_per_s']:.1f} images/s vs {mx['same_person_images_per_s']:.1f} for one "
                      f"person ({mx['mixed_over_same']:.2f}x); each sample matches its single-person render to "
                      f"{mx['max_abs_diff_sample_vs_single']:.1g} (tolerance {mx['tolerance']:g}).")
+    lines += summary_lines(s.get("serve", {}))
     trt = s.get("tensorrt", {})
     if env.get("tensorrt") == "not importable":
         lines.append("- TensorRT: not installed on the lent machine (`import tensorrt` fails), so not measured.")

@@ -11,6 +11,10 @@
 # section's results are written as soon as it ends, so a stopped run keeps what it measured. `--sections a,b`
 # reruns only those sections; `python -m bench.gpu_record OUT [OUT2 ...]` then files the results (merged, later
 # runs winning) in docs/gpu/ and the GPU section of docs/BENCHMARKS.md.
+# The `serve` section (bench/gpu_serve.py, right after parity) exports ffhq512-128 keep-LoRA with mixed graphs
+# (ONNX tracing on the CPU: most of its time), then measures the handler on the torch backend per precision; over
+# TorchServe too where Java and `ts` are present, else in-process only (the report says which).
+# `--serve-export DIR` serves an existing keep-LoRA export with mixed graphs instead of exporting one.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"

@@ -242,21 +242,26 @@ class Service:
         return body
 
     def render_batched(self, raws: list) -> None:
-        """TorchServe batching (batchSize > 1): render the batch's novel views without a budget together, in as
-        few graph runs as `Runtime.render_batch` plans (one per person, or mixed-person graphs), before each
-        request is answered on its own by `handle_one`. Anything else, or any failure here, is left to it."""
+        """TorchServe batching (batchSize > 1): render the batch's novel views together, in as few graph runs as
+        `Runtime.render_batch` plans (one per person, or mixed-person graphs), before each request is answered on
+        its own by `handle_one`. A view with a latency budget (every request has one when the model config sets
+        `default_budget_ms`, as `cli.py package` does) joins when the budget covers the whole batch by the stage
+        estimates (one synthesis and one render per sample: an upper bound); a joined view that finished late is
+        answered 504, as alone. Anything else, or any failure here, is left to `handle_one`."""
         self._batched.clear()
         self._batched_cache.clear()
-        picked = []
+        views = []
         for idx, raw in enumerate(raws):
             try:
                 req = parse_request(raw, self.limits)
-                if isinstance(req, NovelView) and req.budget_ms is None:
+                if isinstance(req, NovelView):
                     if req.person is not None:
                         self._check_person(req.person)
-                    picked.append((idx, req))
+                    views.append((idx, req))
             except Exception:  # noqa: BLE001 - the request gets its error when handled on its own
                 continue
+        planned = len(views) * (self.rt.budget.estimate("synthesis") + self.rt.budget.estimate("render"))
+        picked = [(idx, r) for idx, r in views if r.budget_ms is None or r.budget_ms >= planned]
         if len(picked) < 2:
             return
         try:
@@ -264,10 +269,14 @@ class Service:
         except Exception as e:  # noqa: BLE001 - each request is then rendered on its own
             logger.warning("batched rendering failed (%s: %s); rendering the batch one by one", type(e).__name__, e)
             return
-        for (idx, _), res in zip(picked, done):
-            self._batched[idx] = res
+        for (idx, req), res in zip(picked, done):
             if isinstance(res, RenderResult):
                 self._batched_cache[idx] = {"hit": int(res.cache_hit), "miss": int(not res.cache_hit)}
+                try:
+                    self.rt.budget.check_after(req.budget_ms, res.timings["total"], 1, 1, res)
+                except BudgetExceeded as late:
+                    res = late
+            self._batched[idx] = res
 
     def _respond(self, raw: Any, idx: int, context: Any, outcome: Outcome) -> Any:
         t0 = time.perf_counter()

@@ -138,3 +138,32 @@ def test_torchserve_handler_renders_a_batch_of_requests_together(exports, tmp_pa
         assert got["cache_hit"] is False and set(got["timings"]) >= {"synthesis", "render", "encode"}
         diff = np.abs(png_pixels(got["image"]).astype(int) - png_pixels(want["image"]).astype(int)).max()
         assert diff <= 1, diff  # uint8 rounding of values within MIXED_TOL of each other
+
+
+def test_batched_views_with_budgets_join_when_the_budget_covers_the_batch(exports, tmp_path, monkeypatch):
+    """Packaged models give every request a default budget: views whose budget covers the batch (by the stage
+    estimates) are still rendered together; one whose budget cannot runs alone (and is refused before running);
+    a joined view that finished late is answered 504 like a view alone."""
+    import json
+    from serve import handler
+    from tests.test_hardening_serve import Context
+    people = tmp_path / "people"
+    people.mkdir()
+    (people / "alice.safetensors").write_bytes((exports["people"] / "alice.safetensors").read_bytes())
+    cfg = handler.HandlerConfig(warmup=False, default_budget_ms=60_000.0)
+    service = handler.Service(Runtime(exports["keep"], people, threads=2), "tiny", cfg, people)
+    service.rt.warmup("alice")  # stage estimates exist, as after the handler's own warm-up
+    monkeypatch.setattr(handler, "_SERVICE", service)
+    view = {"op": "novel_view", "person": "alice", "response": "json"}
+    bodies = [{**view, "anchor": 0}, {**view, "anchor": 1}, {**view, "anchor": 2, "budget_ms": 0.5}]
+    runs = service.rt.counters["synthesis_runs"]
+    ctx = Context()
+    handler.handle([{"body": json.dumps(b).encode()} for b in bodies], ctx)
+    assert [ctx.status[i] for i in range(3)] == [200, 200, 503]
+    assert service.rt.counters["synthesis_runs"] == runs + 1  # the two default-budget views: one run
+    monkeypatch.setattr(service.rt.budget, "estimate", lambda stage: 0.0)  # the estimate lets a tight budget in
+    bodies = [{**view, "anchor": 1, "yaw": 0.2, "budget_ms": 1e-3}, {**view, "anchor": 0, "yaw": 0.3}]
+    ctx = Context()
+    out = handler.handle([{"body": json.dumps(b).encode()} for b in bodies], ctx)
+    assert [ctx.status[i] for i in range(2)] == [504, 200]
+    assert json.loads(out[0])["type"] == "budget_exceeded"
