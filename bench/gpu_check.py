@@ -32,7 +32,6 @@ torch.compile's 'eager' backend (Dynamo tracing without code generation): second
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -49,6 +48,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from bench.gpu_common import autocast, generator_of, timed
+from bench.gpu_common import cell as _cell
+from bench.gpu_common import max_diff as _max_diff
+from bench.gpu_common import sync as _sync
 from formats.atomic import write_text
 from tests.helpers.official_fixture import (FIXTURE_ENV, FIXTURE_NAME, official_fixture_dir,
                                            official_fixture_generator)
@@ -59,7 +62,6 @@ PARITY_TOL = {"ws": 1e-5, "planes": 1e-4, "image_raw": 1e-4, "image_depth": 1e-4
 MIXED_TOL = {"cpu": 1e-5, "cuda": 1e-4}
 """A mixed-person sample against its own single-person run; on CUDA batched and single convolutions may pick
 different cuDNN algorithms, hence the looser bound."""
-DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -177,40 +179,6 @@ def _jsonable(x):
     return str(x)
 
 
-# ------------------------------------------------------------------------------------------ timing helpers
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median/min seconds of `fn` over `repeats` runs after `warmup` untimed ones, synchronized on CUDA."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats, "warmup": warmup}
-
-
-def autocast(device: torch.device, dtype: str):
-    """The autocast context of a dtype name ('fp32': none)."""
-    if DTYPES[dtype] is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
-
-
-def _max_diff(a: torch.Tensor, b) -> float:
-    b = torch.as_tensor(b)
-    return float((a.detach().double().cpu() - b.double().cpu()).abs().max())
-
-
 # ------------------------------------------------------------------------------------------ sections
 
 def section_env(device: torch.device) -> dict:
@@ -265,9 +233,7 @@ def section_parity(device: torch.device, samples: int = 2) -> dict:
 
 
 def _generator(cfg: CheckConfig, device: torch.device):
-    from generator.model_dir import build_generator
-    torch.manual_seed(cfg.seed)
-    return build_generator(preset_name=cfg.preset).eval().requires_grad_(False).to(device)
+    return generator_of(cfg.preset, cfg.seed, device)
 
 
 def _inputs(G, batch: int, device: torch.device, seed: int):
@@ -613,16 +579,6 @@ def markdown(report: dict) -> str:
         lines += [f"- {k}: {_cell(v)}" for k, v in others.items()]
         lines.append("")
     return "\n".join(lines)
-
-
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k} {_cell(x)}" for k, x in v.items())
-    return str(v).replace("|", "/")
 
 
 def run_check(cfg: CheckConfig, out: Path, dry_run: bool = False, only: tuple[str, ...] = SECTIONS) -> dict:

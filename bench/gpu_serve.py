@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.gpu_check import _cell, _generator, _sync, autocast
+from bench.gpu_common import autocast, cell as _cell, generator_of, sync as _sync
 
 SERVE_TARGETS = {"p50_ms": (25.0, "1-client p50 of a cached 512² novel view (ms)"),
                  "views_per_s": (150.0, "views/s at 8 clients, server-side batching"),
@@ -158,7 +158,7 @@ def _setup(cfg, work: Path) -> tuple[dict, dict]:
             raise ValueError(f"serve_export={export}: needs a keep-LoRA export with mixed graphs and a torch model")
         G, batch = load_model_dir(m.torch_model[0]).eval().requires_grad_(False), m.mixed_batch
     else:
-        G = _generator(cfg, torch.device("cpu"))
+        G = generator_of(cfg.preset, cfg.seed, torch.device("cpu"))
     times["generator_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     people = work / "people"
