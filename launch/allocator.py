@@ -16,6 +16,8 @@ Environment:
   MALLOC_CONF                   jemalloc's settings; when unset, DEFAULT_MALLOC_CONF is used (see there)
   MY3DGEN_ALLOCATOR_ACTIVE      set by preload() in the re-executed process: the guard that stops a second exec
 
+The same call sets OpenMP's wait policy (launch/threads.py: PASSIVE unless set), for this process and its children.
+
 Install: Debian/Ubuntu `apt-get install -y libjemalloc2` (or `libtcmalloc-minimal4`); macOS and Windows are
 skipped (one line is printed when no library is found). Outputs are bit-identical with and without: the allocator
 changes where tensors live, not what is computed.
@@ -26,6 +28,8 @@ import glob
 import os
 import sys
 from pathlib import Path
+
+from launch.threads import thread_env
 
 MODE_ENV = "MY3DGEN_ALLOCATOR"
 LIB_ENV = "MY3DGEN_ALLOCATOR_LIB"
@@ -117,6 +121,7 @@ def preload(argv: list[str] | None = None) -> None:
     `argv` is the full command line to re-run (default: sys.orig_argv, interpreter flags included).
     """
     env = os.environ
+    env.update(thread_env(env))  # before torch loads libgomp here, and inherited by a re-executed process
     if env.get(GUARD_ENV) or not sys.platform.startswith("linux") or _mode(env) == "system":
         return
     extra = allocator_env(env)

@@ -38,6 +38,7 @@ from typing import Optional, Union
 
 from formats.atomic import write_text
 from launch.allocator import allocator_env
+from launch.threads import thread_env
 from formats.names import NAME_CHARS, is_valid_name
 from serve.worker_env import BACKEND_ENV, PEOPLE_ROOT_ENV, PRECISION_ENV
 
@@ -343,6 +344,7 @@ def start_server(cfg: ServeConfig, wait: bool = True, timeout_s: float = 180.0) 
         env.pop(var, None)  # only this call's choice reaches the workers
     env.update({var: value for var, value in ((BACKEND_ENV, cfg.backend), (PRECISION_ENV, cfg.precision)) if value})
     env.update(allocator_env(env))  # the Python workers inherit jemalloc/tcmalloc (launch/allocator.py)
+    env.update(thread_env(env))  # and OpenMP's passive wait policy (launch/threads.py)
     with open(run_dir / "logs" / "console.log", "ab") as log:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)

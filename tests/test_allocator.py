@@ -102,3 +102,19 @@ def test_child_environment_and_errors(tmp_path):
         env = allocator_env({})
         assert env["LD_PRELOAD"] == lib
         assert allocator_env({"LD_PRELOAD": lib}).get("LD_PRELOAD") is None  # already preloaded: not twice
+
+
+def test_entry_points_start_with_the_passive_openmp_wait_policy():
+    """launch/threads.py: preload() gives its process (and a re-executed one) OMP_WAIT_POLICY=PASSIVE before torch
+    loads libgomp, unless the user set one; thread_env() is what a child needs."""
+    import subprocess
+    import sys
+    from launch.threads import thread_env
+    assert thread_env({}) == {"OMP_WAIT_POLICY": "PASSIVE"} and thread_env({"OMP_WAIT_POLICY": "ACTIVE"}) == {}
+    code = ("from launch.allocator import preload; preload(); import os, torch; "
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for extra, want in (({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")):
+        out = subprocess.run([sys.executable, "-c", code], env={**base, **extra}, capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parents[1])
+        assert out.stdout.split()[-1] == want, out
