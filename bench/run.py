@@ -14,6 +14,9 @@ synthetic person, then time at batch 1 with the same thread count for torch and 
   * bytes per person: the adapter file in fp32 and fp16.
 All medians and ratios come from this one run. The section '## Serving latency (TorchServe)' of an existing
 docs/BENCHMARKS.md (written by another benchmark) is kept as it is.
+
+    python -m bench.run --backends-only   # every backend side by side through TorchServe (bench/serve_backends.py)
+                                          # and under a competing load (bench/contention.py): their section only
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "BENCHMARKS.md"
 SERVING_HEADING = "## Serving latency (TorchServe)"
 GPU_HEADING = "## GPU (scripts/gpu_check.sh)"  # written by bench/gpu_record.py
+BACKENDS_HEADING = "## Backends through TorchServe (issue 25)"  # written by --backends-only
 
 
 @dataclass
@@ -420,6 +424,18 @@ def section_of(doc: Path, heading: str) -> str | None:
     return None
 
 
+def backends_section(model: str, reps: int, threads: int, log) -> str:
+    """The backends section: bench/serve_backends.py's table (every backend through TorchServe and bare), then
+    bench/contention.py's (quiet against a competing load), both measured now."""
+    from bench import contention, serve_backends
+    served = serve_backends.run(model, reps, threads, None, log)
+    sides = ["official", "onnxruntime", "torch-2t", "torch-2t-passive", "torch-2t-passive-chunk4096"]
+    with tempfile.TemporaryDirectory(prefix="my3dgen-contention-") as tmp:
+        export = contention.build_export(model, Path(tmp))
+        loaded = contention.run(export, sides, ["quiet", "load1", "load2"], 3, ["full", "view"], Path(tmp), log=log)
+    return "\n".join([BACKENDS_HEADING, "", serve_backends.markdown(served), "", *contention.markdown(loaded), ""])
+
+
 def serving_section(doc: Path) -> str:
     """The existing '## Serving latency (TorchServe)' section of `doc`, or a stub."""
     return section_of(doc, SERVING_HEADING) or f"{SERVING_HEADING}\n\n(Filled by the serving benchmark.)\n"
@@ -449,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only the CPU speed matrix and replace its section of the markdown")
     ap.add_argument("--speed-model", default="ffhq512-128", help="model of the speed matrix (default ffhq512-128)")
     ap.add_argument("--speed-threads", default="1,2", help="thread counts of the speed matrix (default 1,2)")
+    ap.add_argument("--backends-only", action="store_true",
+                    help="run only the backends benchmarks (through TorchServe, and under contention) and replace "
+                         "their section of the markdown")
     args = ap.parse_args(argv)
     from launch.allocator import preload
     preload()  # the product's allocator (jemalloc when installed); the speed matrix picks its own per row
@@ -459,6 +478,14 @@ def main(argv: list[str] | None = None) -> int:
             section = speed_section(args.speed_model, args.reps or 3, args.speed_threads, Path(work), log)
         print(section)
         write_text(out, replace_section(out.read_text() if out.is_file() else "# Benchmarks\n", SPEED_HEADING,
+                                        section))
+        print(f"wrote {out}")
+        return 0
+    if args.backends_only:
+        out = args.out or DOC
+        section = backends_section(args.speed_model, args.reps or 9, args.threads if args.threads != 1 else 2, log)
+        print(section)
+        write_text(out, replace_section(out.read_text() if out.is_file() else "# Benchmarks\n", BACKENDS_HEADING,
                                         section))
         print(f"wrote {out}")
         return 0
@@ -486,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         if speed is not None:
             text += "\n" + speed
         text += "\n" + serving_section(previous)
+        backends = section_of(previous, BACKENDS_HEADING)  # without --backends-only the last measurement is kept
+        if backends is not None:
+            text += "\n" + backends
         gpu = section_of(previous, GPU_HEADING)  # measured on a lent GPU by bench.gpu_record; kept as it is
         if gpu is not None:
             text += "\n" + gpu

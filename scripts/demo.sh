@@ -24,5 +24,5 @@ $PY scripts/heads_figures.py compare --model "$MODEL" --person "$PERSON" --adapt
 echo "== 4/5 export ONNX graphs with adapters as inputs (one graph serves every person)"
 $PY cli.py export --model "$MODEL" --keep-lora --out "$OUT/export"
 echo "== 5/5 novel view with the torch-free runtime"
-$PY -m runtime "$OUT/export" "$OUT/person.safetensors" --yaw 0.3 --out "$OUT/runtime_view.png"
+$PY -m runtime "$OUT/export" "$OUT/person.safetensors" --yaw 0.3 --backend onnxruntime --out "$OUT/runtime_view.png"
 echo "demo finished: see $OUT/ (novel_vs_truth.png, person_grid.png, person_train/preview.png, runtime_view.png)"

@@ -111,6 +111,7 @@ def test_entry_points_start_with_the_passive_openmp_wait_policy():
     import sys
     from launch.threads import thread_env
     assert thread_env({}) == {"OMP_WAIT_POLICY": "PASSIVE"} and thread_env({"OMP_WAIT_POLICY": "ACTIVE"}) == {}
+    assert thread_env({"GOMP_SPINCOUNT": "300000"}) == {}
     code = ("from launch.allocator import preload; preload(); import os, torch; "
             "print(os.environ.get('OMP_WAIT_POLICY'))")
     base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
