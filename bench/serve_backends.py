@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--export", type=Path, help="a keep-LoRA export of --model to use instead of making one")
     ap.add_argument("--out", type=Path, help="write the report as JSON here")
     args = ap.parse_args(argv)
+    from launch.allocator import preload
+    preload()  # the bare calls run under the launcher's allocator and OpenMP settings, as the workers do
     report = run(args.model, args.reps, args.threads, args.export)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
