@@ -50,12 +50,12 @@ HZ = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------------------------------------------- sides
 
 SIDES: dict[str, dict] = {
-    "official": {"kind": "official", "threads": 2},
+    "official": {"kind": "official", "threads": 2, "env": {"GOMP_SPINCOUNT": "300000"}},
     "onnxruntime": {"kind": "onnxruntime", "threads": 2},
     "torch-2t": {"kind": "torch", "threads": 2, "env": {"GOMP_SPINCOUNT": "300000"}},
     "torch-1t": {"kind": "torch", "threads": 1, "env": {"GOMP_SPINCOUNT": "300000"}},
     "torch-share": {"kind": "torch", "threads": "share"},
-    "torch-2t-chunk4096": {"kind": "torch", "threads": 2, "ray_chunk": 4096},
+    "torch-2t-chunk4096": {"kind": "torch", "threads": 2, "ray_chunk": 4096, "env": {"GOMP_SPINCOUNT": "300000"}},
     "torch-2t-passive": {"kind": "torch", "threads": 2, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
     "torch-2t-spin10k": {"kind": "torch", "threads": 2, "env": {"GOMP_SPINCOUNT": "10000"}},
     "torch-share-passive": {"kind": "torch", "threads": "share", "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
@@ -64,7 +64,8 @@ SIDES: dict[str, dict] = {
 }
 """Candidates. The entry points start with OMP_WAIT_POLICY=PASSIVE (launch/threads.py, the product default since
 this bench measured it): 'torch-2t' and 'torch-1t' run libgomp's default wait instead (GOMP_SPINCOUNT=300000, its
-documented spin before sleeping, which the launcher leaves alone), 'torch-2t-passive' is the product.
+documented spin before sleeping, which the launcher leaves alone), and so do 'official' (run as the official code
+would be) and 'torch-2t-chunk4096'; 'torch-2t-passive' is the product.
 threads 'share': before each call, threads = the cores not busy with other processes, rounded (`share_threads`,
 from a 50 ms /proc/stat window while this process is idle; its cost is in the timing).
 ray_chunk: G.renderer.ray_chunk for the call (fewer, larger ops; the product default is 512)."""
