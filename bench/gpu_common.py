@@ -17,19 +17,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median/min seconds of `fn` over `repeats` runs after `warmup` untimed ones, synchronized on CUDA."""
+def times(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn` after `warmup` untimed ones, synchronized on CUDA."""
     for _ in range(warmup):
         fn()
-    sync(device)
-    times = []
+    out = []
     for _ in range(repeats):
         sync(device)
         t0 = time.perf_counter()
         fn()
         sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats, "warmup": warmup}
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict:
+    """Median/min seconds of `fn` over `repeats` runs after `warmup` untimed ones, synchronized on CUDA."""
+    t = times(fn, device, warmup, repeats)
+    return {"median_s": statistics.median(t), "min_s": min(t), "repeats": repeats, "warmup": warmup}
 
 
 def autocast(device: torch.device, dtype: str):

@@ -55,7 +55,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.gpu_common import autocast, cell as _cell, generator_of, sync as _sync
+from bench.gpu_common import autocast, cell as _cell, generator_of, sync as _sync, times
+from tests.helpers.torchserve_context import Context
 
 SERVE_TARGETS = {"p50_ms": (25.0, "1-client p50 of a cached 512² novel view (ms)"),
                  "views_per_s": (150.0, "views/s at 8 clients, server-side batching"),
@@ -68,37 +69,6 @@ PARITY_TOL = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 1e-2}
 OUTPUTS = ("image", "image_raw", "depth")
 NAME = "serve"
 """The model name the in-process handler serves (and the archive prefix over HTTP)."""
-
-
-class _Context:
-    """The part of TorchServe's context the handler writes to."""
-
-    def __init__(self):
-        self.status: dict[int, int] = {}
-        self.headers: dict[int, dict[str, str]] = {}
-
-    def set_response_status(self, code, phrase, idx=0):
-        self.status[idx] = code
-
-    def set_response_content_type(self, idx, value):
-        self.headers.setdefault(idx, {})["Content-Type"] = value
-
-    def set_response_header(self, idx, key, value):
-        self.headers.setdefault(idx, {})[key] = value
-
-
-def _times(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of `repeats` calls after `warmup` untimed ones (synchronized on CUDA)."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def _ms(seconds: list[float], q: float = 50) -> float:
@@ -116,9 +86,9 @@ def _body(person: str, yaw: float, **extra) -> bytes:
                        "format": "jpeg", **extra}).encode()
 
 
-def _handle(svc, raws: list[bytes], expect: int = 200) -> _Context:
+def _handle(svc, raws: list[bytes], expect: int = 200) -> Context:
     """What serve.handler.handle does with one TorchServe batch (without its module-level service)."""
-    ctx = _Context()
+    ctx = Context()
     if len(raws) > 1:
         svc.render_batched(raws)
     bodies = [svc.handle_one(raw, i, ctx) for i, raw in enumerate(raws)]
@@ -128,7 +98,7 @@ def _handle(svc, raws: list[bytes], expect: int = 200) -> _Context:
     return ctx
 
 
-def _server_timing(ctx: _Context, key: str) -> float | None:
+def _server_timing(ctx: Context, key: str) -> float | None:
     m = re.search(rf"(?:^|,\s*){key};dur=([0-9.]+)", ctx.headers.get(0, {}).get("Server-Timing", ""))
     return float(m.group(1)) if m else None
 
@@ -295,13 +265,13 @@ def _precision(cfg, device: torch.device, prec: str, work: dict, adapters: dict)
             ctx = _handle(svc, [_body(names[0], next(yaws))])
             one[0].append(_server_timing(ctx, "render"))
             one[1].append(_server_timing(ctx, "encode"))
-        lat = _times(one_client, device, w, r)
+        lat = times(one_client, device, w, r)
         row.update(p50_ms=_ms(lat), p90_ms=_ms(lat, 90), render_ms=_median(one[0][w:]),
                    encode_ms=_median(one[1][w:]))
 
         def batches(people: list[str]) -> dict:
             runs = rt.counters.get("render_runs", 0)
-            s = _times(lambda: _handle(svc, [_body(p, next(yaws)) for p in people]), device, w, r)
+            s = times(lambda: _handle(svc, [_body(p, next(yaws)) for p in people]), device, w, r)
             per_batch = (rt.counters.get("render_runs", 0) - runs) / (w + r)
             return {"views_per_s": round(B / float(np.median(s)), 2), "batch_ms": _ms(s),
                     "render_runs_per_batch": round(per_batch, 2)}
@@ -341,10 +311,10 @@ def _slot_copies(rt) -> int:
 def _swap(rt, names: list[str], device, warmup: int, repeats: int, yaws) -> dict:
     """Median cached novel view alternating two people minus the median with one person."""
     a, b = names[0], names[1 % len(names)]
-    same = _times(lambda: rt.novel_view(a, anchor=0, yaw=next(yaws)), device, warmup, repeats)
+    same = times(lambda: rt.novel_view(a, anchor=0, yaw=next(yaws)), device, warmup, repeats)
     turn = itertools.cycle([b, a])
     copies = _slot_copies(rt)
-    alt = _times(lambda: rt.novel_view(next(turn), anchor=0, yaw=next(yaws)), device, warmup, repeats)
+    alt = times(lambda: rt.novel_view(next(turn), anchor=0, yaw=next(yaws)), device, warmup, repeats)
     same_ms, alt_ms = float(np.median(same)) * 1e3, float(np.median(alt)) * 1e3
     return {"view_same_person_ms": round(same_ms, 3), "view_alternating_ms": round(alt_ms, 3),
             "swap_ms": round(alt_ms - same_ms, 3), "swap_copies": _slot_copies(rt) - copies}
@@ -418,7 +388,7 @@ def _parity(cfg, rt, device, prec: str, work: dict, adapters: dict) -> list[dict
 def _budget(svc, person: str, prec: str) -> dict:
     """A budget the estimates cannot meet: the handler's 503 before anything runs (as on every backend)."""
     runs = dict(svc.rt.counters)
-    ctx = _Context()
+    ctx = Context()
     body = svc.handle_one(_body(person, 0.123, budget_ms=0.01), 0, ctx)
     after = svc.rt.counters
     ran = any(after.get(k, 0) != runs.get(k, 0) for k in ("render_runs", "synthesis_runs"))

@@ -17,23 +17,8 @@ from formats.tensors import read_metadata, save_safetensors
 from runtime import Runtime
 from serve.handler import HandlerConfig, Service
 from serve.requests import FIELDS
+from tests.helpers.torchserve_context import Context  # noqa: F401 - re-exported: other tests import it from here
 from tests.test_export import TinyExports, tiny_generator
-
-
-class Context:
-    """The part of TorchServe's context the handler writes to."""
-
-    def __init__(self):
-        self.status, self.headers = {}, {}
-
-    def set_response_status(self, code, phrase, idx=0):
-        self.status[idx] = code
-
-    def set_response_content_type(self, idx, value):
-        self.headers.setdefault(idx, {})["Content-Type"] = value
-
-    def set_response_header(self, idx, key, value):
-        self.headers.setdefault(idx, {})[key] = value
 
 
 @pytest.fixture(scope="module")

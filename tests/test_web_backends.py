@@ -9,8 +9,6 @@ import io
 import json
 import re
 import shutil
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ from media.runtime_video import video_frames
 from runtime import Runtime
 from tests import test_export
 from tests.test_export import make_person
+from tests.test_web import get
 from web.app import WebApp
 from web.server import ServerOptions, WebServer
 from web.sources import BASE_SEEDS, RuntimeSource
@@ -77,14 +76,6 @@ def image(png: bytes) -> np.ndarray:
 def max_diff(a: np.ndarray, b: np.ndarray) -> int:
     assert a.shape == b.shape, (a.shape, b.shape)
     return int(np.abs(a.astype(int) - b.astype(int)).max())
-
-
-def get(url: str) -> tuple[int, bytes, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=120) as r:
-            return r.status, r.read(), dict(r.headers)
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), dict(e.headers)
 
 
 def base_latents(rt: Runtime) -> np.ndarray:
