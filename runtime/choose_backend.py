@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import sys
 import time
 
 import numpy as np
@@ -93,11 +95,36 @@ def torch_unavailable(manifest: ExportManifest) -> str | None:
     return None
 
 
+def _passive_wait_before_torch() -> None:
+    """OpenMP's PASSIVE wait for a program that uses the runtime as a library (the entry points set it at
+    launch, launch/threads.py): libgomp reads it once, when torch loads it, so it is set here when torch is not
+    loaded yet; a program that imported torch first keeps the spinning default, which is slower when other
+    processes share the cores, and is told once. A user's own OMP_WAIT_POLICY / GOMP_SPINCOUNT is kept."""
+    try:
+        from launch.threads import thread_env
+    except ImportError:  # inside a .mar: the server (serve/server.py) started the worker with the policy set
+        return
+    wanted = thread_env()
+    if not wanted:
+        return
+    if "torch" not in sys.modules:
+        os.environ.update(wanted)
+    elif not _WARNED_WAIT:
+        _WARNED_WAIT.append(True)
+        log.warning("torch was imported before the runtime opened the torch backend, so OpenMP keeps its spinning "
+                    "wait (slower when other processes share the cores): set %s before importing torch "
+                    "(launch/threads.py)", " ".join(f"{k}={v}" for k, v in wanted.items()))
+
+
+_WARNED_WAIT: list[bool] = []
+
+
 def _open(name: str, manifest: ExportManifest, options: BackendOptions) -> Backend:
     if name == "torch":
         why_not = torch_unavailable(manifest)
         if why_not is not None:
             raise InvalidRequest("backend", f"'torch' cannot serve this export: {why_not}")
+        _passive_wait_before_torch()
         from runtime.torch_backend import TorchBackend
         return TorchBackend(manifest, options.precision, options.threads, options.device, options.compile)
     from runtime.renderer import Renderer

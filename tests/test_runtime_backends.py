@@ -16,6 +16,7 @@ import pytest
 
 from runtime import ExportInvalid, InvalidRequest, Runtime
 from runtime.batching import ViewRequest
+from tests.conftest import REPO
 from tests.test_export import TOL, TOL_FP16, G, exports, make_person  # noqa: F401 - G, exports: fixtures
 from tests.test_mixed_batch import mixed_export  # noqa: F401 - fixture
 
@@ -221,3 +222,26 @@ def test_the_default_backend_is_onnxruntime_without_timing(exports):
     points choose 'auto' themselves."""
     rt = Runtime(exports["keep"])
     assert rt.stats()["backend"]["name"] == "onnxruntime"
+
+
+def test_a_library_user_gets_the_passive_wait_or_is_told_why_not(caplog, monkeypatch):
+    """Before torch loads, opening the torch backend sets OMP_WAIT_POLICY=PASSIVE (launch/threads.py); after,
+    it cannot (libgomp read it at load) and says so once; a user's own setting is kept."""
+    import subprocess
+    import sys
+
+    from runtime import choose_backend
+    code = ("import os, sys; os.environ.pop('OMP_WAIT_POLICY', None); os.environ.pop('GOMP_SPINCOUNT', None)\n"
+            "from runtime.choose_backend import _passive_wait_before_torch as f\n"
+            "f(); print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+            "os.environ['OMP_WAIT_POLICY'] = 'ACTIVE'; f(); print(os.environ['OMP_WAIT_POLICY'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.stdout.split() == ["PASSIVE", "False", "ACTIVE"], out.stderr
+    import torch  # noqa: F401 - loaded in this process: too late for the policy
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setattr(choose_backend, "_WARNED_WAIT", [])
+    with caplog.at_level(logging.WARNING, logger="my3dgen.runtime"):
+        choose_backend._passive_wait_before_torch()
+        choose_backend._passive_wait_before_torch()
+    assert sum("OMP_WAIT_POLICY=PASSIVE before importing torch" in r.message for r in caplog.records) == 1
