@@ -13,14 +13,14 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generator.model_dir import calibrate_random_init, save_model_dir
+from generator.model_dir import calibrate_random_init, load_model_dir, save_model_dir
 from generator.presets import preset
 from generator.triplane import TriPlaneGenerator
 from headworld.latent import N_PARAMS, params_to_z
@@ -49,6 +49,11 @@ class PretrainConfig:
     w_raw: float = 1.0
     w_depth: float = 1.0
     w_bg_depth: float = 0.1
+    w_lpips: float = 0.0
+    """Weight of LPIPS-VGG (perception/lpips.py) on the final image, next to its L1. L1 alone is minimised by the
+    average of the plausible details, so eyes and hair come out as blur; a perceptual term asks for the details."""
+    init_from: str = ""
+    """Model directory whose weights start the run (a second stage on top of a finished one); empty: random init."""
     first_shards: int = 2
     steps_per_shard: int = 60
     total_shards: int = 64
@@ -65,11 +70,41 @@ class PretrainConfig:
         return min(self.total_shards, self.first_shards + step // self.steps_per_shard)
 
 
+STAGES: dict[str, PretrainConfig] = {
+    "l1": PretrainConfig(),
+    "perceptual": PretrainConfig(w_lpips=1.0, lr=5e-4, decay_steps=2_400, first_shards=16, total_shards=16,
+                                 save_every=100),
+}
+"""Named runs. `l1` made the first prior (24,000 steps from random weights). `perceptual` continues a finished
+model (`init_from`) with LPIPS-VGG next to the L1 terms, from a lower learning rate than `l1` started at (the
+continued model is at the end of its decay). It uses the first 16 shards (1,024 people, 4,096 photos) from its
+first step: a LPIPS-VGG step at 128^2 costs ~5x an L1 step on a CPU, so a run sees each photo a few times."""
+
+
 def new_generator(cfg: PretrainConfig) -> TriPlaneGenerator:
+    """A seeded random generator of cfg.preset, or the weights of cfg.init_from (which must be that preset)."""
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         G = TriPlaneGenerator(preset(cfg.preset))
-    return calibrate_random_init(G)
+    if not cfg.init_from:
+        return calibrate_random_init(G)
+    start = load_model_dir(cfg.init_from)
+    if start.cfg != G.cfg:
+        raise ValueError(f"init_from {cfg.init_from}: its generator is not the {cfg.preset!r} preset")
+    G.load_state_dict(start.state_dict())
+    return G
+
+
+def config_from_json(text: str) -> PretrainConfig:
+    """The config a checkpoint was saved with; fields added since then take their defaults (the values every
+    older run had), so older checkpoints keep resuming and exporting."""
+    saved = json.loads(text)
+    saved["betas"] = tuple(saved["betas"])
+    known = {f.name for f in fields(PretrainConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(f"checkpoint config has fields this code does not know: {unknown}")
+    return PretrainConfig(**saved)
 
 
 def make_optimizer(G: TriPlaneGenerator, cfg: PretrainConfig) -> torch.optim.Adam:
@@ -92,14 +127,24 @@ def targets(batch: dict[str, torch.Tensor], raw_res: int) -> dict[str, torch.Ten
             "outside": (cover < 0.01).float()}
 
 
-def losses(out: dict, t: dict, cfg: PretrainConfig) -> dict[str, torch.Tensor]:
+def losses(out: dict, t: dict, cfg: PretrainConfig, lpips=None) -> dict[str, torch.Tensor]:
+    """The weighted sum and its parts; `lpips` (an LPIPS module) is needed when cfg.w_lpips > 0."""
     l_img = (out["image"] - t["image"]).abs().mean()
     l_raw = (out["image_raw"] - t["raw"]).abs().mean()
     d = out["image_depth"]
     l_depth = ((d - t["depth"]).abs() * t["inside"]).sum() / t["inside"].sum().clamp_min(1)
     l_bg = ((d - BACKGROUND_DEPTH).abs() * t["outside"]).sum() / t["outside"].sum().clamp_min(1)
     total = l_img + cfg.w_raw * l_raw + cfg.w_depth * l_depth + cfg.w_bg_depth * l_bg
-    return {"loss": total, "image": l_img, "raw": l_raw, "depth": l_depth, "bg_depth": l_bg}
+    parts = {"image": l_img, "raw": l_raw, "depth": l_depth, "bg_depth": l_bg}
+    if cfg.w_lpips > 0:
+        parts["lpips"] = lpips(out["image"], t["image"]).mean()
+        total = total + cfg.w_lpips * parts["lpips"]
+    return {"loss": total, **parts}
+
+
+def _frozen_lpips():
+    from perception.lpips import LPIPS
+    return LPIPS("vgg").eval().requires_grad_(False)
 
 
 def latents(G: TriPlaneGenerator, params: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -135,15 +180,16 @@ def train(cfg: PretrainConfig, run: Path, minutes: float, max_steps: int, export
     step = 0
     if (run / CHECKPOINT).exists():
         ck = load_checkpoint(run)
-        saved = json.loads(ck["config"])
-        if saved != json.loads(json.dumps(asdict(cfg))):
-            raise ValueError(f"{run / CHECKPOINT}: made with config {saved}, not {asdict(cfg)}")
+        saved = config_from_json(ck["config"])
+        if saved != cfg:
+            raise ValueError(f"{run / CHECKPOINT}: made with config {asdict(saved)}, not {asdict(cfg)}")
         G.load_state_dict(ck["G"])
         opt.load_state_dict(ck["opt"])
         rng.set_state(ck["rng"])
         step = int(ck["step"])
         log(f"resumed from step {step}")
     base_lrs = [cfg.lr, cfg.lr * cfg.mapping_lr_scale]
+    lpips = _frozen_lpips() if cfg.w_lpips > 0 else None
     data_dir = run / "data"
     in_use, data = 0, None
     start = time.time()
@@ -161,7 +207,7 @@ def train(cfg: PretrainConfig, run: Path, minutes: float, max_steps: int, export
         c = batch["label"]
         ws = G.mapping(z, c)
         out = G.synthesis(ws, c, sampling="stochastic", noise_mode="const")
-        parts = losses(out, targets(batch, raw_res), cfg)
+        parts = losses(out, targets(batch, raw_res), cfg, lpips)
         for group, base in zip(opt.param_groups, base_lrs):
             group["lr"] = base * cfg.lr_scale(step)
         opt.zero_grad(set_to_none=True)
@@ -202,9 +248,7 @@ def export_generator(G: TriPlaneGenerator, out: Path, step: int, cfg: PretrainCo
 
 def export_checkpoint(run: Path, out: Path) -> Path:
     ck = load_checkpoint(run)
-    cfg_dict = json.loads(ck["config"])
-    cfg_dict["betas"] = tuple(cfg_dict["betas"])
-    cfg = PretrainConfig(**cfg_dict)
+    cfg = replace(config_from_json(ck["config"]), init_from="")  # the checkpoint holds the weights
     G = new_generator(cfg)
     G.load_state_dict(ck["G"])
     return export_generator(G, out, int(ck["step"]), cfg)

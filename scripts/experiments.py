@@ -3,6 +3,8 @@
     python scripts/experiments.py run                 # the committed run (~90 min on 2 cores; resumable)
     python scripts/experiments.py run --smoke --work /tmp/x --docs /tmp/x/docs   # the CI smoke run (~1 min)
     python scripts/experiments.py report              # rewrite the doc from WORK/results (no training)
+    python scripts/experiments.py symmetry [--worker I/N]   # the one-sided symmetry experiment -> docs/SYMMETRY.md
+    python scripts/experiments.py symmetry-report     # rewrite docs/SYMMETRY.md from WORK (no training)
 
 Every person's results are cached in WORK/results/person_SEED.json as soon as they finish, so an interrupted run
 resumes where it stopped. The doc's discussion comes from docs/experiments/notes.md when it exists (written by a
@@ -51,19 +53,66 @@ def write_docs(result: dict, docs: Path, command: str) -> Path:
     return write_text(docs / "EXPERIMENTS.md", render(result, command, _machine(), paths, notes))
 
 
+def symmetry(args, command: str) -> None:
+    """The one-sided vs balanced symmetry experiment (evaluation/symmetry_experiment.py)."""
+    from evaluation import symmetry_experiment as sx
+    from evaluation.symmetry_report import render
+    from formats.atomic import write_text
+    cfg = sx.SymmetryConfig(**sx.SMOKE) if args.smoke else sx.SymmetryConfig()
+    if args.people is not None:
+        cfg = dataclasses.replace(cfg, people=args.people)
+    cfg.validate()
+    work = args.work if args.work != DEFAULT_WORK else REPO / "runs" / "symmetry"
+    if args.command == "symmetry":
+        from generator.model_dir import load_model_dir
+        index, count = _worker(args.worker)
+        result = sx.run(load_model_dir(args.model), work, cfg, worker=(index, count),
+                        log=lambda m: print(m, flush=True))
+    else:
+        result = sx.collect(work, cfg)
+    if not result["people"]:
+        raise SystemExit(f"{work / 'results'}: no person has finished yet")
+    folder = args.docs / "experiments"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "symmetry.json", json.dumps(result) + "\n")
+    notes_file = folder / "symmetry_notes.md"
+    notes = notes_file.read_text() if notes_file.is_file() else ""
+    print(write_text(args.docs / "SYMMETRY.md", render(result, command, _machine(), notes)))
+
+
+def _worker(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--worker {text!r}: expected I/N, e.g. 0/2") from None
+    if not 0 <= index < count <= 64:
+        raise SystemExit(f"--worker {text!r}: needs 0 <= I < N <= 64")
+    return index, count
+
+
+DEFAULT_WORK = REPO / "runs" / "experiments"
+
+
 def main(argv: list[str] | None = None) -> None:
     from evaluation.experiments import SMOKE, ExperimentConfig
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "report"))
+    parser.add_argument("command", choices=("run", "report", "symmetry", "symmetry-report"))
     parser.add_argument("--model", type=Path, default=REPO / "models" / "heads")
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "experiments")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                        help="work folder (default runs/experiments; runs/symmetry for the symmetry commands)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--smoke", action="store_true", help="the CI smoke configuration (pipeline check only)")
     parser.add_argument("--people", type=int, help="override the number of people")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, choices=range(1, 257), metavar="1..256")
+    parser.add_argument("--worker", default="0/1", help="symmetry: I/N, this process takes people I, I+N, ...")
     args = parser.parse_args(argv)
+    if args.people is not None and not 1 <= args.people <= 100:
+        parser.error(f"--people {args.people}: must be in 1..100")
     import torch
     torch.set_num_threads(args.threads)
+    if args.command.startswith("symmetry"):
+        return symmetry(args, "python scripts/experiments.py symmetry" + (" --smoke" if args.smoke else "") +
+                        (f" --people {args.people}" if args.people is not None else ""))
     cfg = ExperimentConfig(**SMOKE) if args.smoke else ExperimentConfig()
     if args.people is not None:
         cfg = dataclasses.replace(cfg, people=args.people, size_people=min(cfg.size_people, args.people))

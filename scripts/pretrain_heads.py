@@ -2,6 +2,7 @@
 
     python scripts/pretrain_heads.py data  --run runs/heads [--shards 40]      # pre-render training photos
     python scripts/pretrain_heads.py train --run runs/heads [--minutes 75]     # train (resumes from the checkpoint)
+    python scripts/pretrain_heads.py train --run runs/heads_perceptual --stage perceptual --init-from models/heads
     python scripts/pretrain_heads.py export --run runs/heads --out models/heads  # model directory from the checkpoint
 
 Method (docs/HEADS.md): supervised multi-view training with known latent factors. Every training photo's world
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--minutes", type=float, default=75.0, help="stop after this much wall time (resumable)")
     t.add_argument("--steps", type=int, default=100_000, help="stop at this step")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--stage", choices=("l1", "perceptual"), default="l1",
+                   help="l1: the first prior from random weights; perceptual: continue --init-from with LPIPS "
+                        "(headworld.pretrain.STAGES)")
+    t.add_argument("--init-from", default="", help="model directory that starts a perceptual run")
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--export-to", type=Path, default=None, help="also write the model directory at each save")
     e = sub.add_parser("export", help="write the model directory from the latest checkpoint")
@@ -52,9 +57,13 @@ def main(argv: list[str] | None = None) -> None:
                        log=lambda m: print(m, flush=True))
     elif args.command == "train":
         torch.set_num_threads(args.threads)
-        from headworld.pretrain import PretrainConfig, train
-        train(PretrainConfig(seed=args.seed), args.run, minutes=args.minutes, max_steps=args.steps,
-              export_to=args.export_to)
+        from dataclasses import replace
+
+        from headworld.pretrain import STAGES, train
+        if (args.stage == "perceptual") != bool(args.init_from):
+            parser.error("--init-from is needed by --stage perceptual, and only by it")
+        cfg = replace(STAGES[args.stage], seed=args.seed, init_from=args.init_from)
+        train(cfg, args.run, minutes=args.minutes, max_steps=args.steps, export_to=args.export_to)
     else:
         from headworld.pretrain import export_checkpoint
         print(export_checkpoint(args.run, args.out))

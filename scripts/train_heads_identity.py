@@ -27,6 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from evaluation.verification import pair_scores, render_people, roc_auc, tar_at_far  # noqa: E402
+
 ID_FIRST_SEED = 50_000
 PEOPLE_PER_SHARD = 50
 PHOTOS = 8
@@ -35,27 +37,6 @@ EVAL_PEOPLE = 150
 EVAL_PHOTOS = 4
 VALIDATION_FIRST_SEED = 1_000_500
 """Other held-out people, for choosing between training settings (EVAL_FIRST_SEED's are for reporting)."""
-
-
-def render_people(seeds, photos: list[int], resolution: int, supersample: int) -> dict[str, torch.Tensor]:
-    """uint8 images [N, 3, R, R] and person indices [N] of each seed's photos (own appearance and pose each)."""
-    from generator.cameras import lookat_label
-    from headworld.params import Appearance, Identity
-    from headworld.photos import photo_pose
-    from headworld.render import render
-    ids, apps, labels, person = [], [], [], []
-    for i, seed in enumerate(seeds):
-        ident = Identity.from_seed(seed)
-        for k in photos:
-            ids.append(ident)
-            apps.append(Appearance.from_seed(seed, k))
-            labels.append(lookat_label(*photo_pose(seed, k)))
-            person.append(i)
-    images = []
-    for j in range(0, len(ids), 16):
-        out = render(ids[j:j + 16], apps[j:j + 16], np.stack(labels[j:j + 16]), resolution, supersample)
-        images.append(((out["image"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
-    return {"image": torch.cat(images), "person": torch.tensor(person)}
 
 
 def cmd_data(run: Path, people: int) -> None:
@@ -118,36 +99,12 @@ def arcface_logits(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     return s * cos.scatter(1, labels[:, None], target)
 
 
-def roc_auc(genuine: np.ndarray, impostor: np.ndarray) -> float:
-    """Probability that a genuine pair scores above an impostor pair (ties count half): the ROC AUC."""
-    scores = np.concatenate([genuine, impostor])
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for v in np.unique(scores[np.r_[False, np.diff(scores[order]) == 0]]) if len(scores) else []:
-        same = scores == v
-        ranks[same] = ranks[same].mean()
-    g = len(genuine)
-    return float((ranks[:g].sum() - g * (g + 1) / 2) / (g * len(impostor)))
-
-
-def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> float:
-    """Fraction of genuine pairs above the threshold that lets `far` of impostor pairs through."""
-    thr = np.quantile(impostor, 1 - far)
-    return float((genuine > thr).mean())
-
-
 def evaluate(encoder, log=print, first_seed: int = EVAL_FIRST_SEED) -> dict:
     """AUC and TAR@FAR=1e-2 on EVAL_PEOPLE held-out people x EVAL_PHOTOS photos at 128^2."""
     seeds = range(first_seed, first_seed + EVAL_PEOPLE)
     data = render_people(seeds, list(range(200, 200 + EVAL_PHOTOS)), 128, 1)
     x = data["image"].float() / 127.5 - 1
-    e = torch.from_numpy(encoder.embed(x))
-    sim = (e @ e.T).numpy()
-    p = data["person"].numpy()
-    iu = np.triu_indices(len(p), 1)
-    same = p[iu[0]] == p[iu[1]]
-    genuine, impostor = sim[iu][same], sim[iu][~same]
+    genuine, impostor = pair_scores(np.asarray(encoder.embed(x)), data["person"].numpy())
     res = {"people": EVAL_PEOPLE, "photos_per_person": EVAL_PHOTOS, "genuine_pairs": int(len(genuine)),
            "impostor_pairs": int(len(impostor)), "roc_auc": roc_auc(genuine, impostor),
            "tar_at_far_1e-2": tar_at_far(genuine, impostor, 1e-2), "tar_at_far_1e-3": tar_at_far(genuine, impostor, 1e-3),

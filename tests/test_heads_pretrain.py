@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 from generator.model_dir import load_model_dir
 from headworld.params import HELDOUT_SEEDS, TRAIN_SEEDS
-from headworld.pretrain import CHECKPOINT, PretrainConfig, export_checkpoint, load_checkpoint, train
+from headworld.pretrain import (CHECKPOINT, PretrainConfig, config_from_json, export_checkpoint, load_checkpoint,
+                                new_generator, train)
 from headworld.shards import ShardSpec, load_shards, render_shard, shard_path
 
 SPEC = ShardSpec(per_shard=2, views=2)
@@ -53,3 +56,35 @@ def test_resumed_pretraining_equals_an_uninterrupted_run_and_exports(tmp_path):
         raise AssertionError("a checkpoint made with other settings was resumed")
     G = load_model_dir(export_checkpoint(a, tmp_path / "model"))
     assert G.cfg.rendering.c_gen_conditioning_zero and torch.isfinite(G.backbone.mapping.w_avg).all()
+
+
+def test_a_perceptual_stage_starts_from_a_model_and_older_checkpoints_keep_loading(tmp_path):
+    torch.set_num_threads(1)
+    log = lambda m: None  # noqa: E731
+    first = tmp_path / "first"
+    _data(first)
+    train(CFG, first, minutes=5, max_steps=1, log=log)
+    start = export_checkpoint(first, tmp_path / "start")
+
+    # A checkpoint written before w_lpips/init_from existed resumes as the l1 config it was.
+    ck = load_checkpoint(first)
+    old = json.loads(ck["config"])
+    for added in ("w_lpips", "init_from"):
+        old.pop(added)
+    ck["config"] = json.dumps(old)
+    torch.save(ck, first / CHECKPOINT)
+    assert config_from_json(ck["config"]) == CFG
+    assert train(CFG, first, minutes=5, max_steps=2, log=log) == 2
+
+    second = tmp_path / "second"
+    _data(second)
+    stage = dataclasses.replace(CFG, w_lpips=1.0, init_from=str(start))
+    G = new_generator(stage)
+    for key, value in load_model_dir(start).state_dict().items():
+        assert torch.equal(G.state_dict()[key], value), key
+    records = []
+    assert train(dataclasses.replace(stage, log_every=1), second, minutes=5, max_steps=1, log=records.append) == 1
+    logged = json.loads(next(r for r in records if r.startswith("{")))
+    assert 0 < logged["lpips"] < 2 and logged["loss"] > logged["image"] + logged["lpips"]
+    with pytest.raises(ValueError, match="not the 'tiny' preset"):
+        new_generator(dataclasses.replace(stage, preset="tiny"))

@@ -370,3 +370,29 @@ def test_version1_checkpoint_resumes_only_under_its_own_lora_rule(person, tmp_pa
     resumed = Trainer(build_generator(preset_name="tiny"), data, person["anchors"], config, tmp_path)
     assert resumed.step == 1 and resumed.adapter.fc_after_gain is False
     assert resumed.run().step == 2
+
+
+def test_one_sided_reference_sets_are_named_with_the_missing_side(tmp_path):
+    from formats.cameras import yaw_pitch_of
+    from preprocess.dataset import read_dataset_json, write_dataset_json
+    from train.data import one_sided_warning
+    from train.trainer import personalize
+    assert one_sided_warning([-0.45, 0.0, 0.3], sym=True) is None          # both sides
+    assert one_sided_warning([0.05, -0.05, 0.0], sym=True) is None         # all near-frontal
+    left = one_sided_warning([0.05, 0.3, 0.7], sym=True)
+    assert "none from yaw < 0" in left and "+0.70" in left and "symmetry loss (on)" in left
+    right = one_sided_warning([-0.2, -0.5], sym=False)
+    assert "none from yaw > 0" in right and "--no-sym" in right
+
+    one_sided = tmp_path / "one_sided"
+    one_sided.mkdir()
+    kept = [(name, label) for name, label in read_dataset_json(SAMPLES) if yaw_pitch_of(label)[0] > 0.05]
+    for name, _ in kept:
+        shutil.copy(SAMPLES / name, one_sided / name)
+    write_dataset_json(one_sided, kept)
+    said = []
+    cfg = dataclasses.replace(TrainConfig(), iterations=1, sym=False,
+                              projector=dataclasses.replace(TrainConfig().projector, steps=1))
+    personalize(build_generator(preset_name="tiny"), one_sided, tmp_path / "p.safetensors", cfg, preview=False,
+                echo=said.append)
+    assert any("one-sided reference set" in m and f"all {len(kept)} photos" in m for m in said), said

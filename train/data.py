@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from formats.cameras import yaw_pitch_of
 from preprocess import DATASET_JSON, DatasetError, load_dataset, load_photo
 
 
@@ -46,6 +47,10 @@ class TrainingSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def yaws(self) -> list[float]:
+        """Camera yaw of every photo (radians; > 0: the camera is toward +x, formats/cameras.py)."""
+        return [yaw_pitch_of(c)[0] for c in self.cameras.detach().cpu().numpy()]
+
     def digest(self) -> str:
         """sha256 of the image and camera bytes: identifies the data a checkpoint was trained on."""
         h = hashlib.sha256()
@@ -53,6 +58,29 @@ class TrainingSet:
         h.update(self.cameras.detach().float().contiguous().cpu().numpy().tobytes())
         h.update("\n".join(self.names).encode())
         return "sha256:" + h.hexdigest()
+
+
+ONE_SIDED_YAW = 0.10
+"""A side of the head counts as photographed when some photo's yaw is beyond this (radians) on that side."""
+
+
+def one_sided_warning(yaws: list[float], sym: bool) -> str | None:
+    """A one-line warning when every photo looks at the head from one side, else None.
+
+    Such a set leaves the other side to the prior; the symmetry loss (paper §3.3) is what carries the seen side
+    over, so the warning says whether it is on."""
+    if len(yaws) < 2:
+        return None
+    seen_pos = any(y > ONE_SIDED_YAW for y in yaws)
+    seen_neg = any(y < -ONE_SIDED_YAW for y in yaws)
+    if seen_pos == seen_neg:
+        return None  # both sides photographed, or every photo near-frontal
+    seen, missing = ("yaw > 0", "yaw < 0") if seen_pos else ("yaw < 0", "yaw > 0")
+    extreme = max(yaws, key=abs)
+    cover = ("the symmetry loss (on) is what fills it in from the photographed side" if sym else
+             "the symmetry loss is off (--no-sym), so that side comes from the prior alone")
+    return (f"warning: one-sided reference set: all {len(yaws)} photos look from {seen} (up to {extreme:+.2f} rad) "
+            f"and none from {missing} beyond {ONE_SIDED_YAW} rad; {cover}. Photos from the other side help most.")
 
 
 def _not_a_dataset(folder: Path) -> TrainingDataError:

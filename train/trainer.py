@@ -38,7 +38,7 @@ from perception.identity import IdentityEncoder
 from perception.lpips import LPIPS
 from train.checkpoint import CHECKPOINT_FILE, CheckpointError, RngStates, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
-from train.data import TrainingSet, load_training_set
+from train.data import TrainingSet, load_training_set, one_sided_warning
 from train.losses import (
     orbit_symmetric_cameras,
     reconstruction_losses,
@@ -450,6 +450,9 @@ def personalize(G: torch.nn.Module, dataset_dir: str | Path, out: str | Path, co
     data = load_training_set(dataset_dir, G.img_resolution)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(out)
     echo(f"{len(data)} photo(s) from {dataset_dir}; checkpoints, inversion cache and log in {ckpt}")
+    warning = one_sided_warning(data.yaws(), config.sym)
+    if warning:
+        echo(warning)
     t0 = time.perf_counter()
     ws = project_batch(G, data.images, data.cameras, config.projector, seed=config.seed,
                        cache_dir=Path(inversion_cache_dir) if inversion_cache_dir is not None else ckpt / INVERSION_DIR,

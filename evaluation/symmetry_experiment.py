@@ -1,0 +1,234 @@
+"""Does the symmetry loss help a person photographed from one side? (paper §3.3; issue 26's decisive experiment)
+
+For each held-out head-world person, two reference sets of `reference_photos` photos with the same appearances:
+  one_sided  yaws spread over [+yaw_min, +yaw_max]: the side seen from yaw < 0 is never photographed;
+  balanced   the same |yaw| values, every other one mirrored to the other side.
+Rows (evaluation.experiments.ROWS, the paper's recipe at the default length): LoRA, LoRA + L_sym, full
+fine-tuning; plus W inversion (the shared anchors on the base model). Every model renders each anchor at the
+cameras of three regions, under that anchor's photo's appearance, and is compared with the world's true render
+(LPIPS AlexNet, PSNR) and verified against the person's enrolment photo (evaluation.verification, FAR 1e-2):
+  yaw < 0   the side a one-sided set never shows;   frontal;   yaw > 0   the photographed side.
+The question is answered by paired differences, LoRA + L_sym minus LoRA, per person and region, with their
+standard error over people. Every trained model and every person's result is cached in WORK, so the run resumes.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from evaluation.experiments import ROWS, ExperimentConfig, train_row
+from evaluation.verification import Threshold, calibrate, enrolment_photo, verifies
+from formats.atomic import write_text
+from formats.cameras import lookat_label
+from headworld.params import HELDOUT_SEEDS
+
+SET_KINDS = ("one_sided", "balanced")
+REGIONS: dict[str, tuple[tuple[float, float], ...]] = {
+    "yaw < 0": ((-0.6, 0.0), (-0.35, 0.0)),
+    "frontal": ((0.0, 0.0), (0.0, 0.15)),
+    "yaw > 0": ((0.35, 0.0), (0.6, 0.0)),
+}
+"""Cameras (yaw, pitch) of each evaluation region; 'yaw < 0' is the unseen side of a one-sided set."""
+
+
+@dataclass
+class SymmetryConfig:
+    """One run of the experiment (the defaults are the committed run)."""
+
+    people: int = 5
+    """Held-out people, seeds HELDOUT_SEEDS.start + first_person + i."""
+    first_person: int = 300
+    """Offset of the first person in HELDOUT_SEEDS (0 is the demo person, 200.. the Table 1-4 people)."""
+    reference_photos: int = 10
+    yaw_min: float = 0.05
+    yaw_max: float = 0.70
+    """|yaw| of the reference photos spans [yaw_min, yaw_max] (radians), evenly."""
+    rows: tuple[str, ...] = ("lora", "lora_sym", "full")
+    iterations: int = 2500
+    """Training steps per model: the default recipe's length (train.config.TrainConfig.iterations)."""
+    anchor_steps: int = 500
+    """W projector steps per photo: the default (train.config.ProjectorConfig.steps)."""
+    far: float = 1e-2
+    """False accept rate of the verification threshold."""
+    calibration_people: int = 150
+    """People whose impostor pairs set the threshold (evaluation.verification.CALIBRATION_FIRST_SEED on)."""
+    seed: int = 0
+
+    def validate(self) -> "SymmetryConfig":
+        unknown = [r for r in self.rows if r not in ROWS or not ROWS[r].fine_tune]
+        checks = [(not unknown, "rows", f"expected trained rows from {tuple(r for r in ROWS if r != 'pti')}"),
+                  (self.people >= 1, "people", "must be >= 1"),
+                  (self.first_person >= 1, "first_person", "must be >= 1 (offset 0 is the demo person)"),
+                  (self.reference_photos >= 2, "reference_photos", "must be >= 2"),
+                  (0 < self.yaw_min < self.yaw_max <= 0.8, "yaw_max", "needs 0 < yaw_min < yaw_max <= 0.8"),
+                  (self.iterations >= 1 and self.anchor_steps >= 1, "iterations", "steps must be >= 1"),
+                  (0 < self.far < 1, "far", "must be in (0, 1)"),
+                  (2 <= self.calibration_people <= 1000, "calibration_people", "must be in 2..1000")]
+        for ok, name, why in checks:
+            if not ok:
+                raise ValueError(f"symmetry experiment {name}={getattr(self, name)!r}: {why}")
+        if HELDOUT_SEEDS.start + self.first_person + self.people - 1 not in HELDOUT_SEEDS:
+            raise ValueError(f"people={self.people}: seeds run past HELDOUT_SEEDS")
+        return self
+
+    def person_seeds(self) -> list[int]:
+        return [HELDOUT_SEEDS.start + self.first_person + i for i in range(self.people)]
+
+    def training(self) -> ExperimentConfig:
+        """The Table 1 experiment's config with this run's length: train_row reads iterations, anchors, seed."""
+        return replace(ExperimentConfig(), iterations=self.iterations, anchor_steps=self.anchor_steps,
+                       seed=self.seed)
+
+
+SMOKE = dict(people=2, reference_photos=3, rows=("lora", "lora_sym"), iterations=2, anchor_steps=2,
+             calibration_people=6)
+"""SymmetryConfig overrides of the CI smoke run: the whole pipeline, numbers meaningless."""
+
+
+def reference_poses(seed: int, kind: str, count: int, cfg: SymmetryConfig) -> list[tuple[float, float]]:
+    """Poses of a reference set: |yaw| evenly over [yaw_min, yaw_max]; one_sided all > 0, balanced alternating."""
+    r = np.random.RandomState([int(seed), 7])
+    pitches = np.clip(r.randn(count) * 0.08, -0.2, 0.2)
+    yaws = np.linspace(cfg.yaw_min, cfg.yaw_max, count)
+    if kind == "balanced":
+        yaws = yaws * np.where(np.arange(count) % 2 == 1, -1.0, 1.0)
+    elif kind != "one_sided":
+        raise ValueError(f"reference set kind {kind!r}: expected one of {SET_KINDS}")
+    return [(float(y), float(p)) for y, p in zip(yaws, pitches)]
+
+
+def evaluate_model(G, adapter, anchors, seed: int, photo_ids: list[int], lpips, encoder, enrol: torch.Tensor,
+                   threshold: Threshold) -> dict:
+    """Per region: LPIPS, PSNR and verification of every anchor's views against the truth (lists, one per view)."""
+    from evaluation.metrics import psnr
+    from generator.lora import attach, detach
+    from headworld.params import Appearance, Identity
+    from headworld.render import render
+    out = {}
+    with torch.no_grad():
+        for region, poses in REGIONS.items():
+            c = torch.from_numpy(np.stack([lookat_label(y, p) for y, p in poses]))
+            scores = {"lpips": [], "psnr": [], "verified": []}
+            for k, photo in enumerate(photo_ids):
+                truth = render([Identity.from_seed(seed)] * len(poses), [Appearance.from_seed(seed, photo)] * len(poses),
+                               c.numpy(), G.img_resolution)["image"]
+                w = anchors.ws[k:k + 1]
+                w = (w if w.ndim == 3 else w[:, None].expand(1, G.num_ws, -1)).expand(len(poses), -1, -1)
+                if adapter is not None:
+                    attach(G, adapter)
+                try:
+                    image = G.synthesis(w, c)["image"].clamp(-1, 1)
+                finally:
+                    if adapter is not None:
+                        detach(G)
+                scores["lpips"] += lpips(image, truth).tolist()
+                scores["psnr"] += psnr(image, truth).tolist()
+                scores["verified"] += verifies(encoder, image, enrol, threshold).tolist()
+            out[region] = scores
+    return out
+
+
+def run_person(G, seed: int, work: Path, cfg: SymmetryConfig, identity, threshold: Threshold, lpips, log) -> dict:
+    """Both reference sets of one person: train the rows, evaluate them and W inversion (cached in WORK/results)."""
+    from generator.adapter_file import load_adapter
+    from headworld.photos import write_person
+    path = work / "results" / f"person_{seed}.json"
+    if path.is_file():
+        log(f"person {seed}: results exist, skipped")
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    enrol = enrolment_photo(seed, G.img_resolution)
+    photo_ids = list(range(cfg.reference_photos))
+    result = {"seed": seed, "sets": {}, "poses": {}, "final_losses": {}}
+    for kind in SET_KINDS:
+        folder = work / f"person_{seed}" / kind
+        poses = reference_poses(seed, kind, cfg.reference_photos, cfg)
+        reference = folder / "photos"
+        if not reference.is_dir():
+            write_person(reference, seed, poses, photo_ids, note=f"symmetry experiment, {kind} reference set")
+        result["poses"][kind] = poses
+        rows, anchors = {}, None
+        for name in cfg.rows:
+            log(f"person {seed}, {kind}: {name}")
+            adapter_path = train_row(G, ROWS[name], reference, folder / "models", cfg.training(), identity, log)
+            adapter, anchors, meta = load_adapter(adapter_path, G)
+            result["final_losses"][f"{kind}/{name}"] = meta["extra"]["final_losses"]
+            rows[name] = evaluate_model(G, adapter, anchors, seed, photo_ids, lpips, identity, enrol, threshold)
+        rows["w_inversion"] = evaluate_model(G, None, anchors, seed, photo_ids, lpips, identity, enrol, threshold)
+        result["sets"][kind] = rows
+    result["seconds"] = time.perf_counter() - t0
+    result["torch_threads"] = torch.get_num_threads()
+    write_text(path, json.dumps(result) + "\n")
+    return result
+
+
+def load_threshold(work: Path, identity, cfg: SymmetryConfig, log) -> Threshold:
+    """The verification threshold at cfg.far (calibrated once, kept in WORK/threshold.json)."""
+    path = work / "threshold.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if (saved["far"], saved["people"]) == (cfg.far, cfg.calibration_people):
+            return Threshold(**saved)
+    log(f"calibrating the verification threshold at FAR {cfg.far:g}")
+    threshold = calibrate(identity, far=cfg.far, people=cfg.calibration_people)
+    write_text(path, json.dumps(threshold.to_dict()) + "\n")
+    return threshold
+
+
+def run(G, work: Path, cfg: SymmetryConfig, worker: tuple[int, int] = (0, 1), identity=None,
+        log: Callable[[str], None] = print) -> dict:
+    """This worker's share of the people (index i of n takes people i, i+n, ...); returns the results so far."""
+    from perception.heads_identity import load_heads_identity
+    from perception.lpips import LPIPS
+    cfg.validate()
+    work = Path(work)
+    (work / "results").mkdir(parents=True, exist_ok=True)
+    identity = identity or load_heads_identity()
+    threshold = load_threshold(work, identity, cfg, log)
+    lpips = LPIPS("alex")
+    index, count = worker
+    for seed in cfg.person_seeds()[index::count]:
+        run_person(G, seed, work, cfg, identity, threshold, lpips, log)
+    return collect(work, cfg)
+
+
+def collect(work: Path, cfg: SymmetryConfig) -> dict:
+    """Every finished person's result, with the config and threshold."""
+    people = [json.loads(p.read_text()) for seed in cfg.person_seeds()
+              if (p := Path(work) / "results" / f"person_{seed}.json").is_file()]
+    threshold = json.loads((Path(work) / "threshold.json").read_text())
+    return {"config": asdict(cfg), "threshold": threshold, "people": people}
+
+
+def paired(people: list[dict], kind: str, region: str, a: str, b: str, metric: str = "lpips") -> dict:
+    """Mean over people of (b - a), each person's value the mean over its views, with the standard error."""
+    diffs = np.array([np.mean(p["sets"][kind][b][region][metric]) - np.mean(p["sets"][kind][a][region][metric])
+                      for p in people], dtype=np.float64)
+    se = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+    mean = float(diffs.mean())
+    return {"mean": mean, "se": se, "z": mean / se if se and np.isfinite(se) and se > 0 else float("nan"),
+            "people": len(diffs), "per_person": diffs.tolist()}
+
+
+def summarize(result: dict) -> dict:
+    """Per set kind, region and row: mean LPIPS, PSNR and verification rate; paired L_sym differences."""
+    people = result["people"]
+    rows = ["w_inversion", *result["config"]["rows"]]
+    table = {kind: {region: {row: {m: float(np.mean([np.mean(p["sets"][kind][row][region][m]) for p in people]))
+                                   for m in ("lpips", "psnr", "verified")}
+                             for row in rows}
+                    for region in REGIONS}
+             for kind in SET_KINDS}
+    effects = {}
+    if {"lora", "lora_sym"} <= set(rows):
+        effects = {kind: {region: {m: paired(people, kind, region, "lora", "lora_sym", m)
+                                   for m in ("lpips", "verified")}
+                          for region in REGIONS}
+                   for kind in SET_KINDS}
+    return {"people": len(people), "table": table, "sym_effect": effects}

@@ -1,0 +1,77 @@
+"""docs/SYMMETRY.md from the symmetry experiment's results (evaluation/symmetry_experiment.py)."""
+from __future__ import annotations
+
+from evaluation.symmetry_experiment import REGIONS, SET_KINDS, summarize
+
+ROW_LABELS = {"w_inversion": "W inversion (base model)", "lora": "LoRA", "lora_sym": "LoRA + L_sym (My3DGen)",
+              "full": "full fine-tuning", "full_sym": "full + L_sym", "authors": "LoRA + L_sym, authors' recipe"}
+KIND_LABELS = {"one_sided": "one-sided reference set (all photos from yaw > 0)",
+               "balanced": "balanced reference set (same |yaw|, every other photo mirrored)"}
+
+
+def _verdict(effect: dict) -> str:
+    """One phrase for a paired LPIPS difference (lower is better): helps / hurts / no effect at 2 SE."""
+    if effect["people"] < 2:
+        return "one person: no standard error"
+    if abs(effect["z"]) < 2:
+        return f"no effect at 2 SE ({effect['z']:+.1f} SE)"
+    return f"{'helps' if effect['mean'] < 0 else 'hurts'} ({effect['z']:+.1f} SE)"
+
+
+def render(result: dict, command: str, machine: str, notes: str = "") -> str:
+    s = summarize(result)
+    cfg, thr = result["config"], result["threshold"]
+    lines = [
+        "# Does the symmetry loss help a one-sided reference set?",
+        "",
+        "Issue 26's decisive experiment (`evaluation/symmetry_experiment.py`). Each held-out head-world person is "
+        f"personalized twice from {cfg['reference_photos']} photos with the same appearances: a **one-sided** set "
+        f"(yaw from +{cfg['yaw_min']} to +{cfg['yaw_max']} rad, nothing from yaw < 0) and a **balanced** one (the "
+        "same |yaw| values, every other photo mirrored). Rows at the default recipe and length "
+        f"({cfg['iterations']} steps, {cfg['anchor_steps']} projector steps per photo); W inversion is the shared "
+        "anchors on the base model. Each anchor is rendered at the cameras of three regions under its photo's "
+        "appearance and compared with the world's true render.",
+        "",
+        f"    {command}",
+        "",
+        f"People: {s['people']} (seeds {', '.join(str(p['seed']) for p in result['people'])}). Machine: {machine}.",
+        "",
+        f"**Verification**: a view verifies when its cosine similarity to the person's enrolment photo (a true "
+        f"frontal photo under an appearance no reference photo has) is above {thr['value']:.4f}, the heads identity "
+        f"network's threshold at FAR {thr['far']:g} on {thr['people']} calibration people ({thr['impostor_pairs']:,} "
+        f"impostor pairs; photo against photo it accepts {100 * thr['tar']:.1f}% of genuine pairs).",
+        "",
+        "Regions (yaw, pitch): " + "; ".join(f"{r}: {', '.join(f'({y:+.2f}, {p:+.2f})' for y, p in poses)}"
+                                            for r, poses in REGIONS.items()) + ".",
+        "",
+    ]
+    for kind in SET_KINDS:
+        lines += [f"## {KIND_LABELS[kind]}", "",
+                  "| model | " + " | ".join(f"{r}: LPIPS ↓ / verified ↑" for r in REGIONS) + " |",
+                  "|---|" + "---:|" * len(REGIONS)]
+        for row, _ in s["table"][kind]["frontal"].items():
+            cells = [f"{s['table'][kind][r][row]['lpips']:.3f} / {100 * s['table'][kind][r][row]['verified']:.0f}%"
+                     for r in REGIONS]
+            lines.append(f"| {ROW_LABELS.get(row, row)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if s["sym_effect"]:
+        lines += ["## The effect of L_sym: (LoRA + L_sym) − LoRA, paired by person", "",
+                  "Mean over people of each person's difference (its views averaged), ± the standard error over "
+                  "people; negative LPIPS is better.", "",
+                  "| reference set | region | Δ LPIPS | Δ verified | reading |", "|---|---|---:|---:|---|"]
+        for kind in SET_KINDS:
+            for region in REGIONS:
+                e = s["sym_effect"][kind][region]
+                lines.append(f"| {kind.replace('_', '-')} | {region} | {e['lpips']['mean']:+.4f} ± "
+                             f"{e['lpips']['se']:.4f} | {100 * e['verified']['mean']:+.1f} ± "
+                             f"{100 * e['verified']['se']:.1f} pt | {_verdict(e['lpips'])} |")
+        lines.append("")
+    losses = [(k, v.get("sym")) for p in result["people"] for k, v in p["final_losses"].items()
+              if v.get("sym") is not None]
+    if losses:
+        sym = [v for _, v in losses]
+        lines += [f"Final symmetry-loss values of the L_sym runs: median {sorted(sym)[len(sym) // 2]:.2e} "
+                  f"(range {min(sym):.2e} to {max(sym):.2e}).", ""]
+    if notes:
+        lines += ["## Reading", "", notes.strip(), ""]
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The one-sided symmetry experiment (evaluation/symmetry_experiment.py) and identity verification
+(evaluation/verification.py): reference sets, paired statistics, thresholds, and a smoke run through the script.
+
+A smoke run's numbers mean nothing (2 training steps); the experiment's conclusions live in docs/SYMMETRY.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from evaluation.symmetry_experiment import REGIONS, SET_KINDS, SymmetryConfig, paired, reference_poses
+from evaluation.verification import pair_scores, roc_auc, tar_at_far, threshold_at_far
+from tests.conftest import REPO
+
+
+def test_one_sided_sets_show_one_side_and_balanced_sets_mirror_the_same_yaws():
+    cfg = SymmetryConfig()
+    one = reference_poses(1_000_300, "one_sided", 10, cfg)
+    both = reference_poses(1_000_300, "balanced", 10, cfg)
+    assert all(cfg.yaw_min - 1e-9 <= y <= cfg.yaw_max + 1e-9 for y, _ in one)
+    assert sorted(abs(y) for y, _ in both) == pytest.approx(sorted(y for y, _ in one))
+    assert sum(y < 0 for y, _ in both) == 5 and [p for _, p in one] == [p for _, p in both]
+    with pytest.raises(ValueError, match="kind"):
+        reference_poses(1, "left", 3, cfg)
+    with pytest.raises(ValueError, match="first_person"):
+        SymmetryConfig(first_person=0).validate()
+    with pytest.raises(ValueError, match="rows"):
+        SymmetryConfig(rows=("pti",)).validate()
+
+
+def test_paired_differences_and_their_standard_error():
+    people = [{"sets": {"one_sided": {"lora": {"frontal": {"lpips": [0.2, 0.4]}},
+                                      "lora_sym": {"frontal": {"lpips": [0.1, 0.3]}}}}},
+              {"sets": {"one_sided": {"lora": {"frontal": {"lpips": [0.5]}},
+                                      "lora_sym": {"frontal": {"lpips": [0.2]}}}}}]
+    e = paired(people, "one_sided", "frontal", "lora", "lora_sym")
+    assert e["per_person"] == pytest.approx([-0.1, -0.3])
+    assert e["mean"] == pytest.approx(-0.2) and e["se"] == pytest.approx(0.1) and e["z"] == pytest.approx(-2.0)
+
+
+def test_thresholds_at_a_false_accept_rate():
+    rng = np.random.default_rng(0)
+    impostor = rng.normal(0.0, 0.1, 100_000)
+    genuine = rng.normal(0.5, 0.1, 1000)
+    t = threshold_at_far(impostor, 1e-2)
+    assert (impostor > t).mean() == pytest.approx(1e-2, abs=1e-3)
+    assert tar_at_far(genuine, impostor, 1e-2) > 0.9 and roc_auc(genuine, impostor) > 0.99
+    assert roc_auc(impostor[:1000], impostor[1000:2000]) == pytest.approx(0.5, abs=0.05)
+    e = np.eye(3)[[0, 0, 1, 2]]
+    g, i = pair_scores(e, np.array([0, 0, 1, 1]))
+    assert g.tolist() == [1.0, 0.0] and i.tolist() == [0.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="far"):
+        threshold_at_far(impostor, 0.0)
+
+
+@pytest.mark.slow
+def test_smoke_run_through_the_script_fills_every_region_and_resumes(tmp_path):
+    args = [sys.executable, str(REPO / "scripts" / "experiments.py"), "symmetry", "--smoke", "--work",
+            str(tmp_path / "work"), "--docs", str(tmp_path / "docs"), "--threads", "2"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads((tmp_path / "docs" / "experiments" / "symmetry.json").read_text())
+    assert len(result["people"]) == 2 and result["threshold"]["people"] == 6
+    assert -1 <= result["threshold"]["value"] <= 1
+    for person in result["people"]:
+        assert set(person["sets"]) == set(SET_KINDS)
+        for kind in SET_KINDS:
+            assert set(person["sets"][kind]) == {"w_inversion", "lora", "lora_sym"}
+            for row in person["sets"][kind].values():
+                for region in REGIONS:
+                    scores = row[region]
+                    assert len(scores["lpips"]) == len(scores["verified"]) == 3 * len(REGIONS[region])
+                    assert all(0 <= v <= 2 for v in scores["lpips"]) and all(math.isfinite(v) for v in scores["psnr"])
+                    assert all(isinstance(v, bool) for v in scores["verified"])
+    doc = (tmp_path / "docs" / "SYMMETRY.md").read_text()
+    assert "one-sided reference set" in doc and "(LoRA + L_sym) − LoRA" in doc and "FAR 0.01" in doc
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("results exist, skipped") == 2
