@@ -17,15 +17,17 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from bench.timing import paired_ms
+from fixtures.people import make_person
 
 BATCH = 8
 
 
-def _people(G, folder: Path, make_person: Callable, n: int) -> list[Path]:
-    """n synthetic people's adapter files written by `make_person(G, path, seed)`."""
+def _people(G, folder: Path, n: int) -> list[Path]:
+    """n synthetic people's adapter files (fixtures.people)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"p{k}.safetensors" for k in range(n)]
     for k, path in enumerate(paths):
@@ -35,7 +37,6 @@ def _people(G, folder: Path, make_person: Callable, n: int) -> list[Path]:
 
 def native_adapter_overhead(rt, person: str, reps: int) -> dict[str, float]:
     """Median ms of synthesis + render per call with `person`'s adapter as numpy feeds vs native (RunOptions)."""
-    from bench.run import _paired_ms
     p = rt.people_store.get(person)
     if not all(f.native for f in p.feeds.values()):
         raise RuntimeError(f"{person}: no native adapter files (add the person with Runtime.add_person)")
@@ -52,7 +53,7 @@ def native_adapter_overhead(rt, person: str, reps: int) -> dict[str, float]:
         syn.run({"ws": ws, **p.feeds["synthesis"].rest}, run_options=p.feeds["synthesis"].run_options)
         ren.run({"planes": planes, "ws": ws, "c": c, **p.feeds["render"].rest},
                 run_options=p.feeds["render"].run_options)
-    numpy_ms, native_ms = _paired_ms(numpy_feeds, native, reps)
+    numpy_ms, native_ms = paired_ms(numpy_feeds, native, reps)
     return {"synthesis + render, adapter as numpy feeds (ms)": numpy_ms,
             "synthesis + render, native adapter (ms)": native_ms,
             "native adapter overhead per call (ms)": native_ms - numpy_ms}
@@ -60,7 +61,6 @@ def native_adapter_overhead(rt, person: str, reps: int) -> dict[str, float]:
 
 def mixed_vs_same_batch(rt, people: list[str], reps: int) -> dict[str, float]:
     """Requests per second of render_batch on BATCH new latents of BATCH people vs of one person."""
-    from bench.run import _paired_ms
     from runtime.batching import ViewRequest
     rng = np.random.default_rng(0)
     counter = iter(range(1 << 30))
@@ -74,7 +74,7 @@ def mixed_vs_same_batch(rt, people: list[str], reps: int) -> dict[str, float]:
         bad = [r for r in out if isinstance(r, Exception)]
         if bad:
             raise bad[0]
-    same_ms, mixed_ms = _paired_ms(lambda: batch(False), lambda: batch(True), reps)
+    same_ms, mixed_ms = paired_ms(lambda: batch(False), lambda: batch(True), reps)
     return {f"same-person batch of {BATCH} (requests/s)": BATCH * 1000 / same_ms,
             f"mixed-person batch of {BATCH} (requests/s)": BATCH * 1000 / mixed_ms,
             f"mixed / same-person batch-{BATCH} throughput (%)": 100 * same_ms / mixed_ms}
@@ -83,7 +83,6 @@ def mixed_vs_same_batch(rt, people: list[str], reps: int) -> dict[str, float]:
 def fp16_vs_fp32(G, work: Path, adapter: Path, reps: int, threads: int, log=print) -> dict[str, float]:
     """Merged exports of one person in fp32 and in mixed-precision fp16 (export/fp16_graph.py): max |image diff| of
     the same view from the same latent, and the median ms of a full view (synthesis + render) of each."""
-    from bench.run import _paired_ms
     from export.exporter import ExportOptions, export_generator
     from runtime import Runtime
     runtimes = {}
@@ -95,20 +94,19 @@ def fp16_vs_fp32(G, work: Path, adapter: Path, reps: int, threads: int, log=prin
     latent = np.random.default_rng(1).standard_normal(G.w_dim).astype(np.float32) * 0.3
     view = {p: rt.novel_view(rt.people()[0], latent=latent, yaw=0.3, pitch=0.1) for p, rt in runtimes.items()}
     diff = float(np.abs(view["fp16"].image - view["fp32"].image).max())
-    fp32_ms, fp16_ms = _paired_ms(lambda: runtimes["fp32"].novel_view(runtimes["fp32"].people()[0], latent=latent),
+    fp32_ms, fp16_ms = paired_ms(lambda: runtimes["fp32"].novel_view(runtimes["fp32"].people()[0], latent=latent),
                                   lambda: runtimes["fp16"].novel_view(runtimes["fp16"].people()[0], latent=latent),
                                   reps)
     return {"fp16 vs fp32 graph: max |image difference|": diff, "full view, fp32 graphs (ms)": fp32_ms,
             "full view, fp16 mixed-precision graphs (ms)": fp16_ms}
 
 
-def measure(G, work: Path, reps: int, threads: int, make_person: Callable, log=print) -> dict[str, float]:
-    """The deployment rows for generator G (bench/run.py's swap table); `make_person(G, path, seed)` writes a
-    synthetic person's adapter file."""
+def measure(G, work: Path, reps: int, threads: int, log=print) -> dict[str, float]:
+    """The deployment rows for generator G (bench/run.py's swap table), with synthetic people."""
     from export.exporter import ExportOptions, export_generator
     from runtime import Runtime
     work = Path(work)
-    files = _people(G, work / "deploy_people_src", make_person, BATCH)
+    files = _people(G, work / "deploy_people_src", BATCH)
     log(f"[deploy] exporting keep-LoRA graphs with mixed-person batch {BATCH} ...")
     export = export_generator(G, work / "keep_mixed", files[0], ExportOptions(mode="keep", mixed_batch=BATCH,
                                                                             verify=False, overwrite=True))
@@ -133,11 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True, help="folder for the export and the people")
     args = ap.parse_args(argv)
     import torch
-    from bench.run import _make_person
     from generator.model_dir import build_generator
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    rows = measure(build_generator(preset_name=args.preset), args.work, args.reps, args.threads, _make_person,
+    rows = measure(build_generator(preset_name=args.preset), args.work, args.reps, args.threads,
                    lambda m: print(m, file=sys.stderr, flush=True))
     for k, v in rows.items():
         print(f"| {args.preset} | {k} | {v:.4g} |")

@@ -36,7 +36,6 @@ import copy
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -48,20 +47,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench.gpu_common import autocast, generator_of, timed
+from bench.gpu_common import autocast, generator_of, guarded, inputs, row, timed
+from bench.gpu_mixed import section_mixed
+from bench.gpu_train import section_lora_train
 from bench.gpu_common import cell as _cell
 from bench.gpu_common import max_diff as _max_diff
 from bench.gpu_common import sync as _sync
 from formats.atomic import write_text
-from tests.helpers.official_fixture import (FIXTURE_ENV, FIXTURE_NAME, official_fixture_dir,
+from fixtures.official_fixture import (FIXTURE_ENV, FIXTURE_NAME, official_fixture_dir,
                                            official_fixture_generator)
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY_TOL = {"ws": 1e-5, "planes": 1e-4, "image_raw": 1e-4, "image_depth": 1e-4, "image": 1e-4}
 """CUDA eager (TF32 off) against CPU fp32 and against the official outputs: the official-parity test's atol."""
-MIXED_TOL = {"cpu": 1e-5, "cuda": 1e-4}
-"""A mixed-person sample against its own single-person run; on CUDA batched and single convolutions may pick
-different cuDNN algorithms, hence the looser bound."""
 
 
 @dataclass
@@ -232,19 +230,6 @@ def section_parity(device: torch.device, samples: int = 2) -> dict:
             "max_abs_diff_vs_cpu_fp32": vs_cpu, "max_abs_diff_vs_official": vs_official, "passed": passed}
 
 
-def _generator(cfg: CheckConfig, device: torch.device):
-    return generator_of(cfg.preset, cfg.seed, device)
-
-
-def _inputs(G, batch: int, device: torch.device, seed: int):
-    from generator.views import camera_batch
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, G.z_dim, generator=gen)
-    views = [(0.35 * ((i % 3) - 1), 0.1 * ((i % 2) * 2 - 1)) for i in range(batch)]
-    c = camera_batch(G, views)
-    return z.to(device), c.to(device)
-
-
 class ForwardCases:
     """The benchmarked callables: 'full' (z, c -> images) and 'novel' (cached tri-planes, new camera -> images)."""
 
@@ -254,7 +239,7 @@ class ForwardCases:
     def make(self, op: str, batch: int, dtype: str) -> tuple[Callable, tuple]:
         """(fn, args): fn(*args) runs the case under `dtype` autocast and returns the final image."""
         G, dev = self.G, self.device
-        z, c = _inputs(G, batch, dev, self.cfg.seed)
+        z, c = inputs(G, batch, dev, self.cfg.seed)
         if op == "full":
             def full(z, c):
                 with torch.no_grad(), autocast(dev, dtype):
@@ -264,7 +249,7 @@ class ForwardCases:
         with torch.no_grad(), autocast(dev, dtype):
             ws = G.mapping(z, c, truncation_psi=0.7)
             planes = G.planes(ws, noise_mode="const")
-        c_new = _inputs(G, batch, dev, self.cfg.seed + 1)[1]
+        c_new = inputs(G, batch, dev, self.cfg.seed + 1)[1]
 
         def novel(planes, ws, c):
             with torch.no_grad(), autocast(dev, dtype):
@@ -277,25 +262,6 @@ class ForwardCases:
             for op in ops:
                 for batch in self.cfg.batches:
                     yield op, dtype, batch
-
-
-def _row(op: str, dtype: str, batch: int, t: dict, **extra) -> dict:
-    return {"op": op, "dtype": dtype, "batch": batch, "ms": round(t["median_s"] * 1e3, 3),
-            "min_ms": round(t["min_s"] * 1e3, 3), "images_per_s": round(batch / t["median_s"], 2), **extra}
-
-
-def _guarded(rows: list, op: str, dtype: str, batch: int, fn: Callable[[], dict],
-             progress: Callable[[dict], None] | None = None) -> None:
-    """Append fn()'s row, or the case's error: one failing case does not stop its section."""
-    try:
-        rows.append(fn())
-    except Exception as e:  # noqa: BLE001
-        rows.append({"op": op, "dtype": dtype, "batch": batch, "error": f"{type(e).__name__}: {e}"[:500]})
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    if progress is not None:
-        progress({"rows": rows})
 
 
 def section_forward(cases: ForwardCases, reference: dict) -> dict:
@@ -313,8 +279,8 @@ def section_forward(cases: ForwardCases, reference: dict) -> dict:
             diff = None if ref is None else _max_diff(img, ref)
             if dtype == "fp32":
                 reference[(op, batch)] = img
-            return _row(op, dtype, batch, t, max_abs_diff_vs_fp32=diff)
-        _guarded(rows, op, dtype, batch, run)
+            return row(op, dtype, batch, t, max_abs_diff_vs_fp32=diff)
+        guarded(rows, op, dtype, batch, run)
     return {"preset": cfg.preset, "tf32": torch.backends.cuda.matmul.allow_tf32, "rows": rows}
 
 
@@ -336,8 +302,8 @@ def section_plane_lookup(cases: ForwardCases) -> dict:
                     t = timed(lambda: fn(*args), dev, cfg.warmup, cfg.repeats)
                     images[name] = fn(*args).float()
                     diff = _max_diff(images[name], images["grid_sample"]) if "grid_sample" in images else None
-                    return _row(f"novel/{name}", "fp32", batch, t, max_abs_diff_vs_fp32=diff)
-                _guarded(rows, f"novel/{name}", "fp32", batch, run)
+                    return row(f"novel/{name}", "fp32", batch, t, max_abs_diff_vs_fp32=diff)
+                guarded(rows, f"novel/{name}", "fp32", batch, run)
     finally:
         rendering.plane_features = original
     return {"rows": rows, "note": "max_abs_diff_vs_fp32: against the grid_sample row of the same batch"}
@@ -364,9 +330,9 @@ def section_cudagraph(cases: ForwardCases, reference: dict) -> dict:
             capture = time.perf_counter() - t0
             t = timed(graph.replay, dev, cfg.warmup, cfg.repeats)
             ref = reference.get((op, batch))
-            return _row(op, dtype, batch, t, capture_s=round(capture, 3),
+            return row(op, dtype, batch, t, capture_s=round(capture, 3),
                         max_abs_diff_vs_fp32_eager=None if ref is None else _max_diff(out.float(), ref))
-        _guarded(rows, op, dtype, batch, run)
+        guarded(rows, op, dtype, batch, run)
     return {"rows": rows}
 
 
@@ -390,121 +356,11 @@ def section_compile(cases: ForwardCases, reference: dict, budget: Budget,
             compile_s = time.perf_counter() - t0
             t = timed(lambda: compiled(*args), dev, cfg.warmup, cfg.repeats)
             ref = reference.get((op, batch))
-            return _row(op, dtype, batch, t, backend=cfg.compile_backend, compile_s=round(compile_s, 2),
+            return row(op, dtype, batch, t, backend=cfg.compile_backend, compile_s=round(compile_s, 2),
                         max_abs_diff_vs_fp32_eager=None if ref is None else _max_diff(out.float(), ref))
-        _guarded(rows, op, dtype, batch, run, progress)
+        guarded(rows, op, dtype, batch, run, progress)
     torch._dynamo.reset()
     return {"backend": cfg.compile_backend, "rows": rows}
-
-
-def _random_lpips(net: str, tmp: Path):
-    """LPIPS with a random trunk (no ImageNet weights travel) and the calibrated heads of the `lpips` wheel:
-    the same computation, and cost, as the trained one."""
-    from safetensors.torch import save_file
-
-    from perception.lpips import LPIPS
-    from perception.weights import canonical_net
-    from perception.alexnet import AlexNetFeatures
-    from perception.vgg import VGG16Features
-    trunk = AlexNetFeatures() if canonical_net(net) == "alex" else VGG16Features()
-    path = tmp / f"random_{canonical_net(net)}.safetensors"
-    save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, str(path))
-    return LPIPS(net, backbone_path=path)
-
-
-def section_lora_train(cfg: CheckConfig, device: torch.device) -> dict:
-    """Step time and peak memory of the personalization step (train.Trainer, checkpoints off), per batch size."""
-    G = _generator(cfg, device)
-    rows = []
-    for batch in cfg.train_batches:
-        _guarded(rows, "lora_step", "fp32", batch, lambda batch=batch: {
-            "op": "lora_step", "dtype": "fp32", "batch": batch, **_lora_step(G, cfg, batch, device)})
-    return {"preset": cfg.preset, "resolution": G.img_resolution, "rows": rows,
-            "tf32": torch.backends.cuda.matmul.allow_tf32,
-            "note": "seconds per step as train.Trainer logs them (each step ends by reading its losses, a sync)"}
-
-
-def _lora_step(G, cfg: CheckConfig, batch: int, device: torch.device) -> dict:
-    from generator.views import camera_batch
-    from perception.identity import IdentityEncoder
-    from train.config import TrainConfig
-    from train.data import TrainingSet
-    from train.trainer import Trainer
-    n = max(batch, 4)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    images = torch.rand(n, 3, G.img_resolution, G.img_resolution, generator=gen) * 2 - 1
-    cams = camera_batch(G, [(0.3 * ((i % 3) - 1), 0.05 * (i % 2)) for i in range(n)]).cpu()
-    data = TrainingSet(images, cams, [f"view_{i}.png" for i in range(n)])
-    with torch.no_grad():
-        anchors = G.mapping(torch.randn(n, G.z_dim, generator=gen).to(device), cams.to(device),
-                            truncation_psi=0.7)[:, 0].cpu()
-    config = TrainConfig(batch=batch, iterations=cfg.train_warmup + cfg.train_steps, checkpoint_every=10**6)
-    with tempfile.TemporaryDirectory() as tmp:
-        lp = _random_lpips(config.lpips_net, Path(tmp))
-        trainer = Trainer(G, data, anchors, config, identity=IdentityEncoder.random(), lpips=lp)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        trainer.run(stop_at=cfg.train_warmup)
-        _sync(device)
-        trainer.run()
-    records = list(trainer.recent)[-cfg.train_steps:]
-    sym = [r["seconds"] for r in records if "sym" in r]
-    plain = [r["seconds"] for r in records if "sym" not in r]
-    out = {"trainable_parameters": trainer.adapter.num_parameters(), "steps_timed": len(records),
-           "step_median_s": statistics.median(r["seconds"] for r in records),
-           "step_median_s_without_sym": statistics.median(plain) if plain else None,
-           "step_median_s_with_sym": statistics.median(sym) if sym else None}
-    if device.type == "cuda":
-        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    del trainer
-    return out
-
-
-def _people(G, count: int, seed: int) -> list:
-    """`count` adapters whose LoRA B and personal tensors are randomly perturbed (distinct people)."""
-    from generator.lora import PersonAdapter
-    gen = torch.Generator().manual_seed(seed)
-    people = []
-    for _ in range(count):
-        ad = PersonAdapter.create(G)
-        with torch.no_grad():
-            for p in ad.parameters():
-                p.add_(torch.randn(p.shape, generator=gen).to(p.device) * 0.01)
-        people.append(ad.requires_grad_(False))
-    return people
-
-
-def section_mixed(cfg: CheckConfig, device: torch.device) -> dict:
-    from generator.lora import attach, attach_mixed, detach
-    G = _generator(cfg, device)
-    batch = max(cfg.batches)
-    people = [p.to(device) for p in _people(G, cfg.people, cfg.seed)]
-    index = torch.arange(batch) % len(people)
-    z, c = _inputs(G, batch, device, cfg.seed)
-
-    def forward(zz, cc):
-        with torch.no_grad():
-            ws = G.mapping(zz, cc, truncation_psi=0.7)
-            return G.synthesis(ws, cc, noise_mode="const")["image"]
-    try:
-        attach(G, people[0])
-        same = timed(lambda: forward(z, c), device, cfg.warmup, cfg.repeats)
-        attach_mixed(G, people, index.to(device))
-        mixed = timed(lambda: forward(z, c), device, cfg.warmup, cfg.repeats)
-        mixed_out = forward(z, c)
-        worst = 0.0
-        for n in range(batch):
-            attach(G, people[int(index[n])])
-            worst = max(worst, _max_diff(forward(z[n:n + 1], c[n:n + 1]), mixed_out[n:n + 1]))
-    finally:
-        detach(G)
-    tol = MIXED_TOL[device.type]
-    return {"batch": batch, "people": len(people), "same_person_images_per_s": round(batch / same["median_s"], 2),
-            "mixed_images_per_s": round(batch / mixed["median_s"], 2),
-            "mixed_over_same": round(same["median_s"] / mixed["median_s"], 3), "same_ms": same["median_s"] * 1e3,
-            "mixed_ms": mixed["median_s"] * 1e3, "max_abs_diff_sample_vs_single": worst, "tolerance": tol,
-            "parity_passed": worst <= tol, "dtype": "fp32"}
 
 
 def section_tensorrt(cfg: CheckConfig, device: torch.device, reference_G=None) -> dict:
@@ -516,9 +372,9 @@ def section_tensorrt(cfg: CheckConfig, device: torch.device, reference_G=None) -
     from export.tensorrt_build import build_engine
     from formats.export_manifest import GRAPH_FILES
     from runtime.trt import TrtRunner
-    G = _generator(cfg, torch.device("cpu"))
+    G = generator_of(cfg.preset, cfg.seed, torch.device("cpu"))
     batch = max(cfg.batches)
-    z, c = _inputs(G, batch, torch.device("cpu"), cfg.seed)
+    z, c = inputs(G, batch, torch.device("cpu"), cfg.seed)
     with torch.no_grad():
         ws = G.mapping(z, c, truncation_psi=0.7)
         planes = G.planes(ws, noise_mode="const", fused_modconv=False)
@@ -602,7 +458,7 @@ def run_check(cfg: CheckConfig, out: Path, dry_run: bool = False, only: tuple[st
     holder: dict = {}
 
     def forward():
-        holder["cases"] = ForwardCases(_generator(cfg, device), cfg, device)
+        holder["cases"] = ForwardCases(generator_of(cfg.preset, cfg.seed, device), cfg, device)
         return section_forward(holder["cases"], reference)
     report.record("forward", forward)
     report.record("lora_train", lambda: section_lora_train(cfg, device))

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from bench.gpu_common import autocast, cell as _cell, generator_of, sync as _sync, times
-from tests.helpers.torchserve_context import Context
+from fixtures.torchserve_context import Context
 
 SERVE_TARGETS = {"p50_ms": (25.0, "1-client p50 of a cached 512² novel view (ms)"),
                  "views_per_s": (150.0, "views/s at 8 clients, server-side batching"),
@@ -114,7 +114,7 @@ def _meets(name: str, value) -> bool | None:
 
 def _setup(cfg, work: Path) -> tuple[dict, dict]:
     """Generator, people and export (or cfg.serve_export's export, its generator and mixed_batch), each timed."""
-    from bench.serve_load import make_person
+    from fixtures.people import make_person
     from export.exporter import ExportOptions, export_generator
     from formats.export_manifest import ExportManifest
     from generator.model_dir import load_model_dir

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.timing import paired_ms
 from formats.atomic import write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,37 +61,6 @@ class ModelReport:
     shapes: str = ""
 
 
-def _paired_ms(fa, fb, reps: int, warmup: int = 1) -> tuple[float, float]:
-    """Medians (ms) of fa and fb, called alternately (order swapped every repetition) so both see the same load."""
-    for _ in range(warmup):
-        fa()
-        fb()
-    times: dict[int, list[float]] = {0: [], 1: []}
-    for k in range(reps):
-        for i in ((0, 1) if k % 2 == 0 else (1, 0)):
-            t = time.perf_counter()
-            (fa, fb)[i]()
-            times[i].append((time.perf_counter() - t) * 1000)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
-def _make_person(G, path: Path, seed: int, dtype=None):
-    """A synthetic person: LoRA B and personal tensors perturbed, 4 anchors (W latents of random z)."""
-    import torch
-    from generator.adapter_file import Anchors, save_adapter
-    from generator.lora import PersonAdapter
-    from generator.views import camera_batch
-    g = torch.Generator().manual_seed(seed)
-    ad = PersonAdapter.create(G)
-    with torch.no_grad():
-        for pair in ad.lora.values():
-            pair.lora_B.normal_(0, 0.02, generator=g)
-        for p in ad.full.values():
-            p.add_(torch.randn(p.shape, generator=g) * 0.01)
-        c = camera_batch(G, [(0.0, 0.0)] * 4)
-        ws = G.mapping(torch.randn(4, G.z_dim, generator=g), c, truncation_psi=0.7)[:, 0]
-    save_adapter(path, ad, G, Anchors(ws, c, [f"photo{i}" for i in range(4)]), dtype=dtype or torch.float32)
-    return ad
 
 
 def _dir_bytes(d: Path) -> int:
@@ -102,6 +72,8 @@ def bench_model(name: str, reps: int, threads: int, work: Path, log) -> ModelRep
     import torch
     from export.exporter import ExportOptions, export_generator
     from export.manifest import read_manifest
+    from fixtures.people import make_person
+    from generator.adapter_file import load_adapter
     from generator.lora import attach, detach, merged_state_dict
     from generator.model_dir import build_generator
     from generator.views import camera_batch
@@ -116,9 +88,11 @@ def bench_model(name: str, reps: int, threads: int, work: Path, log) -> ModelRep
                   f"{sum(p.numel() for p in G.parameters()) / 1e6:.2f}M parameters")
     people = work / name / "people"
     people.mkdir(parents=True)
-    alice = _make_person(G, people / "alice.safetensors", 1)
-    _make_person(G, people / "bob.safetensors", 2)
-    _make_person(G, work / name / "alice_fp16.safetensors", 1, dtype=torch.float16)
+    synthetic = dict(anchors=4, b_std=0.02, full_std=0.01, views=[(0.0, 0.0)] * 4)
+    make_person(G, people / "alice.safetensors", 1, **synthetic)
+    make_person(G, people / "bob.safetensors", 2, **synthetic)
+    make_person(G, work / name / "alice_fp16.safetensors", 1, dtype=torch.float16, **synthetic)
+    alice = load_adapter(people / "alice.safetensors", G)[0]
 
     log(f"[{name}] exporting keep-LoRA graphs (with verification against eager) ...")
     t = time.perf_counter()
@@ -182,13 +156,13 @@ def bench_model(name: str, reps: int, threads: int, work: Path, log) -> ModelRep
             return model.render_planes(planes, ws, c)
 
     log(f"[{name}] timing ({reps} reps each, {threads} threads) ...")
-    e_full, o_full = _paired_ms(lambda: eager_full(Gm), lambda: ort_full(merged_s), reps)
+    e_full, o_full = paired_ms(lambda: eager_full(Gm), lambda: ort_full(merged_s), reps)
     rep.rows.append(("full generator, adapter merged into the weights", e_full, o_full,
                      "eager: fused modconv (its inference default); ONNX: non-fused (dynamic batch)"))
-    e_view, o_view = _paired_ms(lambda: eager_view(Gm), lambda: ort_view(merged_s), reps)
+    e_view, o_view = paired_ms(lambda: eager_view(Gm), lambda: ort_view(merged_s), reps)
     attach(G, alice)
-    e_full_lora, o_full_keep = _paired_ms(lambda: eager_full(G), lambda: ort_full(keep_s, "alice"), reps)
-    e_view_lora, o_view_keep = _paired_ms(lambda: eager_view(G), lambda: ort_view(keep_s, "alice"), reps)
+    e_full_lora, o_full_keep = paired_ms(lambda: eager_full(G), lambda: ort_full(keep_s, "alice"), reps)
+    e_view_lora, o_view_keep = paired_ms(lambda: eager_view(G), lambda: ort_view(keep_s, "alice"), reps)
     detach(G)
     rep.rows.append(("full generator, LoRA unmerged (eager: routed; ONNX: keep-LoRA inputs)", e_full_lora,
                      o_full_keep, "W0 + B@A computed every call in both"))
@@ -238,7 +212,7 @@ def bench_model(name: str, reps: int, threads: int, work: Path, log) -> ModelRep
     rep.swap["merged: export one person (s)"] = rep.export_seconds["merged (per person)"]
     rep.swap["merged: load that person's 3 sessions (ms)"] = merged_load_ms
     from bench.deploy import measure as deploy_rows  # native adapters, mixed-person batches (issue 15)
-    rep.swap.update(deploy_rows(G, work / name / "deploy", reps, threads, _make_person, log))
+    rep.swap.update(deploy_rows(G, work / name / "deploy", reps, threads, log))
 
     rep.sizes["adapter file fp32 (bytes)"] = (people / "alice.safetensors").stat().st_size
     rep.sizes["adapter file fp16 (bytes)"] = (work / name / "alice_fp16.safetensors").stat().st_size

@@ -47,7 +47,7 @@ def cpu_flags() -> dict:
 def build(model: str, work: Path, export: Path | None) -> tuple[Path, Path]:
     """(export dir, person adapter file): `export` if given, else a keep-LoRA export of `model` made here."""
     import torch
-    from bench.serve_load import make_person
+    from fixtures.people import make_person
     from export.exporter import ExportOptions, export_generator
     from generator.model_dir import build_generator
     torch.manual_seed(0)

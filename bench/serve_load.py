@@ -202,32 +202,18 @@ def export_tiny(out: Path, verify: bool = True):
     return G, export_generator(G, out, options=ExportOptions(mode="keep", verify=verify))
 
 
-def make_person(G, path: Path, seed: int, anchors: int = 2, b_std: float = 0.05) -> Path:
-    """An adapter with random small LoRA B (so people differ) and `anchors` W anchors, saved to `path`."""
-    import torch
-    from generator.adapter_file import Anchors, save_adapter
-    from generator.cameras import lookat_label
-    from generator.lora import AdapterPolicy, PersonAdapter
-    gen = torch.Generator().manual_seed(seed)
-    adapter = PersonAdapter.create(G, AdapterPolicy())
-    with torch.no_grad():
-        for pair in adapter.lora.values():
-            pair.lora_B.copy_(torch.randn(pair.lora_B.shape, generator=gen) * b_std)
-        z = torch.randn(anchors, G.z_dim, generator=gen)
-        c = torch.from_numpy(np.stack([lookat_label(0.2 * i - 0.1, 0.0) for i in range(anchors)])).float()
-        ws = G.mapping(z, c, truncation_psi=0.7)[:, 0]
-    names = [f"photo{i}" for i in range(anchors)]
-    return save_adapter(path, adapter, G, anchors=Anchors(ws, c, names))
 
 
 def tiny_store(workdir: Path, people: tuple = ("alice", "bob"), name: str = "tiny") -> tuple:
     """Export + people + package under `workdir` -> (model_store, export_dir, G, {person: adapter path})."""
+    from fixtures.people import make_person
     from serve.package import PackageConfig, add_person, package_model
     workdir.mkdir(parents=True, exist_ok=True)
     G, export_dir = export_tiny(workdir / "export")
     store = workdir / "model_store"
     package_model(export_dir, PackageConfig(name=name, model_store=store))
-    files = {p: make_person(G, workdir / f"{p}.safetensors", seed=i + 1) for i, p in enumerate(people)}
+    files = {p: make_person(G, workdir / f"{p}.safetensors", seed=i + 1, anchors=2, b_std=0.05, full_std=0.0,
+                            views=[(-0.1, 0.0), (0.1, 0.0)]) for i, p in enumerate(people)}
     for p, f in files.items():
         add_person(store, name, p, f)
     return store, export_dir, G, files

@@ -78,7 +78,10 @@ def _alternating_medians_ms(fns, reps: int) -> list[float]:
 def worker(model: str, formulation: str, threads: int, reps: int, export_dir: Path | None, out: Path) -> Cell:
     """One cell of the matrix, in this process (the allocator is whatever this process was started with)."""
     import torch
-    from generator.cameras import lookat_label
+    try:
+        from formats.cameras import lookat_label
+    except ImportError:  # the 'original' formulation runs the pre-issue-16 tree, where cameras lived in generator/
+        from generator.cameras import lookat_label
     from generator.model_dir import build_generator
     from generator.rendering import sample_rays
     from launch.allocator import active_allocator

@@ -1,7 +1,7 @@
 """StyleGAN2 layers with equalized learning rate: fully connected, modulated 3x3 conv and toRGB.
 
 Every layer keeps its stored (pre-gain) `weight`, as in the official state dict, and reads each of its tensors
-through `p(name)`. While a person's adapter is attached (generator/lora.py) the layer's `adapter` view gives
+through `in_use(name)`. While a person's adapter is attached (generator/lora.py) the layer's `adapter` view gives
 `weight + LoRA delta` (before gains, modulation and demodulation) and the adapter's own copies of biases etc.
 A tensor is either shared by the batch or has one leading entry per sample (a batch mixing people); the layers
 handle both, so nothing above them needs to know.
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from generator.ops import bias_act, filter2d, fir_filter, LRELU_GAIN
 
 CHANNELS_LAST = True
-"""Activations of the backbone and super-resolution in channels_last (NHWC) layout, which oneDNN's CPU convolutions
-prefer (issue 16's study: transposed convs that fell back to NCHW ran 2.3-3.7x slower); results agree with NCHW to
-float rounding. `to_layout` applies it where a network's activations start; every conv keeps its input's layout
+"""Activations of the backbone and super-resolution in channels_last (NHWC) layout, which oneDNN's CPU
+convolutions prefer (transposed convs that fell back to NCHW ran several times slower, docs/BENCHMARKS.md); results
+agree with NCHW to float rounding. `to_layout` applies it where a network's activations start; every conv keeps its input's layout
 (the fused modulated conv of a batch > 1 folds the batch into channels, which gives NCHW again)."""
 
 
@@ -30,7 +30,7 @@ def to_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 class Personalizable(nn.Module):
-    """A layer whose tensors an adapter may change: `p(name)` is the tensor its forward pass uses.
+    """A layer whose tensors an adapter may change: `in_use(name)` is the tensor its forward pass uses.
 
     `adapter` is this layer's view of the attached adapter (a generator.lora.LayerAdapter), set and cleared only
     by the attachment that owns it; None reads the base tensors. It is a plain attribute, not a submodule, so the
@@ -39,7 +39,7 @@ class Personalizable(nn.Module):
 
     adapter = None
 
-    def p(self, name: str) -> torch.Tensor | None:
+    def in_use(self, name: str) -> torch.Tensor | None:
         base = getattr(self, name)
         if self.adapter is None or base is None:
             return base
@@ -59,8 +59,8 @@ class FullyConnectedLayer(Personalizable):
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.p("weight") * self.weight_gain
-        b = self.p("bias")
+        w = self.in_use("weight") * self.weight_gain
+        b = self.in_use("bias")
         b = None if b is None else b * self.bias_gain
         if w.ndim == 3 or (b is not None and b.ndim == 2):  # one weight / bias per sample: x is [N, ..., in]
             n = x.shape[0]
@@ -170,7 +170,7 @@ class SynthesisLayer(Personalizable):
                 fused_modconv: bool | None = None) -> torch.Tensor:
         styles = self.affine(w)
         noise = None
-        strength = self.p("noise_strength")
+        strength = self.in_use("noise_strength")
         if strength.ndim == 1:  # one per sample
             strength = strength.reshape(-1, 1, 1, 1)
         if noise_mode == "random":
@@ -180,9 +180,9 @@ class SynthesisLayer(Personalizable):
         elif noise_mode != "none":
             raise ValueError(f"noise_mode={noise_mode!r}: expected 'random', 'const' or 'none'")
         fused = resolve_fused(fused_modconv, self.fused_modconv_default, self.training)
-        x = modulated_conv2d(x, self.p("weight"), styles, noise=noise, up=self.up, padding=self.padding,
+        x = modulated_conv2d(x, self.in_use("weight"), styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, fused=fused)
-        return bias_act(x, self.p("bias"), "lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp, inplace=True)
+        return bias_act(x, self.in_use("bias"), "lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp, inplace=True)
 
     def extra_repr(self) -> str:
         return f"in={self.in_channels}, out={self.out_channels}, resolution={self.resolution}, up={self.up}"
@@ -205,5 +205,5 @@ class ToRGBLayer(Personalizable):
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool | None = None) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
         fused = resolve_fused(fused_modconv, self.fused_modconv_default, self.training)
-        x = modulated_conv2d(x, self.p("weight"), styles, demodulate=False, fused=fused)
-        return bias_act(x, self.p("bias"), "linear", clamp=self.conv_clamp, inplace=True)
+        x = modulated_conv2d(x, self.in_use("weight"), styles, demodulate=False, fused=fused)
+        return bias_act(x, self.in_use("bias"), "linear", clamp=self.conv_clamp, inplace=True)

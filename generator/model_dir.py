@@ -23,7 +23,7 @@ from generator.config import GeneratorConfig
 from generator.presets import preset
 from generator.triplane import TriPlaneGenerator
 
-__all__ = ["ModelDirError", "weights_fingerprint", "save_model_dir", "read_config", "check_state_dict",
+__all__ = ["ModelDirError", "weights_fingerprint", "save_model_dir", "read_config",
            "expected_state", "check_weights", "refuse_nonfinite", "load_model_dir", "build_generator",
            "calibrate_random_init", "CONFIG_FILE", "WEIGHTS_FILE"]
 
@@ -58,12 +58,6 @@ def read_config(path: str | os.PathLike) -> tuple[GeneratorConfig, dict[str, Any
         raise ModelDirError(str(Path(path) / CONFIG_FILE), f"field 'generator' is invalid: {e}") from None
     return cfg, raw
 
-
-def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, tuple[int, ...]], where: str) -> None:
-    """Raise ModelDirError listing missing, unexpected and mis-shaped tensors."""
-    problems = shape_problems({k: tuple(v.shape) for k, v in expected.items()}, found, shown=8)
-    if problems:
-        raise ModelDirError(where, "; ".join(problems))
 
 
 def expected_state(cfg: GeneratorConfig) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:

@@ -32,22 +32,17 @@ SAMPLING_MODES = ("deterministic", "stochastic")
 
 DEFAULT_RAY_CHUNK = 512
 """Rays per chunk: 512 rays x 96 samples x 32 features is ~6 MB per intermediate, near a core's L2/L3 share
-instead of ~200 MB streamed through memory, and few enough chunks that per-op overhead stays small. ffhq512-128's
-renderer (128^2 rays) on the 2-core reference machine, medians of 5, rays in chunks of 256/384/512/768: 418/374/
-365/379 ms at 2 threads under jemalloc, 486/454/436/417 ms under glibc; 128/256/512/1024 at 1 thread, jemalloc:
-726/667/636/663 ms (2026-11-27, after the gather lookup; all rays at once was 2.5x slower before it).
-`ImportanceRenderer(cfg, ray_chunk=...)` or `G.renderer.ray_chunk` changes it. The renderer is the same for any
-chunk size; exports and torch.compile'd graphs take all rays at once (a loop would be unrolled)."""
+instead of ~200 MB streamed through memory, and few enough chunks that per-op overhead stays small (the sweep that
+chose it is in docs/BENCHMARKS.md). `ImportanceRenderer(cfg, ray_chunk=...)` or `G.renderer.ray_chunk` changes
+it. The renderer is the same for any chunk size; exports and torch.compile'd graphs take all rays at once (a loop
+would be unrolled)."""
 
 
 def sample_rays(cam2world: torch.Tensor, intrinsics: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel rays of pinhole cameras with normalized intrinsics; ray m = row * R + col, OpenCV axes.
 
-    Returns origins and unit directions, both [N, R*R, 3]. Always float32 (also under bf16 autocast).
+    Returns origins and unit directions, both [N, R*R, 3], in the cameras' dtype.
     """
-    if torch.is_autocast_enabled(cam2world.device.type):
-        with torch.autocast(cam2world.device.type, enabled=False):
-            return sample_rays(cam2world.float(), intrinsics.float(), resolution)
     dtype, device = cam2world.dtype, cam2world.device
     centers = (torch.arange(resolution, dtype=dtype, device=device) + 0.5) / resolution
     v, u = torch.meshgrid(centers, centers, indexing="ij")
@@ -314,13 +309,7 @@ class ImportanceRenderer(nn.Module):
         n, m, s, _ = depths.shape
         points = (origins.unsqueeze(-2) + depths * dirs.unsqueeze(-2)).reshape(n, -1, 3)
         features = plane_features(planes, points, self.cfg.box_warp)
-        if torch.is_autocast_enabled(features.device.type):
-            # bf16 autocast: the decoder stays fp32 (its bf16 densities, integrated along each ray, made raw images
-            # ~1e-2 off; the decoder is ~4% of the FLOPs of a forward)
-            with torch.autocast(features.device.type, enabled=False):
-                rgb, sigma = decoder(features.float())
-        else:
-            rgb, sigma = decoder(features)
+        rgb, sigma = decoder(features)
         sigma = sigma.reshape(n, m, s, 1)
         if noise is not None:
             sigma = sigma + noise
@@ -352,10 +341,7 @@ class ImportanceRenderer(nn.Module):
         else:
             weights = march_weights(densities, depths)
             per_sample = sample_weights(weights)
-        if torch.is_autocast_enabled(colors.device.type):  # a bf16 matmul would round the weights: stay fp32
-            rgb = (per_sample * colors).sum(-2)
-        else:
-            rgb = torch.matmul(per_sample.transpose(-1, -2), colors).squeeze(-2)
+        rgb = torch.matmul(per_sample.transpose(-1, -2), colors).squeeze(-2)
         weight_total = weights.sum(2)
         if cfg.white_back:
             rgb = rgb + 1 - weight_total

@@ -28,9 +28,6 @@ class MappingNetwork(nn.Module):
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None) -> torch.Tensor:
-        if torch.is_autocast_enabled(z.device.type):  # ws feed every layer: the mapping stays fp32 under autocast
-            with torch.autocast(z.device.type, enabled=False):
-                return self.forward(z, c, truncation_psi, truncation_cutoff)
         parts = []
         if self.z_dim > 0:
             parts.append(normalize_2nd_moment(z.to(torch.float32)))
@@ -75,7 +72,7 @@ class SynthesisBlock(Personalizable):
                 fused_modconv: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         w = ws.unbind(dim=1)
         if self.in_channels == 0:
-            const = self.p("const")
+            const = self.in_use("const")
             x = to_layout(const if const.ndim == 4 else const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]))
             x = self.conv1(x, w[0], noise_mode=noise_mode, fused_modconv=fused_modconv)
         else:
@@ -107,11 +104,6 @@ class SynthesisNetwork(nn.Module):
         return [getattr(self, f"b{res}") for res in self.block_resolutions]
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", fused_modconv: bool | None = None) -> torch.Tensor:
-        if torch.is_autocast_enabled(ws.device.type):
-            # the tri-planes stay fp32 under bf16 autocast: the backbone is the smaller half of the work, and its
-            # rounding, sampled by every ray, roughly doubles the image error (issue 16: 7.3e-3 -> 5.7e-3)
-            with torch.autocast(ws.device.type, enabled=False):
-                return self.forward(ws, noise_mode, fused_modconv)
         ws = ws.to(torch.float32)
         x = img = None
         w_idx = 0

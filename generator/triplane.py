@@ -17,6 +17,7 @@ from generator.config import GeneratorConfig
 from generator.layers import to_layout
 from generator.rendering import ImportanceRenderer, OSGDecoder, sample_rays
 from generator.stylegan2 import Backbone
+from generator.precision import superresolution_precision
 from generator.superresolution import SuperresolutionHybrid8XDC
 
 
@@ -90,7 +91,8 @@ class TriPlaneGenerator(nn.Module):
         feature_image = to_layout(features.reshape(n, res, res, features.shape[-1]).permute(0, 3, 1, 2))
         depth_image = depth.permute(0, 2, 1).reshape(n, 1, res, res)
         rgb_image = feature_image[:, :3]
-        sr_image = self.superresolution(rgb_image, feature_image, ws, fused_modconv=fused_modconv)
+        with superresolution_precision():  # bf16/fp16 where inference_precision asks for it (generator/precision.py)
+            sr_image = self.superresolution(rgb_image, feature_image, ws, fused_modconv=fused_modconv)
         out = {"image": sr_image, "image_raw": rgb_image, "image_depth": depth_image}
         if return_internals:
             out.update(ray_origins=origins, ray_directions=dirs, feature_image=feature_image,

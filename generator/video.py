@@ -22,17 +22,8 @@ from generator.imaging import to_uint8
 from generator.triplane import TriPlaneGenerator
 from generator.views import camera_batch
 from media.camera_path import interpolate_camera
+from media.frames import VIDEO_KINDS, resize_frame
 from media.orbit import Orbit, check_frames
-
-VIDEO_KINDS = ("turntable", "interpolate")
-
-
-def _resized(frame: np.ndarray, size: int | None) -> np.ndarray:
-    if size is None or frame.shape[0] == size and frame.shape[1] == size:
-        return frame
-    from PIL import Image
-    return np.asarray(Image.fromarray(frame).resize((size, size), Image.LANCZOS))
-
 
 def check_size(size: int | None) -> int | None:
     if size is not None and (not isinstance(size, int) or size < 16 or size % 2):
@@ -52,7 +43,7 @@ def turntable_frames(G: TriPlaneGenerator, ws: torch.Tensor, frames: int, orbit:
         n = len(c)
         out = G.render_planes(planes.expand(n, -1, -1, -1, -1), ws.expand(n, -1, -1), c, sampling=sampling)
         for img in to_uint8(out["image"]):
-            yield _resized(img, size)
+            yield resize_frame(img, size)
 
 
 @torch.no_grad()
@@ -72,7 +63,7 @@ def interpolation_frames(G: TriPlaneGenerator, ws_a: torch.Tensor, c_a: torch.Te
         ws = torch.lerp(ws_a, ws_b, t)  # exact at both ends: torch evaluates t >= 0.5 from the end
         c = torch.from_numpy(interpolate_camera(ca, cb, t)).unsqueeze(0)
         out = G.render_planes(G.planes(ws), ws, c, sampling=sampling)
-        yield _resized(to_uint8(out["image"][0]), size)
+        yield resize_frame(to_uint8(out["image"][0]), size)
 
 
 def with_progress(frames: Iterable[np.ndarray], total: int, desc: str) -> Iterable[np.ndarray]:

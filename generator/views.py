@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 from generator.imaging import depth_to_uint8, grid, to_uint8
 from generator.triplane import TriPlaneGenerator
 

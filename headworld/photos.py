@@ -1,7 +1,7 @@
 """Cameras of world photos and people written as dataset folders (`dataset.json` + PNGs, the project's format).
 
 `photo_pose(seed, photo)` draws a yaw/pitch like an FFHQ photo's (mostly frontal, |yaw| up to ~0.75 rad);
-labels are `generator.cameras.lookat_label` cameras (pivot (0, 0, 0.2), radius 2.7, focal 4.2647).
+labels are `formats.cameras.lookat_label` cameras (pivot (0, 0, 0.2), radius 2.7, focal 4.2647).
 `write_person` renders a person's photos and writes them with their labels and a `truth.json` that says how to
 re-render them (seed, appearance, yaw/pitch), so held-out views can be compared against the truth.
 """
@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from formats.atomic import atomic_dir
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 from generator.imaging import to_uint8
 from headworld.params import Appearance, Identity
 from headworld.render import render

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from formats.atomic import atomic_file
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 from headworld.params import TRAIN_SEEDS, Appearance, Identity
 from headworld.render import render
 

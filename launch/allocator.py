@@ -1,9 +1,9 @@
 """Run the entry points (cli.py, `python -m runtime`, TorchServe workers, bench/) under jemalloc or tcmalloc.
 
 Why: with glibc malloc every large intermediate of a forward pass (hundreds of MB at 512^2) is freshly mapped and
-page-faulted; jemalloc keeps freed memory between ops (DEFAULT_MALLOC_CONF says how and why). The unchanged
-code ran 1.78x faster at 1 thread and 2.13x at 2 threads on the 2-core reference machine, bit-identical (issue 16;
-this is also the advice of PyTorch's CPU performance guides). An allocator can only replace malloc if it is
+page-faulted; jemalloc keeps freed memory between ops (DEFAULT_MALLOC_CONF says how and why), which roughly
+halves a CPU forward's time with bit-identical outputs (docs/BENCHMARKS.md; also the advice of PyTorch's CPU
+performance guides). An allocator can only replace malloc if it is
 loaded before anything else, so `preload()` sets LD_PRELOAD and re-executes the interpreter once:
 
     from launch.allocator import preload

@@ -11,20 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from media.frames import VIDEO_KINDS, resize_frame
 from media.orbit import Orbit
 from media.video_writer import EncodedVideo, VideoInfo, check_video_path, encode_video, write_video
-
-VIDEO_KINDS = ("turntable", "interpolate")
-"""What `runtime_video` makes."""
-
-
-def resize_frame(frame: np.ndarray, size: int | None) -> np.ndarray:
-    """HWC uint8 resized to size x size with Lanczos (unchanged when size is None or already that size)."""
-    if size is None or frame.shape[:2] == (size, size):
-        return frame
-    from PIL import Image
-    return np.asarray(Image.fromarray(frame).resize((size, size), Image.LANCZOS))
-
 
 def video_frames(results: Sequence[Any], size: int | None = None) -> list[np.ndarray]:
     """The runtime's RenderResults as HWC uint8 frames of side `size` (None: the model's)."""

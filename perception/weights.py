@@ -292,37 +292,32 @@ def load_backbone_state(net: str, path: str | os.PathLike | None = None) -> dict
 # ----------------------------------------------------------------------------------------------------------------
 # Heads and DISTS weights.
 
+def _load_checked(path: Path, shapes: dict[str, tuple[int, ...]]) -> list[torch.Tensor]:
+    """The float32 tensors named in `shapes` from a torch file (weights_only: no code runs), shapes checked."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    out = []
+    for key, shape in shapes.items():
+        if key not in state:
+            raise KeyError(f"{path}: key {key!r} missing (keys: {sorted(state)})")
+        value = state[key].to(torch.float32)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {shape}")
+        out.append(value.contiguous())
+    return out
+
+
 def load_lpips_heads(net: str) -> list[torch.Tensor]:
     """The five calibrated LPIPS v0.1 1x1-conv weights for `net`, each shaped [1, C, 1, 1]."""
     net = canonical_net(net)
-    path = lpips_head_path(net)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    heads = []
-    for k, channels in enumerate(LPIPS_HEAD_CHANNELS[net]):
-        key = f"lin{k}.model.1.weight"
-        if key not in state:
-            raise KeyError(f"{path}: key {key!r} missing (keys: {sorted(state)})")
-        weight = state[key].to(torch.float32)
-        if tuple(weight.shape) != (1, channels, 1, 1):
-            raise ValueError(f"{path}: {key} has shape {tuple(weight.shape)}, expected (1, {channels}, 1, 1)")
-        heads.append(weight.contiguous())
-    return heads
+    return _load_checked(lpips_head_path(net), {f"lin{k}.model.1.weight": (1, channels, 1, 1)
+                                                for k, channels in enumerate(LPIPS_HEAD_CHANNELS[net])})
 
 
 def load_dists_alpha_beta() -> tuple[torch.Tensor, torch.Tensor]:
     """The published DISTS (alpha, beta) weights, each shaped [1, 1475, 1, 1] (un-normalized)."""
-    path = dists_weights_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
     total = sum(DISTS_CHANNELS)
-    out = []
-    for key in ("alpha", "beta"):
-        if key not in state:
-            raise KeyError(f"{path}: key {key!r} missing (keys: {sorted(state)})")
-        value = state[key].to(torch.float32)
-        if tuple(value.shape) != (1, total, 1, 1):
-            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected (1, {total}, 1, 1)")
-        out.append(value.contiguous())
-    return out[0], out[1]
+    alpha, beta = _load_checked(dists_weights_path(), {"alpha": (1, total, 1, 1), "beta": (1, total, 1, 1)})
+    return alpha, beta
 
 
 def _backbone_available(net: str) -> bool:

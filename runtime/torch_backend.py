@@ -5,8 +5,8 @@ carries (manifest 'torch'), behind the same interface as the onnxruntime Rendere
     out    = G.render_planes(planes, ws, c)               c [B, 25] -> image, image_raw, image_depth
 
 in the export's rendering mode (noise 'const', deterministic sampling, fused_modconv off), under torch.no_grad()
-and the precision: 'fp32', 'bf16' (autocast; on a CPU only where oneDNN has native bf16 kernels) or 'fp16' (CUDA
-autocast only). Device: 'cuda' when torch sees a GPU (or 'cuda:N' as named), else 'cpu'.
+and the precision: 'fp32', 'bf16' (the super-resolution in bf16, generator.precision; on a CPU only where oneDNN
+has native bf16 kernels) or 'fp16' (CUDA only). Device: 'cuda' when torch sees a GPU (or 'cuda:N' as named), else 'cpu'.
 
 Every stage runs through runtime.static_graphs.StaticGraphs, keyed by (operation, batch, precision, routing): on
 CUDA a graph captured once per key and replayed; on the CPU the same function run eagerly. A person's adapter
@@ -42,7 +42,7 @@ from formats.export_manifest import ExportManifest, keep_lora_adapter_format
 from generator.adapter_file import policy_of
 from generator.lora import detach, plan
 from generator.model_dir import load_model_dir, weights_fingerprint
-from generator.precision import cpu_has_fast_bf16
+from generator.precision import cpu_has_fast_bf16, inference_precision
 from runtime.adapter_slots import AdapterSlots
 from runtime.backend import Backend
 from runtime.cache import LRUCache
@@ -57,7 +57,6 @@ ADAPTER_CACHE = 16
 files the same way."""
 BASE = "base"
 """Person.identity of the base model (and of a merged export's person): nothing to attach."""
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def bf16_refusal() -> str | None:
@@ -224,14 +223,14 @@ class TorchBackend(Backend):
 
     def _stage_fn(self, op: str):
         """The function a StaticGraphs key of `op` runs (inputs by name -> outputs by name)."""
-        G, dtype = self.G, AUTOCAST.get(self._precision)
+        G = self.G
 
         def planes(ws):
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                return {"planes": G.planes(ws, noise_mode="const", fused_modconv=False).float()}
+            with torch.no_grad():
+                return {"planes": G.planes(ws, noise_mode="const", fused_modconv=False)}
 
         def render(planes, ws, c):
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            with torch.no_grad(), inference_precision(self._precision, self.device.type):
                 out = G.render_planes(planes, ws, c, sampling="deterministic", fused_modconv=False)
             return {"image": out["image"], "image_raw": out["image_raw"], "depth": out["image_depth"]}
         return planes if op == "planes" else render

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from evaluation.metrics import depth_error, psnr  # noqa: E402
 from formats.atomic import write_text  # noqa: E402
-from generator.cameras import lookat_label  # noqa: E402
+from formats.cameras import lookat_label  # noqa: E402
 from generator.imaging import depth_to_uint8, grid, save_png, to_uint8  # noqa: E402
 from headworld.params import DEMO_PERSON_SEED, HELDOUT_SEEDS, Appearance, Identity  # noqa: E402
 from headworld.photos import NOVEL_POSES, PERSON_POSES, write_person  # noqa: E402

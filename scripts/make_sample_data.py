@@ -2,7 +2,7 @@
 
     python scripts/make_sample_data.py [--out samples/tiny_person]
 
-G* is defined in tests/helpers/synthetic.py (the tiny preset generator plus a known random low-rank change).
+G* is defined in fixtures/synthetic.py (the tiny preset generator plus a known random low-rank change).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "samples" / "tiny_person", help="folder to (re)write")
     args = parser.parse_args(argv)
-    from tests.helpers.synthetic import write_sample_dataset
+    from fixtures.synthetic import write_sample_dataset
     out = write_sample_dataset(args.out, overwrite=True)
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote {out} ({len(list(out.glob('*.png')))} views, {size / 1e3:.0f} kB)")

@@ -27,7 +27,7 @@ ANCHORS = (("neutral", None, (0.0, 0.0)), ("photo3", 3, (0.35, 0.05)), ("photo5"
 def demo_person(G, path: Path) -> Path:
     """An adapter file for the demo person: W anchors from the world's parameter code, no LoRA change."""
     from generator.adapter_file import Anchors, save_adapter
-    from generator.cameras import lookat_label
+    from formats.cameras import lookat_label
     from generator.lora import PersonAdapter
     from headworld.latent import params_to_z
     from headworld.params import DEMO_PERSON_SEED, Appearance, Identity
@@ -61,7 +61,7 @@ def page_screenshot(G, people: Path, out: Path) -> None:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from tests.test_web import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
+    from fixtures.browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
     from web.app import WebApp
     from web.server import ServerOptions, WebServer
     server = WebServer(WebApp(G, people), ServerOptions(port=0)).start()

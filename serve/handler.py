@@ -51,7 +51,7 @@ from runtime.backend import BACKENDS, PRECISIONS
 from runtime.batching import ViewRequest
 from serve.metrics import Outcome, ServeMetrics, cache_delta
 from serve.worker_env import BACKEND_ENV, PEOPLE_ROOT_ENV, PRECISION_ENV
-from serve.requests import (FIELDS, Interpolate, Limits, NovelView, Output, People, PersonInfo, Request,
+from serve.requests import (FIELDS, Interpolate, HttpLimits, NovelView, Output, People, PersonInfo, Request,
                             RequestError, Video, parse_request)
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class Service:
         self._folders = [people_dir] if people_dir is not None else []
         """Folders no message sent to a client may name (formats.errors.without_paths)."""
         lim = runtime.limits
-        self.limits = Limits(max_abs_yaw=lim.max_abs_yaw, max_abs_pitch=lim.max_abs_pitch,
+        self.limits = HttpLimits(max_abs_yaw=lim.max_abs_yaw, max_abs_pitch=lim.max_abs_pitch,
                              max_frames=min(cfg.max_frames, lim.max_frames), image_size=runtime.image_size,
                              default_budget_ms=cfg.default_budget_ms, max_budget_ms=float(cfg.max_budget_ms),
                              max_video_frames=min(cfg.max_video_frames, lim.max_frames))

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import numpy as np
 
 from formats.limits import MAX_ABS_PITCH, MAX_ABS_YAW
+from media.frames import VIDEO_KINDS
 from runtime import requests as check
 from runtime.errors import InvalidRequest
 from runtime.requests import Anchor, RequestLimits
@@ -44,8 +45,6 @@ RESPONSES = ("image", "json")
 VIDEO_FORMATS = {"mp4": "video/mp4", "gif": "image/gif"}
 """Video encodings and their content types (an mp4 comes back as a GIF, so said by its Content-Type, where the
 server has no ffmpeg)."""
-
-VIDEO_KINDS = ("turntable", "interpolate")
 
 _OUTPUT_FIELDS = ("format", "size", "quality", "budget_ms", "response")
 FIELDS = {
@@ -75,7 +74,7 @@ class RequestError(Exception):
 
 
 @dataclass(frozen=True)
-class Limits:
+class HttpLimits:
     """What a request may ask for; the handler fills it from the runtime's limits and the model config."""
 
     max_abs_yaw: float = MAX_ABS_YAW
@@ -204,7 +203,7 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def decode_body(raw: Any, limits: Limits = Limits()) -> dict:
+def decode_body(raw: Any, limits: HttpLimits = HttpLimits()) -> dict:
     """The request body as a dict: TorchServe hands over a dict (JSON already parsed when the content type was
     application/json), bytes/bytearray (anything else, including malformed JSON), a str, or None."""
     if isinstance(raw, dict):
@@ -242,7 +241,7 @@ def validate_name(value: Any, field: str = "person") -> str:
         raise RequestError(400, e.field, str(e)) from None
 
 
-def parse_request(raw: Any, limits: Limits = Limits()) -> Request:
+def parse_request(raw: Any, limits: HttpLimits = HttpLimits()) -> Request:
     """Decode and validate one request; raises `RequestError` (never anything else)."""
     try:
         return _parse(decode_body(raw, limits), limits)
@@ -254,7 +253,7 @@ def parse_request(raw: Any, limits: Limits = Limits()) -> Request:
         raise RequestError(400, "body", f"could not read the request ({type(e).__name__}: {e})") from None
 
 
-def _parse(body: dict, limits: Limits) -> Request:
+def _parse(body: dict, limits: HttpLimits) -> Request:
     op = body.get("op")
     if op is None:
         raise RequestError(400, "op", f"missing field 'op' (one of {', '.join(FIELDS)})")
@@ -294,7 +293,7 @@ def _parse(body: dict, limits: Limits) -> Request:
     return Interpolate(person, a, b, (t,), False, yaw, pitch, budget, output)
 
 
-def _anchor_or_latent(body: dict, person: str | None, limits: Limits):
+def _anchor_or_latent(body: dict, person: str | None, limits: HttpLimits):
     """(anchor, latent) of a request that takes exactly one of them; an anchor needs a person."""
     has_anchor, has_latent = body.get("anchor") is not None, body.get("latent") is not None
     if has_anchor == has_latent:
@@ -307,7 +306,7 @@ def _anchor_or_latent(body: dict, person: str | None, limits: Limits):
     return anchor, latent
 
 
-def _video(body: dict, limits: Limits) -> Video:
+def _video(body: dict, limits: HttpLimits) -> Video:
     kind = _required(body, "kind")
     if kind not in VIDEO_KINDS:
         raise RequestError(400, "kind", f"kind must be one of {', '.join(VIDEO_KINDS)}, got {_show(kind)}")
@@ -359,7 +358,7 @@ def _get(body: dict, field: str, default: Any) -> Any:
     return default if body.get(field) is None else body[field]
 
 
-def _latent(v: Any, limits: Limits) -> np.ndarray:
+def _latent(v: Any, limits: HttpLimits) -> np.ndarray:
     if not isinstance(v, list) or not v:
         raise RequestError(400, "latent", "latent must be a non-empty list of numbers ([w_dim]) or of lists "
                                           "([num_ws][w_dim])")
@@ -382,7 +381,7 @@ def _latent(v: Any, limits: Limits) -> np.ndarray:
     return np.asarray(flat, dtype=np.float32).reshape(shape)
 
 
-def _output(body: dict, limits: Limits) -> Output:
+def _output(body: dict, limits: HttpLimits) -> Output:
     fmt = body.get("format", "png")
     if isinstance(fmt, str) and fmt.lower() == "jpg":
         fmt = "jpeg"
@@ -402,7 +401,7 @@ def _output(body: dict, limits: Limits) -> Output:
     return Output(fmt, size, quality, response)
 
 
-def _budget(body: dict, limits: Limits) -> Optional[float]:
+def _budget(body: dict, limits: HttpLimits) -> Optional[float]:
     if body.get("budget_ms") is None:
         return limits.default_budget_ms
     v = check.budget_ms(body["budget_ms"])

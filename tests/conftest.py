@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers.official_fixture import official_fixture_dir, official_fixture_generator
+from fixtures.official_fixture import official_fixture_dir, official_fixture_generator
 
 REPO = Path(__file__).resolve().parents[1]
 

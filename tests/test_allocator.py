@@ -17,7 +17,7 @@ print("start", flush=True)
 preload()
 import numpy as np, torch
 from generator.model_dir import build_generator
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 torch.set_num_threads(1)
 G = build_generator(preset_name="tiny").eval()
 z = torch.from_numpy(np.random.RandomState(0).randn(1, G.z_dim).astype(np.float32))

@@ -139,7 +139,7 @@ def test_adapters_table_shows_the_paper_budget():
 def test_render_person_anchor_matches_python_api(tmp_path):
     import torch
     from generator.adapter_file import Anchors, save_adapter
-    from generator.cameras import lookat_label
+    from formats.cameras import lookat_label
     from generator.imaging import to_uint8
     from generator.lora import PersonAdapter, attach
     from generator.model_dir import build_generator

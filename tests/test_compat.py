@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,7 +176,7 @@ def test_format2_fc_delta_acts_after_the_gain(G):
     pair = adapter.lora[key.replace(".", "__")]
     expected = layer.weight.detach() * layer.weight_gain + adapter.policy.scale * (pair.lora_B @ pair.lora_A).detach()
     with attach(G, adapter), torch.no_grad():
-        got = layer.p("weight") * layer.weight_gain
+        got = layer.in_use("weight") * layer.weight_gain
     assert torch.allclose(got, expected, rtol=0, atol=1e-5)
 
 

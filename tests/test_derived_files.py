@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from runtime import AdapterInvalid, ExportInvalid, Runtime
 from runtime.native_adapters import SUFFIX
 from serve.handler import HandlerConfig, Service
-from tests.test_export import G, exports, make_person  # noqa: F401 - G and exports are fixtures
+from fixtures.people import make_person
+from tests.test_export import G, exports  # noqa: F401 - G and exports are fixtures
 from tests.test_hardening_serve import _ask
 
 REPO = Path(__file__).resolve().parents[1]

@@ -139,7 +139,7 @@ def test_dlib_label_says_not_arcface_and_arcface_is_flagged():
 def tiny_result(tmp_path_factory):
     """A real (minimal) protocol run on G0 with views of G* as photos, pretrained model and a G* 'adapter'."""
     from generator.adapter_file import Anchors, save_adapter
-    from tests.helpers.synthetic import HELDOUT_VIEWS, TRAIN_VIEWS, ground_truth_person, person_latent, render_views
+    from fixtures.synthetic import HELDOUT_VIEWS, TRAIN_VIEWS, ground_truth_person, person_latent, render_views
     G, truth = ground_truth_person()
     ws = person_latent(G)
     train_img, train_cam = render_views(G, ws, TRAIN_VIEWS[:3], adapter=truth)
@@ -244,7 +244,7 @@ def test_eval_command_requires_identity(tmp_path):
 def _write_heldout(folder):
     from generator.imaging import save_png, to_uint8
     from preprocess import write_dataset_json
-    from tests.helpers.synthetic import HELDOUT_VIEWS, ground_truth_person, person_latent, render_views
+    from fixtures.synthetic import HELDOUT_VIEWS, ground_truth_person, person_latent, render_views
     G, truth = ground_truth_person()
     images, cams = render_views(G, person_latent(G), HELDOUT_VIEWS, adapter=truth)
     folder.mkdir()

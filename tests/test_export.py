@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fixtures.people import make_person
 from tests.helpers.cli import run_cli
 
 TOL = 1e-3          # fp32: max abs difference of images in [-1, 1] (and depth) between eager and onnxruntime
@@ -29,29 +30,6 @@ TOL_FP16 = 5e-2     # fp16 weights + fp16 tri-planes
 def tiny_generator():
     from generator.model_dir import build_generator
     return build_generator(preset_name="tiny")  # seed 0: the same weights as `cli.py export --preset tiny`
-
-
-def make_person(G, path: Path, seed: int, policy=None, anchors: int = 3, w_plus: bool = False,
-                dtype=torch.float32) -> Path:
-    """A trained-looking adapter: LoRA B and personal tensors perturbed, anchors = W of random z's."""
-    from generator.adapter_file import Anchors, save_adapter
-    from generator.lora import AdapterPolicy, PersonAdapter
-    from generator.views import camera_batch
-    g = torch.Generator().manual_seed(seed)
-    ad = PersonAdapter.create(G, policy or AdapterPolicy())
-    with torch.no_grad():
-        for pair in ad.lora.values():
-            pair.lora_B.normal_(0, 0.03, generator=g)
-        for p in ad.full.values():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-        views = [(0.2 * (i - 1), 0.05 * i) for i in range(anchors)]
-        c = camera_batch(G, views)
-        ws = G.mapping(torch.randn(anchors, G.z_dim, generator=g), c, truncation_psi=0.7)
-    anchor_ws = ws if w_plus else ws[:, 0]
-    if w_plus:
-        anchor_ws = anchor_ws + torch.randn(anchor_ws.shape, generator=g) * 0.05
-    save_adapter(path, ad, G, Anchors(anchor_ws, c, [f"photo{i}" for i in range(anchors)]), dtype=dtype)
-    return path
 
 
 def people_dir(root: Path, G) -> Path:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from generator import TriPlaneGenerator, preset
-from generator.cameras import lookat_label, mirror_label, yaw_pitch_of
+from formats.cameras import lookat_label, mirror_label, yaw_pitch_of
 from generator.rendering import sample_pdf
 
 TSV = "ffhq512-128_G_ema_state_dict_shapes.tsv"
@@ -101,7 +101,7 @@ def test_cameras_round_trip_and_mirror():
 
 
 def test_lookat_matches_official_fixture_cameras(official_io):
-    from generator.cameras import camera_label, intrinsics, lookat_cam2world
+    from formats.cameras import camera_label, intrinsics, lookat_cam2world
     c0 = lookat_label(0.30, -0.10)
     c1 = camera_label(lookat_cam2world(-0.45, 0.12, radius=2.6), intrinsics(4.0, 0.51, 0.49))
     np.testing.assert_allclose(np.stack([c0, c1]), official_io["c"], rtol=0, atol=1e-6)

@@ -17,7 +17,7 @@ from formats.tensors import read_metadata, save_safetensors
 from runtime import Runtime
 from serve.handler import HandlerConfig, Service
 from serve.requests import FIELDS
-from tests.helpers.torchserve_context import Context  # noqa: F401 - re-exported: other tests import it from here
+from fixtures.torchserve_context import Context  # noqa: F401 - re-exported: other tests import it from here
 from tests.test_export import TinyExports, tiny_generator
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 from generator.model_dir import load_model_dir, read_config, weights_fingerprint
 from generator.presets import preset
 from generator.views import latent_from_seed

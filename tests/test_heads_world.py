@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from generator.cameras import lookat_label, mirror_label
+from formats.cameras import lookat_label, mirror_label
 from headworld import (APPEARANCE_PARAMS, BACKGROUND_DEPTH, HELDOUT_SEEDS, IDENTITY_PARAMS, TRAIN_SEEDS, Appearance,
                        Identity, render)
 from headworld.latent import N_PARAMS, params_to_z, z_to_params

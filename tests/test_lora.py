@@ -7,7 +7,7 @@ import torch
 
 from generator import TriPlaneGenerator, preset
 from generator.adapter_file import AdapterFileError, Anchors, load_adapter, read_adapter_meta, save_adapter
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 from generator.layers import Personalizable, SynthesisLayer, ToRGBLayer
 from generator.lora import (AdapterPolicy, PersonAdapter, Role, attach, attach_mixed, attachment_of, count_table,
                             detach, merge, merged_state_dict, module_roles, plan, unmerge)

@@ -16,7 +16,7 @@ import skimage.data
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from generator.cameras import lookat_label, mirror_label, yaw_pitch_of
+from formats.cameras import lookat_label, mirror_label, yaw_pitch_of
 from preprocess import (
     BackendUnavailable,
     DatasetError,

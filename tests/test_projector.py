@@ -7,7 +7,7 @@ import torch
 from generator.lora import AdapterPolicy, PersonAdapter, attach, detach
 from generator.model_dir import build_generator
 from perception.lpips import LPIPS
-from tests.helpers.synthetic import TRAIN_VIEWS, person_latent, render_views
+from fixtures.synthetic import TRAIN_VIEWS, person_latent, render_views
 from train import projector as projector_module
 from train.config import ProjectorConfig
 from train.losses import lpips_distance, lpips_features

@@ -18,7 +18,7 @@ from tests.conftest import REPO
 @pytest.fixture(scope="module")
 def setup():
     """G0 (tiny), the ground-truth person G* = G0 + known LoRA, and a held-out view of G* as the photo."""
-    from tests.helpers.synthetic import HELDOUT_VIEWS, ground_truth_person, person_latent, render_views
+    from fixtures.synthetic import HELDOUT_VIEWS, ground_truth_person, person_latent, render_views
     G, truth = ground_truth_person()
     images, cams = render_views(G, person_latent(G), HELDOUT_VIEWS[:1], adapter=truth)
     return G, truth, images[0], cams[0]
@@ -89,7 +89,7 @@ def test_pti_adapter_file_loads_and_reproduces(setup, pti_run, tmp_path):
 
 def test_full_adapter_from_person_renders_like_the_person(setup):
     """The start of full-mode PTI from a LoRA person is exactly that person (LoRA deltas baked into copies)."""
-    from tests.helpers.synthetic import person_latent
+    from fixtures.synthetic import person_latent
     G, truth, _, c = setup
     ws = person_latent(G)
     full, dropped = full_adapter_from(G, truth)
@@ -160,7 +160,7 @@ def test_pti_config_and_input_errors(setup):
 def test_invert_command_writes_pictures_and_adapter(setup, tmp_path):
     from generator.imaging import save_png, to_uint8
     G, _, photo, c = setup
-    from generator.cameras import yaw_pitch_of
+    from formats.cameras import yaw_pitch_of
     png = tmp_path / "photo.png"
     save_png(to_uint8(photo), png)
     yaw, pitch = yaw_pitch_of(c.numpy())

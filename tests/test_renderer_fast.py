@@ -11,7 +11,7 @@ import torch
 
 from bench.reference_renderer import ReferenceRenderer, previous_formulation
 from generator import TriPlaneGenerator, preset
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 from generator.rendering import (ImportanceRenderer, OSGDecoder, flat_planes, gather_plane_mean, plane_features,
                                  sample_planes, sample_rays)
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_export import TOL, TOL_FP16, G, eager_render, exports, make_person  # noqa: F401 - G, exports: fixtures
+from fixtures.people import make_person
+from tests.test_export import TOL, TOL_FP16, G, eager_render, exports  # noqa: F401 - G, exports: fixtures
 from runtime import (AdapterInvalid, BudgetExceeded, InvalidRequest, RenderResult, RequestLimits, Runtime,
                      RuntimeErrorBase, UnknownPerson)
 

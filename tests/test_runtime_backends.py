@@ -17,7 +17,8 @@ import pytest
 from runtime import ExportInvalid, InvalidRequest, Runtime
 from runtime.batching import ViewRequest
 from tests.conftest import REPO
-from tests.test_export import TOL, TOL_FP16, G, exports, make_person  # noqa: F401 - G, exports: fixtures
+from fixtures.people import make_person
+from tests.test_export import TOL, TOL_FP16, G, exports  # noqa: F401 - G, exports: fixtures
 from tests.test_mixed_batch import mixed_export  # noqa: F401 - fixture
 
 BF16_TOL = 1e-2

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.serve_load import (SECTION, default_bodies, make_person, run_load, section_text, serve_config,
-                              tiny_store, write_section)
+from bench.serve_load import (SECTION, default_bodies, run_load, section_text, serve_config, tiny_store,
+                              write_section)
+from fixtures.people import make_person
 from media import video_writer
 from media.runtime_video import video_frames
 from media.video_writer import read_video

@@ -7,10 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from serve.requests import (Interpolate, Limits, NovelView, People, PersonInfo, RequestError, Video, decode_body,
+from serve.requests import (Interpolate, HttpLimits, NovelView, People, PersonInfo, RequestError, Video, decode_body,
                             parse_request, validate_name)
 
-LIM = Limits(max_abs_yaw=0.8, max_abs_pitch=0.5, max_frames=8, image_size=128, default_budget_ms=5000.0,
+LIM = HttpLimits(max_abs_yaw=0.8, max_abs_pitch=0.5, max_frames=8, image_size=128, default_budget_ms=5000.0,
              max_budget_ms=20000.0, max_video_frames=24)
 
 

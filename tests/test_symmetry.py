@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from generator.cameras import mirror_label, yaw_pitch_of
+from formats.cameras import mirror_label, yaw_pitch_of
 from generator.lora import AdapterPolicy, PersonAdapter, attach, detach
 from generator.model_dir import build_generator
 from perception.identity import IdentityEncoder
-from tests.helpers.synthetic import mirror_planes, person_latent
+from fixtures.synthetic import mirror_planes, person_latent
 from train.losses import symmetric_cameras, symmetry_term
 
 

@@ -1,6 +1,6 @@
 """Personalization (paper §3): ground-truth recovery, resume parity, data checks, sample data, the CLI.
 
-The ground truth is tests/helpers/synthetic.py's G* = tiny preset + a known random rank-4 LoRA change. Training runs
+The ground truth is fixtures/synthetic.py's G* = tiny preset + a known random rank-4 LoRA change. Training runs
 through the real `Trainer` with the known latent as anchors (inversion is tested in test_projector.py) and
 without the symmetry loss (`--no-sym`); the resume test turns the symmetry loss on with a RANDOM IR-SE50.
 """
@@ -18,7 +18,7 @@ from generator.model_dir import build_generator, save_model_dir, weights_fingerp
 from perception.identity import IdentityEncoder
 from tests.conftest import REPO
 from tests.helpers.cli import run_cli
-from tests.helpers.synthetic import (HELDOUT_VIEWS, TRAIN_VIEWS, ground_truth_person, person_latent, render_views,
+from fixtures.synthetic import (HELDOUT_VIEWS, TRAIN_VIEWS, ground_truth_person, person_latent, render_views,
                                      write_sample_dataset)
 from train.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 from train.config import TrainConfig
@@ -174,7 +174,7 @@ def test_sample_data_is_what_the_script_makes(tmp_path):
     committed = json.loads((SAMPLES / "dataset.json").read_text())["labels"]
     made = json.loads((out / "dataset.json").read_text())["labels"]
     assert [n for n, _ in made] == [n for n, _ in committed]
-    assert np.allclose([l for _, l in made], [l for _, l in committed], atol=1e-6)
+    assert np.allclose([label for _, label in made], [label for _, label in committed], atol=1e-6)
     for name, _ in committed:
         a = np.asarray(Image.open(SAMPLES / name), dtype=np.int16)
         b = np.asarray(Image.open(out / name), dtype=np.int16)
@@ -265,7 +265,7 @@ def test_recipes_set_the_paper_and_the_authors_values():
 
 
 def test_orbit_pairs_are_the_authors_orbit():
-    from generator.cameras import yaw_pitch_of
+    from formats.cameras import yaw_pitch_of
     from train.losses import orbit_symmetric_cameras
     g = torch.Generator().manual_seed(0)
     for _ in range(5):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from generator.adapter_file import Anchors, save_adapter
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 from generator.imaging import to_uint8
 from generator.lora import PersonAdapter, attach
 from generator.model_dir import build_generator

@@ -16,19 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
+from fixtures.browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
 from formats.limits import MAX_ABS_YAW
 from generator.adapter_file import Anchors, save_adapter
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 from generator.lora import PersonAdapter
 from generator.model_dir import build_generator
 from web.app import WebApp
 from web.server import ServerOptions, WebServer
 from web.settings import is_loopback
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,720")
 SCREENSHOT_ENV = "MY3DGEN_WEB_SCREENSHOT"
 """Set to a PNG path to keep the browser test's screenshot of the page (the README's picture)."""
 

@@ -19,7 +19,7 @@ from media.orbit import Orbit
 from media.runtime_video import video_frames
 from runtime import Runtime
 from tests import test_export
-from tests.test_export import make_person
+from fixtures.people import make_person
 from tests.test_web import get
 from web.app import WebApp
 from web.server import ServerOptions, WebServer

@@ -27,7 +27,7 @@ import generator.video
 import web.app
 from formats.limits import MAX_ABS_PITCH, MAX_ABS_YAW
 from generator.adapter_file import Anchors, save_adapter
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 from generator.lora import PersonAdapter
 from generator.mesh import MeshConfig, mesh_of_latent
 from generator.model_dir import build_generator

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generator.cameras import FFHQ_FOCAL, lookat_label
+from formats.cameras import FFHQ_FOCAL, lookat_label
 from perception.identity import IdentityEncoder, symmetry_loss
 from perception.lpips import LPIPS, normalize_channels
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from generator.imaging import grid, save_png, to_uint8
 from generator.lora import PersonAdapter, attach, detach
 from generator.views import camera_batch
+from media.frames import resize_frame
 from train.data import TrainingSet
 
 
@@ -48,14 +48,8 @@ def preview_grid(G: torch.nn.Module, adapter: PersonAdapter, data: TrainingSet, 
         G.train(was_training)
     size = min(tile, G.img_resolution)
     rows = [data.images[:k], base, personal, novel]
-    tiles = [_resize(to_uint8(img), size) for row in rows for img in row]
+    tiles = [resize_frame(to_uint8(img), size) for row in rows for img in row]
     return grid(tiles, k)
-
-
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size:
-        return img
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
 
 
 def save_preview(G: torch.nn.Module, adapter: PersonAdapter, data: TrainingSet, anchors_ws: torch.Tensor,

@@ -24,7 +24,6 @@ its checks a PersonInvalid (HTTP 422).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +36,15 @@ from formats.errors import FormatError, without_paths
 from generator import mesh as mesh_ops
 from generator import video as video_ops
 from generator.adapter_file import Anchors, load_adapter
-from generator.cameras import lookat_label
+from formats.cameras import lookat_label
 from generator.imaging import to_uint8
 from generator.lora import PersonAdapter, attach
 from generator.triplane import TriPlaneGenerator
 from generator.views import anchor_latent, camera_batch, latent_from_seed
 from media.camera_path import interpolate_camera, interpolation_weights
 from media.orbit import Orbit
-from media.runtime_video import resize_frame
+from media.frames import resize_frame
+from runtime.cache import LRUCache
 
 BASE = "base"
 BASE_SEEDS = (0, 1, 2, 3)
@@ -178,8 +178,7 @@ class EagerSource(Source):
             raise ValueError(f"people folder {self.people_dir} does not exist")
         self.truncation = truncation
         self.why = why
-        self._planes: OrderedDict = OrderedDict()
-        self._plane_cache = plane_cache
+        self._planes = LRUCache(plane_cache)
         self._chosen: _Person | None = None     # the person the last request chose (re-read when another is)
         self._attached: _Person | None = None   # whose adapter G routes through now
         self._base: _Person | None = None
@@ -238,8 +237,7 @@ class EagerSource(Source):
             raise ValueError(f"unknown person {person!r}")
         stamp = self._stamp(person)
         adapter, anchors = self._read_person(person, path)
-        for key in [k for k in self._planes if k[0] == person]:  # the file is re-read: so are its planes
-            del self._planes[key]
+        self._planes.discard(lambda key: key[0] == person)  # the file is re-read: so are its planes
         return _Person(person, adapter, anchors, stamp)
 
     def _stamp(self, person: str) -> tuple | None:
@@ -272,13 +270,10 @@ class EagerSource(Source):
         return Latent(torch.lerp(wa, wb, t), ("lerp", a, b, round(t, 4)))
 
     def _planes_of(self, key: tuple, ws: torch.Tensor) -> torch.Tensor:
-        if key in self._planes:
-            self._planes.move_to_end(key)
-            return self._planes[key]
-        planes = self.G.planes(ws)
-        self._planes[key] = planes
-        while len(self._planes) > self._plane_cache:
-            self._planes.popitem(last=False)
+        planes = self._planes.get(key)
+        if planes is None:
+            planes = self.G.planes(ws)
+            self._planes.put(key, planes)
         return planes
 
     def render(self, who: _Person, latent: Latent, yaw: float, pitch: float) -> np.ndarray:
