@@ -117,7 +117,8 @@ def render(model: ModelDir = None, preset: PresetName = None,
            compile_model: bool = typer.Option(False, "--compile", help="torch.compile the renderer and "
                                               "super-resolution: faster views, but the first call compiles for "
                                               "1-2 min (cached in $TORCHINDUCTOR_CACHE_DIR)."),
-           out: Path = typer.Option(..., "--out", help="PNG file to write (.mp4 or .gif with --video).")):
+           out: Path = typer.Option(..., "--out", help="Picture to write: .png or .jpg (.mp4 or .gif with "
+                                                       "--video).")):
     """Render one view, or a yaw x pitch grid, of a model or a preset (optionally a person's adapter) to a PNG;
     or a turntable or interpolation video."""
     from generator.precision import PRECISIONS, inference_precision
@@ -129,8 +130,10 @@ def render(model: ModelDir = None, preset: PresetName = None,
     pitches = parse_floats(grid_pitches, "--grid-pitches", PITCH_RANGE) if grid_pitches else (pitch,)
     check_limit(len(yaws) * len(pitches), "max_views", "--grid-yaws x --grid-pitches", "views")
     views = [(y, p) for p in pitches for y in yaws]
-    from generator.imaging import save_png
+    from generator.imaging import image_format, save_image
     from generator.views import render_views, views_picture
+    if video is None:
+        image_format(out)  # a bad suffix is refused before any work
     G = build_model_source(model, preset)
     ws, anchors = _subject(G, adapter, anchor, seed, truncation, truncation_cutoff)
     if compile_model:
@@ -144,7 +147,7 @@ def render(model: ModelDir = None, preset: PresetName = None,
         outs = render_views(G, ws, views, sampling="stochastic" if stochastic else "deterministic",
                             noise_mode="random" if stochastic else "const")
     outs = [{k: v.float() for k, v in o.items()} for o in outs]
-    save_png(views_picture(outs, cols=len(yaws), with_depth=depth), out)
+    save_image(views_picture(outs, cols=len(yaws), with_depth=depth), out)
     typer.echo(f"wrote {out} ({len(views)} view(s), {G.img_resolution}x{G.img_resolution} each)")
 
 

@@ -17,6 +17,8 @@ def export(model: ModelDir = None, preset: PresetName = None,
                                                                        "export serves that person only."),
            keep_lora: bool = typer.Option(False, "--keep-lora", help="Adapter tensors become graph inputs: one "
                                                                      "export serves every adapter of this policy."),
+           base: bool = typer.Option(False, "--base", help="The base model alone, with no person in it (one of "
+                                                           "--keep-lora, --merge-lora, --base is needed)."),
            person: Optional[str] = typer.Option(None, help="Name of the merged person (default: adapter file stem)."),
            rank: int = typer.Option(4, **RANK_RANGE, help="--keep-lora without --adapter: LoRA rank of the policy."),
            alpha: Optional[float] = typer.Option(None, **ALPHA_RANGE, help="--keep-lora without --adapter: LoRA "
@@ -44,8 +46,11 @@ def export(model: ModelDir = None, preset: PresetName = None,
         typer.echo("warning: `export MODEL_DIR` is deprecated; use `export --model MODEL_DIR`", err=True)
         model = legacy_model
     one_model_source(model, preset)
-    if merge_lora and keep_lora:
-        raise ExportError("choose one of --merge-lora and --keep-lora")
+    chosen = [flag for flag, on in (("--merge-lora", merge_lora), ("--keep-lora", keep_lora), ("--base", base)) if on]
+    if len(chosen) != 1:
+        raise ExportError(f"{'choose one of ' + ' and '.join(chosen) if chosen else 'say what to export'}: "
+                          f"--keep-lora (adapters as graph inputs: one export serves every person), --merge-lora "
+                          f"--adapter FILE (one person baked into the weights), or --base (the base model alone)")
     mode = "merge" if merge_lora else "keep" if keep_lora else "base"
     policy = None
     if keep_lora and adapter is None:

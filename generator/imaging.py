@@ -1,4 +1,4 @@
-"""Turn generator outputs into pictures: [-1, 1] tensors to uint8, grids of views, PNG files."""
+"""Turn generator outputs into pictures: [-1, 1] tensors to uint8, grids of views, PNG and JPEG files."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,10 @@ import torch
 from PIL import Image
 
 from formats.atomic import atomic_file
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+"""Picture files by suffix: lossless PNG, or JPEG (quality JPEG_QUALITY) for smaller files."""
+JPEG_QUALITY = 95
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -39,3 +43,20 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write an HWC uint8 array as PNG, atomically."""
     with atomic_file(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
+
+
+def image_format(path: str | os.PathLike, option: str = "--out") -> str:
+    """The PIL format a picture path's suffix names; any other suffix is a ValueError naming the option, so a
+    `.jpg` never holds PNG bytes."""
+    suffix = os.path.splitext(str(path))[1].lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{option} {path}: a picture is written as {' or '.join(IMAGE_FORMATS)} (got "
+                         f"{suffix or 'no suffix'!r})")
+    return IMAGE_FORMATS[suffix]
+
+
+def save_image(array: np.ndarray, path: str | os.PathLike, option: str = "--out") -> None:
+    """Write an HWC uint8 array as PNG or JPEG, by the path's suffix, atomically."""
+    fmt = image_format(path, option)
+    with atomic_file(path) as tmp:
+        Image.fromarray(array).save(tmp, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))

@@ -1,4 +1,7 @@
-"""`python -m runtime EXPORT_DIR ADAPTER --yaw Y --out view.png`: one novel view of a person, without torch.
+"""`python -m runtime EXPORT_DIR [ADAPTER] --yaw Y --out view.png`: one novel view of a person, without torch.
+
+ADAPTER is the person's adapter file for a keep-LoRA export (`cli.py export --keep-lora`); a merged export
+(`--merge-lora`) is one person already and is rendered without it.
 
 The smallest end-to-end use of the runtime (the demo's last step, and a check on a Jetson or GPU box). With
 `--video turntable` (EG3D's orbit) or `--video interpolate --to B` (anchor to anchor, camera included) it writes an
@@ -105,6 +108,25 @@ def _video(rt: Runtime, person: str, anchor, args: argparse.Namespace) -> int:
     return 0
 
 
+def _person(rt: Runtime, adapter: Path | None) -> str:
+    """The person to render: the merged one, or the adapter file's (copied in under a fixed name, since the file's
+    name need not be a valid person name); ValueError when the export and the arguments disagree."""
+    if rt.mode == "merged":
+        merged = rt.people()[0]
+        if adapter is not None:
+            raise ValueError(f"{adapter}: this export has {merged!r} merged into its weights; render it without an "
+                             f"adapter argument (a keep-LoRA export, `cli.py export --keep-lora`, takes adapters)")
+        return merged
+    if rt.mode != "keep-lora":
+        raise ValueError("this export is the base model alone (no person): export a person with --keep-lora or "
+                         "--merge-lora, or render the base model with `cli.py render`")
+    if adapter is None:
+        raise ValueError("this keep-LoRA export renders a person's adapter: give ADAPTER (the .safetensors file that "
+                         "`cli.py train` wrote)")
+    rt.add_person("person", adapter)
+    return "person"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m runtime`."""
     yaw, pitch = Number(float, -MAX_ABS_YAW, MAX_ABS_YAW), Number(float, -MAX_ABS_PITCH, MAX_ABS_PITCH)
@@ -112,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     frames, fps = Number(int, 1, "max_video_frames"), Number(float, 1.0, "max_fps")
     ap = _Parser(prog="python -m runtime", description=__doc__.splitlines()[0])
     ap.add_argument("export_dir", type=Path, help="directory written by `cli.py export`")
-    ap.add_argument("adapter", type=Path, help="a person's adapter file")
+    ap.add_argument("adapter", type=Path, nargs="?",
+                    help="a person's adapter file (keep-LoRA exports; a merged export renders its own person)")
     ap.add_argument("--anchor", default="0", help="anchor name or index (default 0)")
     ap.add_argument("--yaw", type=yaw, default=0.0, help=f"camera yaw from frontal, radians, {yaw.describe()}")
     ap.add_argument("--pitch", type=pitch, default=0.0, help=f"camera pitch, radians, {pitch.describe()}")
@@ -156,12 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    name = "person"  # the file's name need not be a valid person name: it is copied under this one
     with tempfile.TemporaryDirectory() as people:
         try:
             rt = Runtime(args.export_dir, people_dir=people, backend=args.backend, precision=args.precision,
                          device=args.device, compile=args.compile)
-            rt.add_person(name, args.adapter)
+            name = _person(rt, args.adapter)
             anchor = int(args.anchor) if is_index(args.anchor) else args.anchor
             if args.video is not None:
                 return _video(rt, name, anchor, args)

@@ -99,12 +99,21 @@ def test_bad_model_directory_is_one_line_and_debug_shows_the_traceback(tmp_path)
 
 
 def test_export_positional_model_is_deprecated_but_still_read(tmp_path):
-    proc = run_cli("export", tmp_path / "absent", "--out", tmp_path / "e", check=False)
+    proc = run_cli("export", tmp_path / "absent", "--base", "--out", tmp_path / "e", check=False)
     assert proc.returncode == 2
     assert "`export MODEL_DIR` is deprecated; use `export --model MODEL_DIR`" in proc.stderr
     assert f"{tmp_path / 'absent' / 'config.json'}: missing" in proc.stderr
     proc = run_cli("export", tmp_path / "a", "--model", tmp_path / "b", "--out", tmp_path / "e", check=False)
     assert proc.returncode == 2 and "once" in proc.stderr
+
+
+def test_export_says_what_it_exports(tmp_path):
+    """No silent base export: one of --keep-lora, --merge-lora, --base, and only one."""
+    none = run_cli("export", "--preset", "tiny", "--out", tmp_path / "e", check=False)
+    assert none.returncode == 2 and "say what to export" in none.stderr and "--base" in none.stderr
+    two = run_cli("export", "--preset", "tiny", "--base", "--keep-lora", "--out", tmp_path / "e", check=False)
+    assert two.returncode == 2 and "choose one of --keep-lora and --base" in two.stderr
+    assert not (tmp_path / "e").exists()
 
 
 def test_render_grid_from_preset_and_model_dir(tmp_path):
@@ -171,3 +180,13 @@ def test_preprocess_command_on_a_real_photo(tmp_path):
     proc = run_cli("preprocess", photos, "--out", tmp_path / "data")
     assert "1 photo(s) kept, 1 skipped" in proc.stdout
     assert (tmp_path / "data" / "dataset.json").is_file()
+
+
+def test_render_writes_the_format_its_suffix_names(tmp_path):
+    jpg = tmp_path / "view.jpg"
+    run_cli("render", "--preset", "tiny", "--out", jpg)
+    with Image.open(jpg) as im:
+        assert im.format == "JPEG" and im.size == (128, 128)
+    bad = run_cli("render", "--preset", "tiny", "--out", tmp_path / "view.bmp", check=False)
+    assert bad.returncode == 2 and "--out" in bad.stderr and ".png or .jpg" in bad.stderr
+    assert not (tmp_path / "view.bmp").exists()

@@ -387,3 +387,20 @@ def test_camera_view_renders_a_latent_from_a_camera_label(rt):
         with pytest.raises(InvalidRequest) as e:
             rt.camera_view("alice", p.anchor_ws[1], bad)
         assert e.value.field == "camera"
+
+
+def test_python_m_runtime_renders_a_merged_export_without_an_adapter(exports, tmp_path, capsys):
+    """A merged export is one person: rendered with no adapter argument (one is refused, naming why); a keep-LoRA
+    export needs one."""
+    from runtime.__main__ import main
+    out = tmp_path / "merged.png"
+    assert main([str(exports["merged_alice"]), "--backend", "onnxruntime", "--yaw", "0.2", "--out", str(out)]) == 0
+    rt = Runtime(exports["merged_alice"], backend="onnxruntime")
+    want = rt.novel_view(rt.people()[0], anchor=0, yaw=0.2)
+    assert out.read_bytes() == want.png_bytes()
+    alice = exports["people"] / "alice.safetensors"
+    assert main([str(exports["merged_alice"]), str(alice), "--out", str(tmp_path / "x.png")]) == 2
+    assert "merged into its weights; render it without an adapter" in capsys.readouterr().err
+    assert main([str(exports["keep"]), "--backend", "onnxruntime", "--out", str(tmp_path / "y.png")]) == 2
+    assert "give ADAPTER" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()
