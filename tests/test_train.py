@@ -198,8 +198,10 @@ def test_cli_end_to_end_on_the_sample_data(tmp_path):
     assert set(extra["final_losses"]) >= {"loss", "rec", "sym"} and "RANDOM" in extra["identity_network"]
     records = [json.loads(line) for line in (ckpt / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 21))
+    from train.preview import LABEL_WIDTH
     preview = np.asarray(Image.open(ckpt / "preview.png"))
-    assert preview.shape == (4 * 128 + 3 * 2, 6 * 128 + 5 * 2, 3)
+    assert preview.shape == (4 * 128 + 3 * 2, LABEL_WIDTH + 6 * 128 + 5 * 2, 3)
+    assert (preview[:, :LABEL_WIDTH] < 128).any(axis=2).sum() > 100     # the row labels are drawn
     assert len(list((ckpt / "inversions").glob("*.safetensors"))) == 10
     assert "wrote" in first.stdout and "preview:" in first.stdout
 

@@ -2,7 +2,8 @@
 
 Rows (up to `cols` photos): 1 the training photos; 2 the base model at the photos' anchors and cameras (what
 inversion alone reaches); 3 the personalized model there; 4 the personalized model rendering the first anchor
-from `cols` yaws across [-0.5, 0.5] rad at pitch 0 (views it was not trained on).
+from `cols` yaws across [-0.5, 0.5] rad at pitch 0 (views it was not trained on). A strip on the left names each
+row (ROW_LABELS).
 """
 from __future__ import annotations
 
@@ -16,6 +17,22 @@ from generator.lora import PersonAdapter, attach, detach
 from generator.views import camera_batch
 from media.frames import resize_frame
 from train.data import TrainingSet
+
+ROW_LABELS = ("photos", "base model", "personalized", "new views")
+LABEL_WIDTH = 96
+"""Pixels of the label strip left of the grid."""
+
+
+def with_row_labels(picture: np.ndarray, labels: tuple[str, ...], row_height: int, pad: int = 2) -> np.ndarray:
+    """`picture` (rows of `row_height` pixels, `pad` apart) with a white strip on its left naming each row."""
+    from PIL import Image, ImageDraw
+    h, w, _ = picture.shape
+    canvas = Image.new("RGB", (LABEL_WIDTH + w, h), "white")
+    canvas.paste(Image.fromarray(picture), (LABEL_WIDTH, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(labels):
+        draw.text((4, i * (row_height + pad) + row_height // 2 - 5), label, fill=(0, 0, 0))
+    return np.asarray(canvas)
 
 
 @torch.no_grad()
@@ -49,7 +66,7 @@ def preview_grid(G: torch.nn.Module, adapter: PersonAdapter, data: TrainingSet, 
     size = min(tile, G.img_resolution)
     rows = [data.images[:k], base, personal, novel]
     tiles = [resize_frame(to_uint8(img), size) for row in rows for img in row]
-    return grid(tiles, k)
+    return with_row_labels(grid(tiles, k), ROW_LABELS, size)
 
 
 def save_preview(G: torch.nn.Module, adapter: PersonAdapter, data: TrainingSet, anchors_ws: torch.Tensor,
