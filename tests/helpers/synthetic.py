@@ -103,7 +103,7 @@ def write_sample_dataset(out_dir, overwrite: bool = False):
     from formats.atomic import atomic_dir
     from generator.imaging import to_uint8
     from PIL import Image
-    from preprocess import write_dataset_json
+    from formats.dataset import write_dataset_json
 
     G0, adapter = ground_truth_person()
     ws = person_latent(G0)
