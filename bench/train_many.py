@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from formats.atomic import write_text
+from formats.dataset import read_dataset_json, write_dataset_json
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "tiny_person"
@@ -37,12 +38,12 @@ BEGIN, END = "<!-- bench.train_many: begin -->", "<!-- bench.train_many: end -->
 
 def make_sample_person(folder: Path, views) -> Path:
     """A preprocessed person folder holding the chosen views of the bundled sample person (and their labels)."""
-    labels = json.loads((SAMPLES / "dataset.json").read_text())["labels"]
-    chosen = [labels[i % len(labels)] for i in views]
+    entries = read_dataset_json(SAMPLES)
+    chosen = [entries[i % len(entries)] for i in views]
     folder.mkdir(parents=True)
     for name, _ in chosen:
         shutil.copy(SAMPLES / name, folder / name)
-    (folder / "dataset.json").write_text(json.dumps({"labels": chosen}))
+    write_dataset_json(folder, chosen)
     return folder
 
 

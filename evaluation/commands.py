@@ -31,7 +31,7 @@ def _photo_camera(photo: Path, camera_from: Optional[Path], yaw: Optional[float]
     import numpy as np
     import torch
     from generator.views import camera_batch
-    from preprocess import read_dataset_json
+    from formats.dataset import read_dataset_json
     if yaw is not None or pitch is not None:
         if camera_from is not None:
             raise typer.BadParameter("give either --camera-from or --yaw/--pitch, not both")

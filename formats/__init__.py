@@ -11,6 +11,7 @@ in the runtime wheel and in every `.mar`) import the same definitions.
     export_manifest   the export directory's manifest.json: its one writer and its one reader
     model_dir         a model directory's config.json header and file names
     cameras           EG3D camera labels: look-at poses, intrinsics, the 25-number packing
+    dataset           a dataset folder's dataset.json: label and file-name checks, its one writer and its one reader
     names             the rule for person (and model) names
     atomic            writes that never leave a half-written file or directory behind
     fingerprint       sha256 of files and of weight sets

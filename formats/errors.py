@@ -27,6 +27,10 @@ class ModelDirError(FormatError):
     """A model directory that cannot be loaded (config.json or model.safetensors)."""
 
 
+class DatasetError(FormatError):
+    """A dataset folder whose dataset.json is missing or malformed, or lists a bad file name, label or image."""
+
+
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:~|/)[^\s'\"`,;:()\[\]{}<>|]*")
 
 

@@ -1,4 +1,4 @@
-"""Cameras of world photos and people written as dataset folders (`dataset.json` + PNGs, the project's format).
+"""Cameras of world photos and people written as dataset folders (`dataset.json` + PNGs: formats.dataset).
 
 `photo_pose(seed, photo)` draws a yaw/pitch like an FFHQ photo's (mostly frontal, |yaw| up to ~0.75 rad);
 labels are `formats.cameras.lookat_label` cameras (pivot (0, 0, 0.2), radius 2.7, focal 4.2647).
@@ -15,11 +15,11 @@ import numpy as np
 
 from formats.atomic import atomic_dir
 from formats.cameras import lookat_label
+from formats.dataset import write_dataset_json
 from generator.imaging import to_uint8
 from headworld.params import Appearance, Identity
 from headworld.render import render
 
-DATASET_JSON = "dataset.json"
 TRUTH_JSON = "truth.json"
 
 PERSON_POSES: tuple[tuple[float, float], ...] = (
@@ -68,8 +68,7 @@ def write_person(folder: str | Path, seed: int, poses: Sequence[tuple[float, flo
     with atomic_dir(folder, overwrite=overwrite) as tmp:
         for name, img in zip(names, out["image"]):
             Image.fromarray(img).save(tmp / name, format="PNG")
-        labels = [[n, [float(v) for v in lab]] for n, lab in zip(names, out["label"])]
-        (tmp / DATASET_JSON).write_text(json.dumps({"labels": labels}) + "\n")
+        write_dataset_json(tmp, zip(names, out["label"]))
         truth = {"world": "headworld", "seed": int(seed), "resolution": resolution,
                  "views": [{"name": n, "yaw": y, "pitch": p, "photo": int(k)}
                            for n, (y, p), k in zip(names, poses, photo_ids)], "note": note}

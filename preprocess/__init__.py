@@ -3,26 +3,29 @@
 Pipeline per photo: detect faces and 68 landmarks (`detect`), EG3D's crop (`eg3d_crop`, Deep3DFaceRecon
 align_img geometry) or the FFHQ recipe's oriented crop (`align`), head pose by
 PnP against a mean 3-D face converted to an EG3D look-at camera (`pose`), written with its mirror image and a
-report of every skipped file (`dataset`).
+report of every skipped file (`dataset`). The dataset.json names (`DATASET_JSON`, `DatasetError`, `Sample`,
+`load_dataset`, `read_dataset_json`, `validate_label`, `write_dataset_json`) are `formats.dataset`'s, re-exported.
 """
 from preprocess.align import AlignedFace, align_face, crop_quad, ffhq_quad, keypoints_from_landmarks
-from preprocess.dataset import (
-    CROPS,
+from formats.dataset import (
     DATASET_JSON,
-    REPORT_JSON,
-    SKIP_REASONS,
     DatasetError,
-    KeptPhoto,
-    PreprocessConfig,
-    PreprocessReport,
     Sample,
-    SkippedFile,
     load_dataset,
-    load_photo,
-    preprocess_folder,
     read_dataset_json,
     validate_label,
     write_dataset_json,
+)
+from preprocess.dataset import (
+    CROPS,
+    REPORT_JSON,
+    SKIP_REASONS,
+    KeptPhoto,
+    PreprocessConfig,
+    PreprocessReport,
+    SkippedFile,
+    load_photo,
+    preprocess_folder,
 )
 from preprocess.detect import (
     BackendUnavailable,

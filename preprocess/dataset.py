@@ -1,4 +1,4 @@
-"""Folder of photos -> EG3D-style dataset folder, and reading/validating such folders.
+"""Folder of photos -> EG3D-style dataset folder.
 
 Output layout (what EG3D's `ImageFolderDataset` and this project's trainer read):
 
@@ -12,6 +12,7 @@ Every photo that cannot be used is skipped and listed with its reason, never gue
 no face, several faces of similar size, a face too small, a head pose outside the plausible range. The output
 is written to a temporary folder next to `out_dir` and renamed into place at the end, so a crash never
 leaves a half-written dataset, and an existing non-empty `out_dir` is only replaced with `overwrite=True`.
+`dataset.json` itself (its checks, its writer and its reader) is defined in `formats.dataset`.
 """
 from __future__ import annotations
 
@@ -26,16 +27,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from formats.atomic import replace_dir, write_text
+from formats.atomic import replace_dir
 from formats.cameras import mirror_label, yaw_pitch_of
+from formats.dataset import DATASET_JSON, read_dataset_json, write_dataset_json
 from preprocess.align import PADDINGS, align_face
 from preprocess.detect import FaceBackend, detect_flip_averaged, make_backend
 from preprocess.eg3d_crop import eg3d_align
 from preprocess.pose import estimate_head_pose, pose_label
 
-DATASET_JSON = "dataset.json"
 REPORT_JSON = "report.json"
-LABEL_DIM = 25
 CROPS = ("eg3d", "ffhq")
 """Face framings: 'eg3d' = EG3D's own (Deep3DFaceRecon align_img geometry, `preprocess.eg3d_crop`), the framing
 the released models were trained on; 'ffhq' = the original FFHQ alignment recipe (`preprocess.align`)."""
@@ -47,10 +47,6 @@ SEVERAL_FACES = "several_faces"
 FACE_TOO_SMALL = "face_too_small"
 POSE_OUT_OF_RANGE = "pose_out_of_range"
 SKIP_REASONS = (UNREADABLE, NOT_A_FILE, NO_FACE, SEVERAL_FACES, FACE_TOO_SMALL, POSE_OUT_OF_RANGE)
-
-
-class DatasetError(ValueError):
-    """An invalid dataset folder or dataset.json; the message names the file, the entry and the field."""
 
 
 @dataclass
@@ -178,128 +174,6 @@ class PreprocessReport:
         lines = [f"{len(self.kept)} photo(s) kept, {len(self.skipped)} skipped -> {self.out_dir}"]
         lines += [f"  skipped {s.source}: {s.reason} ({s.detail})" for s in self.skipped]
         return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One labelled image of a dataset folder."""
-
-    path: Path
-    """Absolute path of the image file."""
-    label: np.ndarray
-    """float32 (25,): row-major 4x4 cam2world then row-major normalized 3x3 intrinsics."""
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-def validate_label(label, where: str) -> np.ndarray:
-    """Check one 25-d EG3D camera label and return it as float32; errors start with `where`.
-
-    Checks: 25 finite numbers, cam2world bottom row (0, 0, 0, 1), cam2world rotation orthonormal within 1e-3
-    with determinant +1, intrinsics bottom row (0, 0, 1) and positive focal lengths.
-    """
-    if not isinstance(label, (list, tuple, np.ndarray)) or len(label) != LABEL_DIM:
-        size = len(label) if isinstance(label, (list, tuple, np.ndarray)) else type(label).__name__
-        raise DatasetError(f"{where}: label must be a list of {LABEL_DIM} numbers, got {size}")
-    values = []
-    for k, value in enumerate(label):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise DatasetError(f"{where}: label[{k}] is not a number: {value!r}")
-        try:
-            finite = math.isfinite(float(value))
-        except OverflowError:  # an integer too large for a float
-            finite = False
-        if not finite:
-            raise DatasetError(f"{where}: label[{k}] is not finite: {str(value)[:40]}")
-        values.append(float(value))
-    arr = np.asarray(values, dtype=np.float64)
-    cam2world = arr[:16].reshape(4, 4)
-    if np.abs(cam2world[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-4:
-        raise DatasetError(f"{where}: cam2world bottom row (label[12:16]) is {cam2world[3].tolist()}, "
-                           "expected [0, 0, 0, 1]")
-    rotation = cam2world[:3, :3]
-    error = float(np.abs(rotation.T @ rotation - np.eye(3)).max())
-    if error > 1e-3:
-        raise DatasetError(f"{where}: cam2world rotation (label[0:3], label[4:7], label[8:11]) is not "
-                           f"orthonormal: max |R^T R - I| = {error:.3g} > 1e-3")
-    if np.linalg.det(rotation) < 0:
-        raise DatasetError(f"{where}: cam2world rotation (label[0:3], label[4:7], label[8:11]) is a reflection "
-                           "(determinant -1)")
-    intrinsics = arr[16:].reshape(3, 3)
-    if np.abs(intrinsics[2] - [0.0, 0.0, 1.0]).max() > 1e-4:
-        raise DatasetError(f"{where}: intrinsics bottom row (label[22:25]) is {intrinsics[2].tolist()}, "
-                           "expected [0, 0, 1]")
-    if intrinsics[0, 0] <= 0 or intrinsics[1, 1] <= 0:
-        raise DatasetError(f"{where}: intrinsics focal lengths (label[16], label[20]) must be positive, got "
-                           f"{intrinsics[0, 0]}, {intrinsics[1, 1]}")
-    return arr.astype(np.float32)
-
-
-def _relative_name(name, where: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise DatasetError(f"{where}: file name must be a non-empty string, got {name!r}")
-    parts = Path(name).parts
-    if Path(name).is_absolute() or ".." in parts or "\\" in name:
-        raise DatasetError(f"{where}: file name must be a relative path inside the dataset folder, got {name!r}")
-    return name
-
-
-def read_dataset_json(dataset_dir: str | Path) -> list[tuple[str, np.ndarray]]:
-    """Entries of dataset_dir/dataset.json as (relative file name, float32 label), validated.
-
-    Every label is checked with `validate_label`, names must be unique relative paths, and every file must
-    exist. Errors name the json file, the entry index, the image name and the field.
-    """
-    dataset_dir = Path(dataset_dir)
-    json_path = dataset_dir / DATASET_JSON
-    if not json_path.is_file():
-        raise DatasetError(f"{json_path}: not found (a dataset folder needs {DATASET_JSON} with camera labels)")
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{json_path}: not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or "labels" not in data:
-        raise DatasetError(f"{json_path}: expected an object with a 'labels' field")
-    labels = data["labels"]
-    if labels is None:
-        raise DatasetError(f"{json_path}: 'labels' is null: the dataset has no camera labels")
-    if not isinstance(labels, list):
-        raise DatasetError(f"{json_path}: 'labels' must be a list of [file name, [25 numbers]], "
-                           f"got {type(labels).__name__}")
-    entries, seen = [], set()
-    for i, entry in enumerate(labels):
-        where = f"{json_path}: labels[{i}]"
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
-            raise DatasetError(f"{where}: expected [file name, [25 numbers]], got {entry!r:.80}")
-        name = _relative_name(entry[0], where)
-        where = f"{where} ({name!r})"
-        if name in seen:
-            raise DatasetError(f"{where}: file name listed twice")
-        seen.add(name)
-        label = validate_label(entry[1], where)
-        if not (dataset_dir / name).is_file():
-            raise DatasetError(f"{where}: image file not found: {dataset_dir / name}")
-        entries.append((name, label))
-    return entries
-
-
-def write_dataset_json(dataset_dir: str | Path, entries: list[tuple[str, np.ndarray]]) -> Path:
-    """Write EG3D's dataset.json: {"labels": [[name, [25 floats]], ...]}. Labels are validated first."""
-    rows = []
-    for i, (name, label) in enumerate(entries):
-        where = f"entry {i} ({name!r})"
-        checked = validate_label(np.asarray(label, dtype=np.float64).tolist(), where)
-        rows.append([_relative_name(name, where), [float(v) for v in checked]])
-    path = Path(dataset_dir) / DATASET_JSON
-    return write_text(path, json.dumps({"labels": rows}) + "\n")
-
-
-def load_dataset(dataset_dir: str | Path) -> list[Sample]:
-    """Samples (absolute image path, float32 label) of a dataset folder, validated (see `read_dataset_json`)."""
-    dataset_dir = Path(dataset_dir).resolve()
-    return [Sample(path=dataset_dir / name, label=label) for name, label in read_dataset_json(dataset_dir)]
 
 
 def load_photo(path: str | Path) -> np.ndarray:

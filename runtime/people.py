@@ -150,9 +150,11 @@ class PeopleStore:
 
     # ------------------------------------------------------------------ changes
 
-    def add(self, name: str, adapter_path: str | os.PathLike) -> None:
+    def add(self, name: str, adapter_path: str | os.PathLike) -> list[Path]:
         """Check an adapter file against this export, then copy it to people_dir/<name>.safetensors atomically and
-        write the person's native onnxruntime adapter files (runtime.native_adapters) where the export takes them."""
+        write the person's native onnxruntime adapter files (runtime.native_adapters) where the export takes them.
+        The one route by which a person is added (`Runtime.add_person`, `cli.py people add`); returns the files
+        written: the adapter file, then its native adapter files."""
         if self.mode != "keep-lora":
             raise InvalidRequest("name", f"this export is {self.mode!r}: people can only be added to a keep-LoRA "
                                          f"export (re-export with --keep-lora)")
@@ -160,27 +162,13 @@ class PeopleStore:
             raise InvalidRequest("people_dir", "this runtime was created without a people_dir")
         data = self._read(adapter_path)
         self._check(data)
-        copy_file(adapter_path, self.people_dir / f"{name}.safetensors")
-        self._write_native(name, data)
-        self.forget(name)
-
-    def write_native(self, name: str) -> list[Path]:
-        """(Re)write the native adapter files of the person already in people_dir (`cli.py people add` copies the
-        adapter itself); returns the files written ([] for exports without default adapter values)."""
-        if self.mode != "keep-lora" or self.people_dir is None:
-            raise InvalidRequest("name", f"this export is {self.mode!r} (or has no people folder): native adapters "
-                                         f"need a keep-LoRA export and a people folder")
-        data = self._read(self.people_dir / f"{name}.safetensors", name)
-        self._check(data)
-        written = self._write_native(name, data)
+        written = [copy_file(adapter_path, self.people_dir / f"{name}.safetensors")]
+        if self.manifest.adapter_defaults_in_graph:
+            written += write_native_adapters(self.people_dir, name, data.sha256, data.tensors, self._inputs)
+        else:
+            remove_native_adapters(self.people_dir, name)
         self.forget(name)
         return written
-
-    def _write_native(self, name: str, data: AdapterData) -> list[Path]:
-        if not self.manifest.adapter_defaults_in_graph:
-            remove_native_adapters(self.people_dir, name)
-            return []
-        return write_native_adapters(self.people_dir, name, data.sha256, data.tensors, self._inputs)
 
     def remove(self, name: str) -> None:
         """Delete people_dir/<name>.safetensors (UnknownPerson when there is none)."""

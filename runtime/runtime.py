@@ -160,10 +160,12 @@ class Runtime:
         """Anchors (names), rank, alpha, layout, fingerprint (sha256 of the adapter file), base fingerprint."""
         return self.people_store.info(check.name(name))
 
-    def add_person(self, name: str, adapter_path: str | os.PathLike) -> None:
-        """Check an adapter file against this export, then copy it to people_dir/<name>.safetensors atomically."""
-        self.people_store.add(check.name(name, "name"), adapter_path)
+    def add_person(self, name: str, adapter_path: str | os.PathLike) -> list[Path]:
+        """Check an adapter file against this export, then copy it to people_dir/<name>.safetensors atomically
+        (with the person's native adapter files: PeopleStore.add); returns the files written."""
+        written = self.people_store.add(check.name(name, "name"), adapter_path)
         self.planes.forget(name)
+        return written
 
     def remove_person(self, name: str) -> None:
         """Delete people_dir/<name>.safetensors and drop the person's cached adapter and tri-planes."""

@@ -234,6 +234,13 @@ def list_people(model_store: str | os.PathLike, name: str) -> list:
     return sorted(p.stem for p in d.glob("*.safetensors") if is_valid_name(p.stem) and p.is_file())
 
 
+def _find_archive(model_store: str | os.PathLike, name: str) -> Optional[Path]:
+    """The packaged archive of model `name` in the store (`<name>.mar`, or the folder `<name>/` of a no-archive
+    packaging), or None."""
+    store = Path(model_store).resolve()
+    return next((p for p in (store / f"{name}.mar", store / name) if p.exists()), None)
+
+
 def _extract_export(archive: Path, dest: Path) -> Path:
     """The `export/` folder of an archive (a `.mar` zip or a no-archive folder), extracted under `dest`."""
     import zipfile
@@ -248,37 +255,18 @@ def _extract_export(archive: Path, dest: Path) -> Path:
     return dest / "export"
 
 
-def check_adapter(model_store: str | os.PathLike, name: str, adapter_file: str | os.PathLike) -> dict:
-    """Load `adapter_file` with the runtime against the export packaged as `name` and render its first anchor
-    (or a zero latent); returns the runtime's person info. Raises ValueError naming the file on any problem."""
-    from runtime import Runtime
-    store = Path(model_store).resolve()
-    archive = next((p for p in (store / f"{name}.mar", store / name) if p.exists()), None)
-    if archive is None:
-        raise FileNotFoundError(f"{store}: no archive for model {name!r} (package it first)")
-    adapter_file = Path(adapter_file)
-    with tempfile.TemporaryDirectory(prefix="my3dgen-check-") as tmp:
-        tmp = Path(tmp)
-        export = _extract_export(archive, tmp)
-        people = tmp / "people"
-        people.mkdir()
-        try:
-            rt = Runtime(export, people_dir=people)
-            rt.add_person("candidate", adapter_file)
-            info = rt.person_info("candidate")
-            anchors = list(info.get("anchors") or [])
-            if anchors:
-                rt.novel_view("candidate", anchor=0)
-            return info
-        except Exception as e:  # noqa: BLE001 - report any failure as a bad adapter for this model
-            raise ValueError(f"{adapter_file}: not a usable adapter for model {name!r} "
-                             f"({type(e).__name__}: {e})") from e
-
-
 def add_person(model_store: str | os.PathLike, name: str, person: str, adapter_file: str | os.PathLike,
                overwrite: bool = False, check: bool = True) -> Path:
-    """Copy an adapter into `people/<name>/<person>.safetensors` atomically (a running server sees it at its
-    next request). With `check`, the adapter is first loaded and rendered against the packaged export."""
+    """Add `person` to the packaged model `name`: `people/<name>/<person>.safetensors` and its native onnxruntime
+    adapter files (a running server sees them at its next request); returns the adapter's path there.
+
+    The export is extracted from the archive once, and the person is added through the runtime's one route,
+    `runtime.people.PeopleStore.add` (the adapter read and checked against the export, copied, its native files
+    written), into a throwaway people folder; with `check`, a Runtime of the export adds it there and renders its
+    first anchor (when it has anchors). Only then are the files copied into the people folder, each atomically,
+    the adapter last (`_install`): a failed add leaves the people folder as it was. A model with no archive in the
+    store takes the file unchecked with `check=False` (there is no export to check it against or to derive native
+    files from), and is refused with `check`."""
     if not is_valid_name(person):
         raise ValueError(f"person {person!r}: use {NAME_RULE}")
     src = Path(adapter_file)
@@ -290,28 +278,52 @@ def add_person(model_store: str | os.PathLike, name: str, person: str, adapter_f
     dest = dest_dir / f"{person}.safetensors"
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest} exists (pass overwrite / --overwrite to replace it)")
-    if check:
-        check_adapter(model_store, name, src)
-    copy_file(src, dest)  # the temp file is '.<person>.safetensors.*.tmp': never listed while half-written
-    write_native_adapters(model_store, name, person)
-    return dest
-
-
-def write_native_adapters(model_store: str | os.PathLike, name: str, person: str) -> list:
-    """The person's onnxruntime-native adapter files next to their adapter (runtime.native_adapters), for a
-    packaged export whose graphs carry default adapter values; [] otherwise (the runtime then feeds arrays and
-    says why in the person's info)."""
-    from formats.export_manifest import ExportManifest
-    from runtime.people import PeopleStore
-    store = Path(model_store).resolve()
-    archive = next((p for p in (store / f"{name}.mar", store / name) if p.exists()), None)
+    archive = _find_archive(model_store, name)
     if archive is None:
-        return []
-    with tempfile.TemporaryDirectory(prefix="my3dgen-native-") as tmp:
-        manifest = ExportManifest.read(_extract_export(archive, Path(tmp)))
-        if not manifest.adapter_defaults_in_graph:
-            return []
-        return PeopleStore(manifest, people_dir(model_store, name)).write_native(person)
+        if check:
+            raise FileNotFoundError(f"{Path(model_store).resolve()}: no archive for model {name!r} (package it "
+                                    f"first)")
+        return copy_file(src, dest)  # the temp file is '.<person>.safetensors.*.tmp': never listed half-written
+    with tempfile.TemporaryDirectory(prefix="my3dgen-add-") as tmp:
+        tmp = Path(tmp)
+        export = _extract_export(archive, tmp)
+        staged = tmp / "people"
+        staged.mkdir()
+        if check:
+            written = _add_and_render(export, staged, name, person, src)
+        else:
+            from formats.export_manifest import ExportManifest
+            from runtime.people import PeopleStore
+            written = PeopleStore(ExportManifest.read(export), staged).add(person, src)
+        return _install(written, dest_dir, person)
+
+
+def _add_and_render(export: Path, staged: Path, name: str, person: str, src: Path) -> list:
+    """Add `person` to the people folder `staged` with a Runtime of `export` (Runtime.add_person ->
+    PeopleStore.add) and render their first anchor; returns the files written. Any failure is a ValueError naming
+    the adapter file and the model."""
+    from runtime import Runtime
+    try:
+        rt = Runtime(export, people_dir=staged)
+        written = rt.add_person(person, src)
+        if rt.person_info(person).get("anchors"):
+            rt.novel_view(person, anchor=0)
+        return written
+    except Exception as e:  # noqa: BLE001 - report any failure as a bad adapter for this model
+        raise ValueError(f"{src}: not a usable adapter for model {name!r} ({type(e).__name__}: {e})") from e
+
+
+def _install(written: list, dest_dir: Path, person: str) -> Path:
+    """Copy the files PeopleStore.add wrote (the adapter, then its native adapter files) into the people folder,
+    each atomically: the person's earlier native files out, the new ones in, the adapter last, so a server
+    reading the folder meanwhile renders the old version (with numpy feeds once its native files are gone) or the
+    new one with all its native files. Returns the adapter's path."""
+    from runtime.native_adapters import remove_native_adapters
+    adapter, natives = written[0], written[1:]
+    remove_native_adapters(dest_dir, person)
+    for f in natives:
+        copy_file(f, dest_dir / f.name)
+    return copy_file(adapter, dest_dir / adapter.name)
 
 
 def remove_person(model_store: str | os.PathLike, name: str, person: str) -> bool:

@@ -243,7 +243,7 @@ def test_eval_command_requires_identity(tmp_path):
 
 def _write_heldout(folder):
     from generator.imaging import save_png, to_uint8
-    from preprocess import write_dataset_json
+    from formats.dataset import write_dataset_json
     from fixtures.synthetic import HELDOUT_VIEWS, ground_truth_person, person_latent, render_views
     G, truth = ground_truth_person()
     images, cams = render_views(G, person_latent(G), HELDOUT_VIEWS, adapter=truth)

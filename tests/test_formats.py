@@ -1,5 +1,5 @@
-"""The torch-free core (formats/): names, atomic writes, fingerprints, versioned JSON, the adapter schema and the
-export manifest's writer and reader."""
+"""The torch-free core (formats/): names, atomic writes, fingerprints, versioned JSON, the adapter schema, the
+dataset.json writer and reader, and the export manifest's writer and reader."""
 from __future__ import annotations
 
 import json
@@ -115,3 +115,35 @@ def test_manifest_one_writer_one_reader(tmp_path):
         ExportManifest.read(tmp_path)
     with pytest.raises(ManifestError, match="missing .is .* an export directory"):
         ExportManifest.read(tmp_path / "nowhere")
+
+
+def test_dataset_json_one_writer_one_reader(tmp_path):
+    """formats.dataset: what write_dataset_json writes, read_dataset_json reads back as float32 labels (exactly);
+    a bad entry is refused before anything is written, naming the file, the entry and the field."""
+    from formats.cameras import lookat_label
+    from formats.dataset import DATASET_JSON, Sample, load_dataset, read_dataset_json, write_dataset_json
+    from formats.errors import DatasetError
+    entries = [(f"img{i}.png", lookat_label(0.2 * i - 0.2, 0.1 * i)) for i in range(3)]
+    for name, _ in entries:
+        (tmp_path / name).write_bytes(b"png")
+    path = write_dataset_json(tmp_path, entries)
+    assert path == tmp_path / DATASET_JSON
+    raw = json.loads(path.read_text())
+    assert list(raw) == ["labels"] and [row[0] for row in raw["labels"]] == [n for n, _ in entries]
+    back = read_dataset_json(tmp_path)
+    assert [n for n, _ in back] == [n for n, _ in entries]
+    for (_, a), (_, b) in zip(entries, back):
+        assert b.dtype == np.float32 and np.array_equal(a, b)
+    samples = load_dataset(tmp_path)
+    assert all(isinstance(s, Sample) and s.path.is_absolute() and s.path.is_file() for s in samples)
+    assert [s.name for s in samples] == [n for n, _ in entries] and np.array_equal(samples[2].label, back[2][1])
+    before = path.read_bytes()
+    bad_focal = entries[1][1].copy()
+    bad_focal[16] = -1.0
+    for bad, field in (((entries[1][0], bad_focal), r"label\[16\], label\[20\]"),
+                       (("../x.png", entries[1][1]), "relative path"),
+                       ((entries[1][0], entries[1][1][:24]), "25 numbers, got 24")):
+        with pytest.raises(DatasetError, match=field) as info:
+            write_dataset_json(tmp_path, [entries[0], bad])
+        assert str(info.value).startswith(f"{path}: labels[1] ")
+        assert isinstance(info.value, FormatError) and path.read_bytes() == before  # nothing written

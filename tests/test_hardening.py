@@ -411,6 +411,6 @@ def test_fingerprint_refuses_special_files():
 @pytest.mark.parametrize("value", [10 ** 400, float("inf")])
 def test_label_number_too_large_for_a_float_is_a_one_line_error(value):
     """Why ("tracebacks instead of one-line errors"): a dataset label number too large for a float."""
-    from preprocess.dataset import DatasetError, validate_label
+    from formats.dataset import DatasetError, validate_label
     with pytest.raises(DatasetError, match=r"label\[3\] is not finite"):
         validate_label([0.0] * 3 + [value] + [0.0] * 21, "dataset.json: labels[0]")

@@ -153,3 +153,45 @@ def test_cli_people_add_writes_and_people_remove_deletes_native_adapters(exports
     rt = Runtime(store / "tiny" / "export", folder, threads=2, backend="onnxruntime")
     assert rt.person_info("alice")["native_adapter"] == {"synthesis": True, "render": True}
     assert remove_person(store, "tiny", "alice") and not list(folder.glob(f"*{SUFFIX}"))
+
+
+def test_people_add_extracts_once_goes_through_the_people_store_and_is_all_or_nothing(exports, tmp_path,
+                                                                                       monkeypatch):
+    """`cli.py people add` (serve.package.add_person) on a zipped `.mar`: the export is extracted once and the
+    person goes through PeopleStore.add (rendered first with check); a refused adapter, with or without the check,
+    leaves the people folder byte for byte as it was; a replaced person gets the new version's native files."""
+    import zipfile
+
+    import serve.package as package
+    from runtime.errors import AdapterInvalid
+    store = tmp_path / "store"
+    store.mkdir()
+    with zipfile.ZipFile(store / "tiny.mar", "w") as z:
+        for f in sorted(p for p in exports["keep"].rglob("*") if p.is_file()):
+            z.write(f, (Path("export") / f.relative_to(exports["keep"])).as_posix())
+    extracted = []
+    real_extract = package._extract_export
+    monkeypatch.setattr(package, "_extract_export", lambda a, d: extracted.append(a) or real_extract(a, d))
+    alice, bob = exports["people"] / "alice.safetensors", exports["people"] / "bob.safetensors"
+    folder = package.people_dir(store, "tiny")
+    assert package.add_person(store, "tiny", "alice", alice) == folder / "alice.safetensors"
+    assert extracted == [(store / "tiny.mar").resolve()]
+    files = lambda: {p.name: p.read_bytes() for p in folder.iterdir()}  # noqa: E731
+    before = files()
+    assert len(before) == 3 and before["alice.safetensors"] == alice.read_bytes()
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00not an adapter file" * 8)
+    with pytest.raises(ValueError, match=f"{broken}: not a usable adapter for model 'tiny'"):
+        package.add_person(store, "tiny", "alice", broken, overwrite=True)
+    with pytest.raises(AdapterInvalid, match="broken.safetensors"):
+        package.add_person(store, "tiny", "alice", broken, overwrite=True, check=False)
+    with pytest.raises(FileExistsError, match="alice.safetensors exists"):
+        package.add_person(store, "tiny", "alice", bob)
+    assert files() == before  # nothing replaced, nothing left behind (no temp files)
+    extracted.clear()
+    package.add_person(store, "tiny", "alice", bob, overwrite=True, check=False)
+    assert extracted == [(store / "tiny.mar").resolve()]
+    assert (folder / "alice.safetensors").read_bytes() == bob.read_bytes()
+    info = Runtime(exports["keep"], folder, threads=2, backend="onnxruntime").person_info("alice")
+    assert info["fingerprint"] == sha256_file(bob) and info["native_adapter"] == {"synthesis": True, "render": True}
+    assert len(list(folder.glob(f"alice.*{SUFFIX}"))) == 2 and len(files()) == 3  # alice's old native files gone

@@ -376,7 +376,7 @@ def test_version1_checkpoint_resumes_only_under_its_own_lora_rule(person, tmp_pa
 
 def test_one_sided_reference_sets_are_named_with_the_missing_side(tmp_path):
     from formats.cameras import yaw_pitch_of
-    from preprocess.dataset import read_dataset_json, write_dataset_json
+    from formats.dataset import read_dataset_json, write_dataset_json
     from train.data import one_sided_warning
     from train.trainer import personalize
     assert one_sided_warning([-0.45, 0.0, 0.3], sym=True) is None          # both sides

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from formats.cameras import yaw_pitch_of
-from preprocess import DATASET_JSON, DatasetError, load_dataset, load_photo
+from formats.dataset import DATASET_JSON, DatasetError, load_dataset
+from preprocess import load_photo
 
 
 class TrainingDataError(ValueError):

@@ -80,7 +80,7 @@ def discover_roster(roster: str | os.PathLike) -> tuple[list[PersonSource], list
     A sub-folder whose name is not a valid person name is a failure of its own (the store could not hold it);
     any other entry (a file, a dangling symlink, a symlink loop) is a 'skipped' row saying why, so the summary
     accounts for every entry; hidden entries (`.name`) are ignored."""
-    from preprocess import DATASET_JSON
+    from formats.dataset import DATASET_JSON
 
     roster = Path(roster)
     if not roster.is_dir():
@@ -294,7 +294,8 @@ def _checkpoint_step(train_dir: Path) -> Optional[int]:
 
 def _prepare_data(task: PersonTask, echo: Callable[[str], None]) -> tuple[Path, Optional[dict]]:
     """The dataset folder to train on: the person's own, or their photos preprocessed (once) into data/."""
-    from preprocess import DATASET_JSON, REPORT_JSON, PreprocessConfig, preprocess_folder
+    from formats.dataset import DATASET_JSON
+    from preprocess import REPORT_JSON, PreprocessConfig, preprocess_folder
 
     if task.kind == "dataset":
         return task.source, None
