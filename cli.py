@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
+
+if __name__ == "__main__":  # re-execute under jemalloc before the command modules load, not after (entry())
+    from launch.allocator import preload
+    preload()
 from pathlib import Path
 from typing import Callable, Optional
 

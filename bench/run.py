@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "BENCHMARKS.md"
 SERVING_HEADING = "## Serving latency (TorchServe)"
 GPU_HEADING = "## GPU (scripts/gpu_check.sh)"  # written by bench/gpu_record.py
+STARTUP_HEADING = "## Command-line start-up (issue 28)"  # written by bench/startup.py
 BACKENDS_HEADING = "## Backends through TorchServe (issue 25)"  # written by --backends-only
 
 
@@ -490,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         backends = section_of(previous, BACKENDS_HEADING)  # without --backends-only the last measurement is kept
         if backends is not None:
             text += "\n" + backends
+        startup = section_of(previous, STARTUP_HEADING)  # written by bench/startup.py; kept as it is
+        if startup is not None:
+            text += "\n" + startup
         gpu = section_of(previous, GPU_HEADING)  # measured on a lent GPU by bench.gpu_record; kept as it is
         if gpu is not None:
             text += "\n" + gpu

@@ -6,15 +6,25 @@
 
 TensorRT engines built by `cli.py build-engine` are used where TensorRT is installed. Nothing here imports torch,
 generator/ or export/ (tests check it in a process where importing torch fails); file formats come from the
-torch-free `formats` package, which the runtime wheel and every `.mar` ship alongside.
+torch-free `formats` package, which the runtime wheel and every `.mar` ship alongside. Names load on first use
+(PEP 562), so importing one submodule (e.g. `runtime.backend`'s constants for a command's `--help`) stays cheap.
 """
-from runtime.errors import (AdapterInvalid, BudgetExceeded, ExportInvalid, InvalidRequest, RuntimeErrorBase,
-                            UnknownPerson)
-from runtime.batching import ViewRequest
-from runtime.requests import RequestLimits
-from runtime.result import RenderResult
-from runtime.runtime import Runtime
+from __future__ import annotations
 
-__all__ = ["Runtime", "RenderResult", "RequestLimits", "RuntimeErrorBase", "UnknownPerson", "InvalidRequest",
-           "BudgetExceeded", "AdapterInvalid", "ExportInvalid", "ViewRequest"]
+import importlib
+
+_LAZY = {
+    "Runtime": "runtime.runtime", "RenderResult": "runtime.result", "RequestLimits": "runtime.requests",
+    "ViewRequest": "runtime.batching", "RuntimeErrorBase": "runtime.errors", "UnknownPerson": "runtime.errors",
+    "InvalidRequest": "runtime.errors", "BudgetExceeded": "runtime.errors", "AdapterInvalid": "runtime.errors",
+    "ExportInvalid": "runtime.errors",
+}
+__all__ = list(_LAZY)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -4,6 +4,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from tests.conftest import REPO
 from tests.helpers.cli import run_cli
 
 
@@ -190,3 +191,12 @@ def test_render_writes_the_format_its_suffix_names(tmp_path):
     bad = run_cli("render", "--preset", "tiny", "--out", tmp_path / "view.bmp", check=False)
     assert bad.returncode == 2 and "--out" in bad.stderr and ".png or .jpg" in bad.stderr
     assert not (tmp_path / "view.bmp").exists()
+
+
+def test_help_and_usage_errors_load_no_heavy_library():
+    """`--help` and argument checks answer before torch, scipy or onnxruntime load (bench/startup.py times it)."""
+    import subprocess
+    code = ("import sys; import cli; heavy = [m for m in ('torch', 'scipy', 'onnxruntime') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
