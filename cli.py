@@ -34,7 +34,7 @@ except ImportError:
 
 from cli_options import (ALPHA_RANGE, PITCH_RANGE, RANK_RANGE, SEED_RANGE, YAW_RANGE, ModelDir, PresetName, Truncation,
                          TruncationCutoff, bounded_numbers, build_model_source, check_limit, check_truncation_cutoff,
-                         parse_floats, up_to)
+                         parse_floats, parse_seeds, up_to)
 from evaluation import commands as evaluation_commands
 from export import commands as export_commands
 from formats.errors import FormatError
@@ -72,10 +72,9 @@ def convert(pkl: Path = typer.Argument(..., exists=True, dir_okay=False, help="O
 def _subject(G, adapter: Optional[Path], anchor: Optional[str], seed: int, truncation: float,
              truncation_cutoff: Optional[int]):
     """Attach --adapter to G (if given) and return (ws [1, num_ws, w_dim] of --anchor or of --seed, its anchors)."""
-    import torch
     from generator.adapter_file import load_adapter
     from generator.lora import attach
-    from generator.views import anchor_latent, camera_batch, latent_from_seed
+    from generator.views import anchor_latent
     check_truncation_cutoff(truncation_cutoff, G.num_ws)
     anchors = None
     if adapter is not None:
@@ -85,9 +84,16 @@ def _subject(G, adapter: Optional[Path], anchor: Optional[str], seed: int, trunc
         if anchors is None:
             raise typer.BadParameter("--anchor needs an --adapter file that stores anchors")
         return anchor_latent(G, anchors, anchor)[0], anchors
+    return _seed_latent(G, seed, truncation, truncation_cutoff), anchors
+
+
+def _seed_latent(G, seed: int, truncation: float, truncation_cutoff: Optional[int]):
+    """ws [1, num_ws, w_dim] of a seed's z (numpy RandomState, as the official gen_samples.py), frontal camera."""
+    import torch
+    from generator.views import camera_batch, latent_from_seed
     with torch.no_grad():
         return G.mapping(latent_from_seed(G, seed), camera_batch(G, [(0.0, 0.0)]), truncation_psi=truncation,
-                         truncation_cutoff=truncation_cutoff), anchors
+                         truncation_cutoff=truncation_cutoff)
 
 
 def render(model: ModelDir = None, preset: PresetName = None,
@@ -96,6 +102,10 @@ def render(model: ModelDir = None, preset: PresetName = None,
                                                            "instead of a seed."),
            seed: int = typer.Option(0, **SEED_RANGE, help="Seed of z (numpy RandomState, as official "
                                                           "gen_samples.py)."),
+           seeds: Optional[str] = typer.Option(None, help="Seeds and inclusive ranges, e.g. 0-3,7 (as EG3D's "
+                                                          "gen_samples.py): one picture per seed, "
+                                                          "OUTDIR/seedNNNN.png (at most max_seeds in "
+                                                          "MY3DGEN_LIMITS, 1000 by default)."),
            yaw: float = typer.Option(0.0, **YAW_RANGE, help="Camera yaw offset from frontal, radians."),
            pitch: float = typer.Option(0.0, **PITCH_RANGE, help="Camera pitch offset from frontal, radians."),
            grid_yaws: Optional[str] = typer.Option(None, help="Comma-separated yaws, each in --yaw's range: render "
@@ -121,8 +131,9 @@ def render(model: ModelDir = None, preset: PresetName = None,
            compile_model: bool = typer.Option(False, "--compile", help="torch.compile the renderer and "
                                               "super-resolution: faster views, but the first call compiles for "
                                               "1-2 min (cached in $TORCHINDUCTOR_CACHE_DIR)."),
-           out: Path = typer.Option(..., "--out", help="Picture to write: .png or .jpg (.mp4 or .gif with "
-                                                       "--video).")):
+           out: Optional[Path] = typer.Option(None, "--out", help="Picture to write: .png or .jpg (.mp4 or .gif "
+                                                                  "with --video)."),
+           outdir: Optional[Path] = typer.Option(None, "--outdir", help="--seeds: the folder for the pictures.")):
     """Render one view, or a yaw x pitch grid, of a model or a preset (optionally a person's adapter) to a PNG;
     or a turntable or interpolation video."""
     from generator.precision import PRECISIONS, inference_precision
@@ -130,16 +141,23 @@ def render(model: ModelDir = None, preset: PresetName = None,
         raise typer.BadParameter(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if video is not None and precision != "fp32":
         raise typer.BadParameter("--precision bf16 renders still images only (videos are fp32)")
+    one_file = out is not None and seeds is None and outdir is None
+    per_seed = out is None and seeds is not None and outdir is not None
+    if not (one_file or per_seed):
+        raise typer.BadParameter("give --out FILE, or --seeds LIST --outdir DIR (one picture per seed)")
+    if seeds is not None and (anchor is not None or video is not None):
+        raise typer.BadParameter("--seeds renders seeds' latents as pictures: not with --anchor or --video")
+    seed_list = parse_seeds(seeds) if seeds is not None else (seed,)
     yaws = parse_floats(grid_yaws, "--grid-yaws", YAW_RANGE) if grid_yaws else (yaw,)
     pitches = parse_floats(grid_pitches, "--grid-pitches", PITCH_RANGE) if grid_pitches else (pitch,)
     check_limit(len(yaws) * len(pitches), "max_views", "--grid-yaws x --grid-pitches", "views")
     views = [(y, p) for p in pitches for y in yaws]
     from generator.imaging import image_format, save_image
     from generator.views import render_views, views_picture
-    if video is None:
+    if out is not None and video is None:
         image_format(out)  # a bad suffix is refused before any work
     G = build_model_source(model, preset)
-    ws, anchors = _subject(G, adapter, anchor, seed, truncation, truncation_cutoff)
+    ws, anchors = _subject(G, adapter, anchor, seed_list[0], truncation, truncation_cutoff)
     if compile_model:
         G.compile_for_inference()
     if video is not None:
@@ -147,12 +165,18 @@ def render(model: ModelDir = None, preset: PresetName = None,
         typer.echo(render_video_command(G, video, ws, anchors, anchor, to, out, frames, fps, size,
                                         grid=bool(grid_yaws or grid_pitches or depth or stochastic)))
         return
-    with inference_precision(precision):
-        outs = render_views(G, ws, views, sampling="stochastic" if stochastic else "deterministic",
-                            noise_mode="random" if stochastic else "const")
-    outs = [{k: v.float() for k, v in o.items()} for o in outs]
-    save_image(views_picture(outs, cols=len(yaws), with_depth=depth), out)
-    typer.echo(f"wrote {out} ({len(views)} view(s), {G.img_resolution}x{G.img_resolution} each)")
+    targets = [(s, outdir / f"seed{s:04d}.png") for s in seed_list] if outdir is not None else [(seed, out)]
+    if outdir is not None:
+        outdir.mkdir(parents=True, exist_ok=True)
+    for s, path in targets:
+        if s != seed_list[0]:
+            ws = _seed_latent(G, s, truncation, truncation_cutoff)
+        with inference_precision(precision):
+            outs = render_views(G, ws, views, sampling="stochastic" if stochastic else "deterministic",
+                                noise_mode="random" if stochastic else "const")
+        outs = [{k: v.float() for k, v in o.items()} for o in outs]
+        save_image(views_picture(outs, cols=len(yaws), with_depth=depth), path)
+        typer.echo(f"wrote {path} ({len(views)} view(s), {G.img_resolution}x{G.img_resolution} each)")
 
 
 def mesh(model: ModelDir = None, preset: PresetName = None,

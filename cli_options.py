@@ -168,6 +168,27 @@ def parse_floats(text: str, option: str, bounds: dict[str, float], limit: str = 
     return tuple(float(number.check(v, option)) for v in items)
 
 
+def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
+    """'0-3,7' -> (0, 1, 2, 3, 7), as EG3D's gen_samples.py reads --seeds: comma-separated seeds and inclusive
+    ranges, each seed in SEED_RANGE, at most Limits.max_seeds in all; anything else is a usage error naming
+    `option`."""
+    number = Bounded(int, SEED_RANGE["min"], SEED_RANGE["max"])
+    seeds: list[int] = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        first, dash, last = item.partition("-")
+        lo = int(number.check(first.strip(), option))
+        hi = int(number.check(last.strip(), option)) if dash else lo
+        if hi < lo:
+            raise typer.BadParameter(f"range {item!r} runs backwards", param_hint=_hint(option))
+        check_limit(len(seeds) + hi - lo + 1, "max_seeds", option, "seeds")
+        seeds += range(lo, hi + 1)
+    if not seeds:
+        raise typer.BadParameter("is empty", param_hint=_hint(option))
+    return tuple(seeds)
+
+
 def _regular_file(value: Optional[Path]) -> Optional[Path]:
     """Callback of a file parameter that must exist: it must also be a regular file. A device, FIFO or socket
     (/dev/zero, /dev/stdin) has no size to check and may never end."""

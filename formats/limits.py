@@ -68,6 +68,8 @@ class Limits:
     max_views: int = 100
     """Most camera views one command renders from a list (`render --grid-yaws x --grid-pitches`, `eval
     --inversion-yaws x --inversion-pitches`): a 10 x 10 grid; every view is a full render."""
+    max_seeds: int = 1000
+    """Most seeds one `render --seeds` call renders (one picture each, as EG3D's gen_samples.py)."""
     max_mesh_resolution: int = 512
     """Largest density grid side N of `mesh --resolution` (N^3 samples): EG3D's own 512, a 512 MiB volume, the
     most the mesh code supports."""

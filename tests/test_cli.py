@@ -200,3 +200,23 @@ def test_help_and_usage_errors_load_no_heavy_library():
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_render_seed_ranges_into_an_outdir_like_gen_samples(tmp_path):
+    from cli_options import parse_seeds
+    assert parse_seeds("0-3,7") == (0, 1, 2, 3, 7) and parse_seeds(" 5 ") == (5,)
+    for bad in ("3-1", "", "x", "-1", "0-5000"):
+        try:
+            parse_seeds(bad)
+        except Exception as e:  # typer.BadParameter
+            assert "--seeds" in str(getattr(e, "param_hint", "")) or "--seeds" in str(e), (bad, e)
+        else:
+            raise AssertionError(f"--seeds {bad!r} was accepted")
+    out = tmp_path / "samples"
+    run_cli("render", "--preset", "tiny", "--seeds", "2-3", "--outdir", out)
+    assert sorted(p.name for p in out.iterdir()) == ["seed0002.png", "seed0003.png"]
+    single = tmp_path / "one.png"
+    run_cli("render", "--preset", "tiny", "--seed", 3, "--out", single)
+    assert np.array_equal(np.asarray(Image.open(single)), np.asarray(Image.open(out / "seed0003.png")))
+    both = run_cli("render", "--preset", "tiny", "--seeds", "1", "--out", single, check=False)
+    assert both.returncode == 2 and "--seeds LIST --outdir DIR" in both.stderr
