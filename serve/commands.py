@@ -13,13 +13,14 @@ from cli_options import up_to
 from serve.server import DEFAULT_PORTS
 
 MAX_PORT = 65535
+STORE_HELP = "Model store folder (default ./model_store, in the current directory; printed in full)."
 """The largest TCP port."""
 
 
 def package(export_dir: Path = typer.Argument(..., exists=True, file_okay=False,
                                               help="Export folder (from `cli.py export`)."),
             name: str = typer.Option(..., "--name", help="Model name: /predictions/NAME, NAME.mar."),
-            model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder."),
+            model_store: Path = typer.Option(Path("model_store"), "--model-store", help=STORE_HELP),
             workers: int = typer.Option(1, **up_to("max_workers"), help="TorchServe min/max workers."),
             batch_size: int = typer.Option(1, **up_to("max_batch"), help="TorchServe batchSize."),
             max_batch_delay_ms: int = typer.Option(50, min=0, max=60_000, help="TorchServe maxBatchDelay (ms)."),
@@ -61,21 +62,50 @@ def package(export_dir: Path = typer.Argument(..., exists=True, file_okay=False,
                         overwrite=overwrite, check=check)
     path = package_model(export_dir, cfg)
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    typer.echo(f"wrote {path} ({size / 1e6:.1f} MB); people go in {model_store / 'people' / name}/ "
+    people = (model_store / "people" / name).resolve()
+    typer.echo(f"wrote {path.resolve()} ({size / 1e6:.1f} MB); people go in {people}/ "
                f"(`cli.py people add {name} PERSON ADAPTER`)")
 
 
-def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder."),
+def parse_ports(items: list[str]) -> dict[str, int]:
+    """['metrics=9102', ...] -> {'metrics': 9102}: known roles, ports 1..65535, each role once; else a usage
+    error naming the item."""
+    ports: dict[str, int] = {}
+    for item in items:
+        role, eq, value = item.partition("=")
+        role = role.strip()
+        if not eq or role not in DEFAULT_PORTS:
+            raise typer.BadParameter(f"{item!r}: expected ROLE=PORT with ROLE one of {', '.join(DEFAULT_PORTS)}",
+                                     param_hint="--port")
+        if role in ports:
+            raise typer.BadParameter(f"{role} given twice", param_hint="--port")
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = 0
+        if not 1 <= number <= MAX_PORT:
+            raise typer.BadParameter(f"{item!r}: the port must be an integer in 1..{MAX_PORT}", param_hint="--port")
+        ports[role] = number
+    return ports
+
+
+def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store", help=STORE_HELP),
           models: str = typer.Option("all", "--models", help="Comma-separated model names, or all."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address of every listener. Anything but "
                                                                "loopback exposes the server to the network."),
           port_offset: int = typer.Option(0, "--port-offset", min=0, max=MAX_PORT - max(DEFAULT_PORTS.values()),
-                                          help="Added to every default port (8080/8081/8082, gRPC 7070/7071)."),
+                                          help="Added to every default port (8080/8081/8082, gRPC 7070/7071, "
+                                               "workers 9000+, distribution 29500)."),
+          port: Optional[list[str]] = typer.Option(None, "--port",
+                                                   help="ROLE=PORT, repeatable: bind one listener explicitly "
+                                                        f"(roles: {', '.join(DEFAULT_PORTS)}); TorchServe cannot "
+                                                        "turn its gRPC listeners off, only move them."),
           enable_model_api: bool = typer.Option(False, "--enable-model-api",
                                                 help="Allow registering/deleting models over HTTP (local model "
                                                      "store archives only)."),
           run_dir: Path = typer.Option(Path("logs/torchserve"), "--run-dir",
-                                       help="Folder for config, pid, key file and logs."),
+                                       help="Folder for config, pid, key file and logs (relative to the current "
+                                            "directory; printed in full at start)."),
           token_expiration_min: int = typer.Option(60, min=1, max=525_600,
                                                    help="Lifetime of the API keys in minutes (up to a year)."),
           stop: bool = typer.Option(False, "--stop", help="Stop the server started from --run-dir and wait."),
@@ -94,6 +124,7 @@ def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store",
         return
     names = "all" if models.strip() == "all" else [m.strip() for m in models.split(",") if m.strip()]
     cfg = ServeConfig(model_store=model_store, models=names, host=host, port_offset=port_offset,
+                      ports=parse_ports(port or []),
                       enable_model_api=enable_model_api, run_dir=run_dir, token_expiration_min=token_expiration_min,
                       backend=backend, precision=precision)
     info = start_server(cfg, wait=True, timeout_s=timeout)
@@ -102,8 +133,11 @@ def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store",
                f"metrics {info.metrics_url})")
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"WARNING: listening on {host}: reachable from other machines; keep the key file secret.")
-    typer.echo(f"API keys (Authorization: Bearer <inference key>): {info.key_file}")
-    typer.echo(f"logs: {info.run_dir / 'logs'}\nexample:\n{curl_example(info, info.models[0])}")
+    typer.echo("ports: " + ", ".join(f"{role} {p}" for role, p in info.ports.items()) + " (docs/SECURITY.md)")
+    typer.echo(f"API keys (Authorization: Bearer <inference key>): {info.key_file}; /metrics takes no key "
+               f"(TorchServe authorizes inference and management only)")
+    typer.echo(f"model store: {Path(model_store).resolve()}\nlogs: {(info.run_dir / 'logs').resolve()}")
+    typer.echo(f"example:\n{curl_example(info, info.models[0])}")
     typer.echo(f"stop: cli.py serve --stop --run-dir {info.run_dir}")
     if foreground:
         import time
@@ -118,7 +152,7 @@ def serve(model_store: Path = typer.Option(Path("model_store"), "--model-store",
 def people_add(name: str = typer.Argument(..., help="Model name (its NAME.mar is in the store)."),
                person: str = typer.Argument(..., help="Person name (A-Z a-z 0-9 _ -, up to 64)."),
                adapter_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Adapter .safetensors."),
-               model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder."),
+               model_store: Path = typer.Option(Path("model_store"), "--model-store", help=STORE_HELP),
                overwrite: bool = typer.Option(False, help="Replace an existing person."),
                check: bool = typer.Option(True, help="Load and render the adapter against the packaged model "
                                                      "first.")):
@@ -130,7 +164,7 @@ def people_add(name: str = typer.Argument(..., help="Model name (its NAME.mar is
 
 def people_remove(name: str = typer.Argument(..., help="Model name."),
                   person: str = typer.Argument(..., help="Person name."),
-                  model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder.")):
+                  model_store: Path = typer.Option(Path("model_store"), "--model-store", help=STORE_HELP)):
     """Remove a person from a packaged model (no server restart)."""
     from serve.package import remove_person
     removed = remove_person(model_store, name, person)
@@ -138,7 +172,7 @@ def people_remove(name: str = typer.Argument(..., help="Model name."),
 
 
 def people_list(name: str = typer.Argument(..., help="Model name."),
-                model_store: Path = typer.Option(Path("model_store"), "--model-store", help="Model store folder.")):
+                model_store: Path = typer.Option(Path("model_store"), "--model-store", help=STORE_HELP)):
     """List the people of a packaged model."""
     from serve.package import list_people
     names = list_people(model_store, name)

@@ -220,3 +220,22 @@ def test_render_seed_ranges_into_an_outdir_like_gen_samples(tmp_path):
     assert np.array_equal(np.asarray(Image.open(single)), np.asarray(Image.open(out / "seed0003.png")))
     both = run_cli("render", "--preset", "tiny", "--seeds", "1", "--out", single, check=False)
     assert both.returncode == 2 and "--seeds LIST --outdir DIR" in both.stderr
+
+
+def test_serve_binds_listeners_explicitly_and_refuses_bad_ports():
+    import typer
+
+    from serve.commands import parse_ports
+    from serve.server import ServeConfig
+    ports = parse_ports(["metrics=9102", " grpc_inference = 17070"])
+    assert ports == {"metrics": 9102, "grpc_inference": 17070}
+    resolved = ServeConfig(model_store=REPO, models="all", ports=ports, port_offset=1).resolved_ports()
+    assert resolved["metrics"] == 9102 and resolved["grpc_inference"] == 17070 and resolved["inference"] == 8081
+    for bad, why in ((["metric=1"], "ROLE=PORT"), (["metrics"], "ROLE=PORT"), (["metrics=0"], "1..65535"),
+                     (["metrics=x"], "1..65535"), (["metrics=1", "metrics=2"], "twice")):
+        try:
+            parse_ports(bad)
+        except typer.BadParameter as e:
+            assert why in str(e), (bad, e)
+        else:
+            raise AssertionError(f"--port {bad} was accepted")
