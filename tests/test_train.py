@@ -398,3 +398,22 @@ def test_one_sided_reference_sets_are_named_with_the_missing_side(tmp_path):
     personalize(build_generator(preset_name="tiny"), one_sided, tmp_path / "p.safetensors", cfg, preview=False,
                 echo=said.append)
     assert any("one-sided reference set" in m and f"all {len(kept)} photos" in m for m in said), said
+
+
+def test_the_plan_and_measured_estimates_come_before_the_work(tmp_path):
+    """Both phases are announced with the option that sets each, and each gets an estimate from its first steps."""
+    from train.projector import duration
+    from train.trainer import personalize
+    assert (duration(40), duration(240), duration(9060)) == ("40 s", "4 min", "2 h 31 min")
+    said = []
+    cfg = dataclasses.replace(TrainConfig(), iterations=6, sym=False,
+                              projector=dataclasses.replace(TrainConfig().projector, steps=4))
+    personalize(build_generator(preset_name="tiny"), SAMPLES, tmp_path / "p.safetensors", cfg, preview=False,
+                echo=said.append, inversion_batch=5)
+    text = "\n".join(said)
+    assert said.index(next(m for m in said if m.startswith("plan:"))) < said.index(
+        next(m for m in said if "s/step measured" in m))
+    assert "--inversion-steps" in text and "--iterations" in text
+    assert "10 photo(s) to invert (0 cached): 4 steps x 2 batch(es) of up to 5" in text
+    assert "W inversion: " in text and "s/step measured; 4 steps x 2 batch(es): about" in text
+    assert "training: " in text and "3 steps left: about" in text

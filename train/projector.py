@@ -24,7 +24,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import statistics
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -124,7 +127,7 @@ def _check_inputs(G, images: torch.Tensor, cameras: torch.Tensor) -> None:
 def project_batch(G: torch.nn.Module, images: torch.Tensor, cameras: torch.Tensor,
                   config: ProjectorConfig | None = None, seed: int = 0, cache_dir: str | Path | None = None,
                   lpips: LPIPS | None = None, progress: bool = False, desc: str = "W inversion",
-                  chunk: int = 4) -> torch.Tensor:
+                  chunk: int = 4, echo: Callable[[str], None] | None = None) -> torch.Tensor:
     """Invert photos [N, 3, S, S] in [-1, 1] at cameras [N, 25] -> W latents [N, w_dim] ([N, num_ws, w_dim] in W+).
 
     Cached results are reused; the rest are optimised together, `chunk` photos at a time (an ffhq512-128
@@ -156,10 +159,19 @@ def project_batch(G: torch.nn.Module, images: torch.Tensor, cameras: torch.Tenso
         with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: keep the caller's
             lpips = LPIPS("vgg")
     chunk = max(1, int(chunk))
+    batches = -(-len(todo) // chunk)
+    if echo is not None and todo:
+        echo(f"W inversion: {len(todo)} photo(s) to invert ({n - len(todo)} cached): {config.steps} steps x "
+             f"{batches} batch(es) of up to {chunk} (--inversion-steps sets the steps)")
+
+    def estimate(step_seconds: float) -> None:
+        echo(f"W inversion: {step_seconds:.2f} s/step measured; {config.steps} steps x {batches} batch(es): about "
+             f"{duration(step_seconds * config.steps * batches)}")
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         label = desc if len(todo) <= chunk else f"{desc} [{start + 1}-{start + len(part)} of {len(todo)}]"
-        ws, final = _optimise(G, images[part], cameras[part], config, seed, lpips, progress, label)
+        ws, final = _optimise(G, images[part], cameras[part], config, seed, lpips, progress, label,
+                              estimate if echo is not None and start == 0 else None)
         for j, i in enumerate(part):
             out[i] = ws[j]
             if cache_dir is not None:
@@ -234,8 +246,19 @@ def _downsample(images: torch.Tensor, size: int) -> torch.Tensor:
     return images
 
 
+ESTIMATE_AFTER = 3
+"""Steps timed before a phase's time estimate is printed (the first includes warm-up, so the median is used)."""
+
+
+def duration(seconds: float) -> str:
+    """'2 h 31 min', '4 min', '40 s': a time estimate as people read it."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    return f"{max(1, round(seconds / 60))} min" if seconds >= 90 else f"{max(1, round(seconds))} s"
+
+
 def _optimise(G, images, cameras, config: ProjectorConfig, seed: int, lpips: LPIPS, progress: bool,
-              desc: str) -> tuple[torch.Tensor, list[float]]:
+              desc: str, estimate: Callable[[float], None] | None = None) -> tuple[torch.Tensor, list[float]]:
     from tqdm import tqdm
 
     device = images.device
@@ -269,7 +292,9 @@ def _optimise(G, images, cameras, config: ProjectorConfig, seed: int, lpips: LPI
         dist = None
         bar = tqdm(range(config.steps), desc=desc, unit="step", disable=not progress, leave=False,
                    dynamic_ncols=True)
+        seconds = []
         for step in bar:
+            t0 = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(step)
             factor = config.noise_factor_at(step)
@@ -293,6 +318,9 @@ def _optimise(G, images, cameras, config: ProjectorConfig, seed: int, lpips: LPI
                 _normalize_noise(maps)
             if progress:
                 bar.set_postfix(lpips=f"{float(dist.detach().mean()):.4f}")
+            seconds.append(time.perf_counter() - t0)
+            if estimate is not None and len(seconds) == ESTIMATE_AFTER:
+                estimate(statistics.median(seconds))
         bar.close()
     finally:
         G.train(was_training)

@@ -21,6 +21,7 @@ import json
 import math
 import random
 import signal
+import statistics
 import threading
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from perception.lpips import LPIPS
 from train.checkpoint import CHECKPOINT_FILE, CheckpointError, RngStates, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.data import TrainingSet, load_training_set, one_sided_warning
+from train.projector import ESTIMATE_AFTER, duration
 from train.losses import (
     orbit_symmetric_cameras,
     reconstruction_losses,
@@ -335,6 +337,7 @@ class Trainer:
         log = open(self.log_path, "a") if self.log_path is not None else None
         bar = tqdm(total=end, initial=self.step, desc="training", disable=not self.progress, dynamic_ncols=True)
         flag: dict = {}
+        timed: list[float] = []
         try:
             with self._training_mode(), _sigint_deferred(flag):
                 while self.step < end:
@@ -351,6 +354,11 @@ class Trainer:
                         log.flush()
                     bar.update(1)
                     bar.set_postfix(_postfix(record, self.recent), refresh=False)
+                    timed.append(dt)
+                    if len(timed) == ESTIMATE_AFTER and self.step < end:
+                        step_s = statistics.median(timed)
+                        self.echo(f"training: {step_s:.2f} s/step measured; {end - self.step} steps left: about "
+                                  f"{duration(step_s * (end - self.step))} (--iterations sets the steps)")
                     last = self.step == end
                     if self.step % cfg.checkpoint_every == 0 or last or flag.get("stop"):
                         self.rng = RngStates.capture(self.sampler)
@@ -453,11 +461,14 @@ def personalize(G: torch.nn.Module, dataset_dir: str | Path, out: str | Path, co
     warning = one_sided_warning(data.yaws(), config.sym)
     if warning:
         echo(warning)
+    echo(f"plan: W inversion of each photo ({config.projector.steps} steps, --inversion-steps), then "
+         f"{config.iterations} training steps of batch {config.batch} (--iterations); a time estimate follows "
+         f"the first steps of each")
     t0 = time.perf_counter()
     ws = project_batch(G, data.images, data.cameras, config.projector, seed=config.seed,
                        cache_dir=Path(inversion_cache_dir) if inversion_cache_dir is not None else ckpt / INVERSION_DIR,
                        progress=progress, chunk=inversion_batch,
-                       desc=f"W inversion of {len(data)} photo(s)")
+                       desc=f"W inversion of {len(data)} photo(s)", echo=echo)
     inversion_seconds = time.perf_counter() - t0
     trainer = Trainer(G, data, ws, config, ckpt, identity=identity, progress=progress, restart=restart, echo=echo)
     result = trainer.run()
