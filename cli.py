@@ -7,7 +7,8 @@ dependencies inside the function, so `cli.py --help` stays fast.
 
 Options: every number a user sets is finite and within a range stated in `--help` (cli_options.py: typer's
 `min=`/`max=`, or a `formats.limits.Limits` field for counts and sizes), checked by `build_app` for every command
-before any work starts.
+before any work starts. An option that sets a config field (`train --rank` -> TrainConfig.rank) takes its default,
+and often its help, from the field (cli_defaults.py), so each default is written once.
 
 Errors: an expected failure (a bad input file, value or name: `EXPECTED_ERRORS`) prints one line `error: ...` and
 exits with code 2, and so does a usage error (a bad or missing option); anything else is a bug and keeps its
@@ -35,6 +36,7 @@ except ImportError:
 from cli_options import (ALPHA_RANGE, PITCH_RANGE, RANK_RANGE, SEED_RANGE, YAW_RANGE, ModelDir, PresetName, Truncation,
                          TruncationCutoff, bounded_numbers, build_model_source, check_limit, check_truncation_cutoff,
                          parse_floats, parse_seeds, up_to)
+from cli_defaults import field_option
 from evaluation import commands as evaluation_commands
 from export import commands as export_commands
 from formats.errors import FormatError
@@ -45,6 +47,9 @@ from train import many_command as train_many_command
 from web import commands as web_commands
 
 DEBUG_ENV = "MY3DGEN_DEBUG"
+
+MESH, POLICY = "generator.mesh:MeshConfig", "generator.lora_targets:AdapterPolicy"
+"""The configs whose fields give `mesh`'s and `adapters`' options their defaults (cli_defaults.py)."""
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (FormatError, ValueError, OSError)
 """Exceptions that mean bad input (a file not in its format, a bad value or name, a missing or unreadable file),
@@ -187,14 +192,14 @@ def mesh(model: ModelDir = None, preset: PresetName = None,
                                                         "gen_samples.py)."),
          truncation: Truncation = 0.7,
          truncation_cutoff: TruncationCutoff = None,
-         resolution: int = typer.Option(128, **up_to("max_mesh_resolution", 8),
+         resolution: int = field_option(MESH, "resolution", **up_to("max_mesh_resolution", 8),
                                         help="Density grid side N (N^3 samples; EG3D uses 512)."),
-         level: float = typer.Option(10.0, min=-1000.0, max=1000.0, help="Iso-level on the raw density (EG3D's "
-                                                                          "is 10)."),
-         trim: float = typer.Option(30 / 256, min=0.0, max=0.49, help="Border fraction of the box cut off (EG3D: "
-                                                                       "30/256)."),
-         chunk: int = typer.Option(1 << 18, **up_to("max_mesh_chunk"), help="Points per decoder call (bounds "
-                                                                              "memory)."),
+         level: float = field_option(MESH, "level", min=-1000.0, max=1000.0, help="Iso-level on the raw density "
+                                                                                   "(EG3D's is 10)."),
+         trim: float = field_option(MESH, "trim", min=0.0, max=0.49, help="Border fraction of the box cut off "
+                                                                           "(EG3D: 30/256)."),
+         chunk: int = field_option(MESH, "chunk", **up_to("max_mesh_chunk"), help="Points per decoder call "
+                                                                                   "(bounds memory)."),
          mrc: Optional[Path] = typer.Option(None, "--mrc", help="Also write the density volume as EG3D's .mrc."),
          out: Path = typer.Option(..., "--out", help="Mesh to write: .ply or .obj, with vertex colours.")):
     """The density field on a cube grid over the tri-plane box, marching cubes, a coloured .ply/.obj mesh."""
@@ -206,14 +211,15 @@ def mesh(model: ModelDir = None, preset: PresetName = None,
 
 
 def adapters(model: ModelDir = None, preset: PresetName = None,
-             rank: int = typer.Option(4, **RANK_RANGE, help="LoRA rank r."),
+             rank: int = field_option(POLICY, "rank", **RANK_RANGE, help="LoRA rank r."),
+             # None: alpha = the rank given (scale 1); the policy's default alpha 4.0 is that only at rank 4.
              alpha: Optional[float] = typer.Option(None, **ALPHA_RANGE, help="LoRA alpha (default: rank, i.e. "
                                                                              "scale 1)."),
-             layout: str = typer.Option("loralib", help="loralib (paper budget) | flat (PEFT convention)."),
-             decoder: bool = typer.Option(True, help="Fine-tune the OSG decoder."),
-             biases: bool = typer.Option(True, help="Train biases, noise strengths and the const."),
+             layout: str = field_option(POLICY, "layout", help="loralib (paper budget) | flat (PEFT convention)."),
+             decoder: bool = field_option(POLICY, "train_decoder", help="Fine-tune the OSG decoder."),
+             biases: bool = field_option(POLICY, "train_biases", help="Train biases, noise strengths and the const."),
              mapping: bool = typer.Option(False, help="Also put LoRA on the mapping network."),
-             mode: str = typer.Option("lora", help="lora | full (full fine-tuning baseline)."),
+             mode: str = field_option(POLICY, "mode", help="lora | full (full fine-tuning baseline)."),
              file: Optional[Path] = typer.Option(None, "--file", help="Describe this adapter file instead.")):
     """Show what a person trains: a table of LoRA targets and parameter counts (or an adapter file's metadata)."""
     import json

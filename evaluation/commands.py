@@ -11,8 +11,12 @@ from typing import List, Optional
 
 import typer
 
+from cli_defaults import field_option
 from cli_options import (PITCH_RANGE, SEED_RANGE, YAW_RANGE, ModelDir, PresetName, build_model_source, check_limit,
                          parse_floats, up_to)
+
+EVAL, PTI = "evaluation.protocol:EvalConfig", "evaluation.pti:PTIConfig"
+"""The configs whose fields give the options their defaults (cli_defaults.py)."""
 
 QUICK = {"pairs": 2, "views": 4, "weights": 3, "latent_steps": 30, "tune_steps": 20, "anchor_steps": 30,
          "max_test_photos": 2, "inversion_yaws": (-0.35, 0.0, 0.35), "inversion_pitches": (0.0,)}
@@ -66,17 +70,16 @@ def invert(photo: Path = typer.Argument(..., exists=True, dir_okay=False, help="
            yaw: Optional[float] = typer.Option(None, **YAW_RANGE, help="Camera yaw from frontal, radians (instead "
                                                                        "of a label)."),
            pitch: Optional[float] = typer.Option(None, **PITCH_RANGE, help="Camera pitch from frontal, radians."),
-           latent_steps: int = typer.Option(600, **up_to("max_steps"), help="Stage 1: W projector steps (paper: "
-                                                                            "600)."),
-           tune_steps: int = typer.Option(350, **up_to("max_steps", 0), help="Stage 2: generator tuning steps "
-                                                                              "(paper: 350)."),
-           tune: str = typer.Option("full", help="full: tune all synthesis/SR/decoder weights (PTI); adapter: tune "
-                                                 "a copy of the person's adapter (a LoRA person stays small)."),
+           latent_steps: int = field_option(PTI, "latent_steps", **up_to("max_steps")),
+           tune_steps: int = field_option(PTI, "tune_steps", **up_to("max_steps", 0)),
+           tune: str = field_option(PTI, "tune", help="full: tune all synthesis/SR/decoder weights (PTI); adapter: "
+                                                      "tune a copy of the person's adapter (a LoRA person stays "
+                                                      "small)."),
+           # 0 stands for PTIConfig.lpips_threshold's None (no early stop): a float option has no None to type.
            lpips_threshold: float = typer.Option(0.0, "--pti-stop-lpips", "--lpips-threshold", min=0.0, max=1.0,
                                                  help="Stop tuning once LPIPS <= this (PTI as the EG3D port runs "
                                                       "it: 0.06); 0 runs every tuning step (My3DGen: 350)."),
-           seed: int = typer.Option(0, **SEED_RANGE, help="Seed of the projector noise (and of a fresh LoRA "
-                                                          "adapter)."),
+           seed: int = field_option(PTI, "seed", **SEED_RANGE),
            out: Path = typer.Option(..., "--out", help="Output folder.")):
     """PTI-invert one photo: reconstruction.png, comparison.png, novel_views.png, pti_adapter.safetensors."""
     import json
@@ -157,13 +160,15 @@ def eval_command(
                                      "(labelled 'not ArcFace') | random:ARCH[:SEED] (smoke test only)."),
         identity_crop: str = typer.Option("full", help="Face crop for ArcFace-family networks: full | psp | "
                                                        "arcface_ffhq."),
+        # pairs, views, weights, latent_steps, tune_steps, anchor_steps: None is their EvalConfig / PTIConfig
+        # field's default, or --quick's (QUICK) with --quick. The help states the paper's value.
         pairs: Optional[int] = typer.Option(None, **up_to("max_eval_count"),
                                             help="Anchor pairs per synthesis table (paper: 10)."),
         views: Optional[int] = typer.Option(None, **up_to("max_eval_count"),
                                             help="Random views per interpolation weight (paper: 20)."),
         weights: Optional[int] = typer.Option(None, **up_to("max_eval_count", 2),
                                               help="Interpolation weights in [0, 1] (paper: 10)."),
-        seed: int = typer.Option(0, **SEED_RANGE, help="Seed of pairs, poses and projector noise."),
+        seed: int = field_option(EVAL, "seed", **SEED_RANGE),
         latent_steps: Optional[int] = typer.Option(None, **up_to("max_steps"),
                                                    help="PTI stage 1 steps (paper: 600)."),
         tune_steps: Optional[int] = typer.Option(None, **up_to("max_steps", 0),
@@ -171,20 +176,19 @@ def eval_command(
         anchor_steps: Optional[int] = typer.Option(None, **up_to("max_steps"),
                                                    help="Projector steps for training anchors an adapter does not "
                                                         "store (paper: 500)."),
-        tune: str = typer.Option("full", help="PTI tuning: full | adapter."),
+        tune: str = field_option(PTI, "tune", help="PTI tuning: full | adapter."),
+        # 0 stands for PTIConfig.lpips_threshold's None (no early stop): a float option has no None to type.
         lpips_threshold: float = typer.Option(0.0, "--pti-stop-lpips", "--lpips-threshold", min=0.0, max=1.0,
                                               help="PTI early stop once LPIPS <= this (PTI as the EG3D port runs it: "
                                                    "0.06); 0 runs every tuning step (My3DGen: 350)."),
-        max_test_photos: Optional[int] = typer.Option(None, **up_to("max_eval_count"),
-                                                      help="Use only the first N test photos."),
+        max_test_photos: Optional[int] = field_option(EVAL, "max_test_photos", **up_to("max_eval_count")),
+        # None: EvalConfig's pose grid, or --quick's (QUICK) with --quick.
         inversion_yaws: Optional[str] = typer.Option(None, help="Inversion ID poses: comma-separated yaws, each in "
                                                                 "invert's --yaw range (at most max_views poses in "
                                                                 "MY3DGEN_LIMITS, 100 by default)."),
         inversion_pitches: Optional[str] = typer.Option(None, help="Inversion ID poses: comma-separated pitches, "
                                                                    "each in invert's --pitch range."),
-        cross_view: bool = typer.Option(False, "--cross-view", help="Also score each inversion at the other test "
-                                        "photos' cameras (only for test photos of one unchanging scene, e.g. the "
-                                        "synthetic ground truth; not in the paper)."),
+        cross_view: bool = field_option(EVAL, "cross_view", "--cross-view"),
         quick: bool = typer.Option(False, "--quick", help="Smoke-sized run (2 pairs, 4 views, 3 weights, 30+20 "
                                                           "PTI steps, 2 test photos); explicit options win."),
         cache_dir: Optional[Path] = typer.Option(None, help="Cache of W projections (default OUT/projections); "
@@ -206,26 +210,23 @@ def eval_command(
     from evaluation.report import plot_id_vs_t, write_json, write_report
     from generator.imaging import grid, save_png, to_uint8
 
-    def pick(value, key, default):
-        if value is not None:
-            return value
-        return QUICK[key] if quick else default
+    def given(**options):
+        """The options given, else --quick's values (QUICK); the others are left to their config fields' defaults."""
+        values = {key: QUICK.get(key) if value is None and quick else value for key, value in options.items()}
+        return {key: value for key, value in values.items() if value is not None}
 
     specs = [ModelSpec.parse(item) for entry in models for item in entry.split(",") if item.strip()]
-    yaws = (parse_floats(inversion_yaws, "--inversion-yaws", YAW_RANGE) if inversion_yaws else
-            pick(None, "inversion_yaws", EvalConfig.inversion_yaws))
-    pitches = (parse_floats(inversion_pitches, "--inversion-pitches", PITCH_RANGE) if inversion_pitches else
-               pick(None, "inversion_pitches", EvalConfig.inversion_pitches))
-    check_limit(len(yaws) * len(pitches), "max_views", "--inversion-yaws x --inversion-pitches", "poses")
-    G = build_model_source(model, preset)
-    pti = PTIConfig(latent_steps=pick(latent_steps, "latent_steps", 600),
-                    tune_steps=pick(tune_steps, "tune_steps", 350),
+    yaws = parse_floats(inversion_yaws, "--inversion-yaws", YAW_RANGE) if inversion_yaws else None
+    pitches = parse_floats(inversion_pitches, "--inversion-pitches", PITCH_RANGE) if inversion_pitches else None
+    pti = PTIConfig(**given(latent_steps=latent_steps, tune_steps=tune_steps),
                     tune=tune, seed=seed, lpips_threshold=lpips_threshold if lpips_threshold > 0 else None)
-    config = EvalConfig(
-        pairs=pick(pairs, "pairs", 10), views=pick(views, "views", 20), weights=pick(weights, "weights", 10),
-        seed=seed, anchor_steps=pick(anchor_steps, "anchor_steps", 500),
-        max_test_photos=pick(max_test_photos, "max_test_photos", None),
-        inversion_yaws=yaws, inversion_pitches=pitches, cross_view=cross_view, pti=pti).validate()
+    config = EvalConfig(**given(pairs=pairs, views=views, weights=weights, anchor_steps=anchor_steps,
+                                max_test_photos=max_test_photos, inversion_yaws=yaws, inversion_pitches=pitches),
+                        seed=seed, cross_view=cross_view, pti=pti)
+    check_limit(len(config.inversion_yaws) * len(config.inversion_pitches), "max_views",
+                "--inversion-yaws x --inversion-pitches", "poses")
+    G = build_model_source(model, preset)
+    config.validate()
     try:
         backend = make_identity_backend(identity, crop=identity_crop)
     except (ValueError, FileNotFoundError, IdentityBackendUnavailable) as e:

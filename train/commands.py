@@ -9,10 +9,13 @@ from typing import Optional
 
 import typer
 
+from cli_defaults import field_default, field_option
 from cli_options import (ALPHA_RANGE, RANK_RANGE, SEED_RANGE, ModelDir, PresetName, check_limit, one_model_source,
                          up_to)
 
 RANDOM_ID_PREFIX = "random:"
+TRAIN, PROJECTOR = "train.config:TrainConfig", "train.config:ProjectorConfig"
+"""The configs whose fields give the options their defaults (cli_defaults.py)."""
 
 
 def build_identity(id_weights: Optional[Path], id_network: Optional[str], crop: str):
@@ -44,12 +47,14 @@ def train(
     out: Path = typer.Option(..., "--out", help="Adapter file to write (safetensors)."),
     model: ModelDir = None,
     preset: PresetName = None,
-    mode: str = typer.Option("lora", help="lora (the paper) | full (full fine-tuning baseline)."),
-    rank: int = typer.Option(4, **RANK_RANGE, help="LoRA rank r."),
-    recipe: str = typer.Option("paper", help="Start from a named recipe: paper (My3DGen §3: alpha = r, decoder "
-                               "trained, lambda_sym 4 every 4 steps in the same step, uniform symmetric poses, "
-                               "10 kimg) | authors (their code's defaults: alpha 16, decoder frozen, L_sym weight 1 "
-                               "in its own step every 4, orbit poses, 500 kimg). Options below override it."),
+    mode: str = field_option(TRAIN, "mode"),
+    rank: int = field_option(TRAIN, "rank", **RANK_RANGE),
+    recipe: str = field_option(TRAIN, "recipe", help="Start from a named recipe: paper (My3DGen §3: alpha = r, "
+                               "decoder trained, lambda_sym 4 every 4 steps in the same step, uniform symmetric "
+                               "poses, 10 kimg) | authors (their code's defaults: alpha 16, decoder frozen, L_sym "
+                               "weight 1 in its own step every 4, orbit poses, 500 kimg). Options below override it."),
+    # The fields a recipe sets (alpha, iterations, batch, train_decoder, sym_weight, sym_every, sym_poses,
+    # sym_step) default to None, the recipe's value; every other option defaults to its TrainConfig field.
     alpha: Optional[float] = typer.Option(None, **ALPHA_RANGE, help="LoRA alpha (recipe paper: the rank, i.e. scale 1; "
                                                      "authors: 16)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", "--steps", **up_to("max_steps"),
@@ -62,10 +67,11 @@ def train(
                                         help="Photos per step (both recipes: 4). GPU memory of a step on "
                                              "ffhq512-128: ~17 GiB per photo (H100, docs/BENCHMARKS.md); 1 on a 24 "
                                              "GB card."),
-    lr: float = typer.Option(0.002, min=1e-6, max=1.0, help="Adam learning rate of the adapter."),
+    lr: float = field_option(TRAIN, "lr", min=1e-6, max=1.0, help="Adam learning rate of the adapter."),
     train_decoder: Optional[bool] = typer.Option(None, "--train-decoder/--no-train-decoder",
                                                  help="Fine-tune the OSG decoder (recipe paper: yes, authors: no)."),
-    sym: bool = typer.Option(True, "--sym/--no-sym", help="Symmetry loss (paper §3.3); --no-sym is the ablation."),
+    sym: bool = field_option(TRAIN, "sym", "--sym/--no-sym",
+                             help="Symmetry loss (paper §3.3); --no-sym is the ablation."),
     sym_weight: Optional[float] = typer.Option(None, min=0.0, max=1000.0,
                                                help="lambda_sym (recipe paper: 4, authors: 1)."),
     sym_every: Optional[int] = typer.Option(None, **up_to("max_steps"),
@@ -80,26 +86,28 @@ def train(
                                               "insightface w600k_r50.onnx."),
     id_network: Optional[str] = typer.Option(None, "--id-network", help="random:ir_se50 (or another arch): a "
                                              "RANDOMLY initialised identity network, for smoke tests only."),
-    id_crop: str = typer.Option("full", help="Face crop of the identity network: full (the authors) | psp | "
-                                             "arcface_ffhq."),
-    lpips_net: str = typer.Option("alex", help="LPIPS trunk of the reconstruction loss: alex (the authors) | vgg."),
+    id_crop: str = field_option(TRAIN, "id_crop", help="Face crop of the identity network: full (the authors) | psp "
+                                                       "| arcface_ffhq."),
+    lpips_net: str = field_option(TRAIN, "lpips_net", help="LPIPS trunk of the reconstruction loss: alex (the "
+                                                           "authors) | vgg."),
+    # None: ProjectorConfig.steps, or DEMO_SCALE's with --preset.
     inversion_steps: Optional[int] = typer.Option(None, **up_to("max_steps"),
-                                                  help="W-inversion steps per photo (default 500; 100 with "
-                                                       "--preset)."),
-    inversion_lr: float = typer.Option(0.01, min=1e-6, max=1.0, help="Peak learning rate of the W inversion."),
+                                                  help=f"W-inversion steps per photo (default "
+                                                       f"{field_default(PROJECTOR, 'steps')}; 100 with --preset)."),
+    inversion_lr: float = field_option(PROJECTOR, "lr", min=1e-6, max=1.0,
+                                       help="Peak learning rate of the W inversion."),
     inversion_batch: int = typer.Option(4, **up_to("max_batch"),
                                         help="Photos inverted together (memory: ~2-3 GB each at 512x512)."),
-    w_plus: bool = typer.Option(False, help="Invert to W+ (one w per layer) instead of W."),
-    projector_noise: bool = typer.Option(True, "--projector-noise/--no-projector-noise",
+    w_plus: bool = field_option(PROJECTOR, "w_plus", help="Invert to W+ (one w per layer) instead of W."),
+    projector_noise: bool = field_option(PROJECTOR, "optimize_noise", "--projector-noise/--no-projector-noise",
                                          help="Optimise and regularise the noise maps during the W inversion, as "
                                               "the StyleGAN2 projector does (part of the inversion cache key)."),
-    stochastic_render: bool = typer.Option(False, help="Render training images with the official stochastic "
-                                                       "depth sampling instead of the deterministic default."),
-    seed: int = typer.Option(0, **SEED_RANGE, help="Seed of batch sampling, symmetric poses, LoRA init and "
-                                                   "inversion noise."),
+    stochastic_render: bool = field_option(TRAIN, "stochastic_render"),
+    seed: int = field_option(TRAIN, "seed", **SEED_RANGE, help="Seed of batch sampling, symmetric poses, LoRA init "
+                                                               "and inversion noise."),
     checkpoint_dir: Optional[Path] = typer.Option(None, help="Checkpoints, inversion cache, log.jsonl and "
                                                              "preview.png (default: <out stem>_train/ beside --out)."),
-    checkpoint_every: int = typer.Option(100, **up_to("max_steps"), help="Checkpoint every N steps."),
+    checkpoint_every: int = field_option(TRAIN, "checkpoint_every", **up_to("max_steps")),
     restart: bool = typer.Option(False, help="Discard an existing checkpoint instead of resuming from it."),
     fp16: bool = typer.Option(False, help="Store the adapter in float16 (half the file size)."),
     preview: bool = typer.Option(True, help="Write preview.png (photos / base / personalized / novel views)."),
