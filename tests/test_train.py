@@ -417,3 +417,21 @@ def test_the_plan_and_measured_estimates_come_before_the_work(tmp_path):
     assert "10 photo(s) to invert (0 cached): 4 steps x 2 batch(es) of up to 5" in text
     assert "W inversion: " in text and "s/step measured; 4 steps x 2 batch(es): about" in text
     assert "training: " in text and "3 steps left: about" in text
+
+
+def test_quick_is_a_short_run_that_says_what_it_set(tmp_path):
+    from formats.dataset import read_dataset_json, write_dataset_json
+    two = tmp_path / "two"                                  # two photos keep the 50 inversion steps short
+    two.mkdir()
+    kept = read_dataset_json(SAMPLES)[:2]
+    for name, _ in kept:
+        shutil.copy(SAMPLES / name, two / name)
+    write_dataset_json(two, kept)
+    out = tmp_path / "q.safetensors"
+    proc = run_cli("train", "--preset", "tiny", "--data", two, "--out", out, "--quick", "--iterations", 2,
+                   "--no-sym", "--no-preview")
+    assert "--quick: --inversion-steps 50" in proc.stdout and "plan:" in proc.stdout
+    extra = read_adapter_meta(out)["extra"]
+    assert extra["steps"] == 2 and extra["train_config"]["projector"]["steps"] == 50
+    both = run_cli("train", "--preset", "tiny", "--data", SAMPLES, "--out", out, "--quick", "--kimg", 1, check=False)
+    assert both.returncode == 2 and "--quick sets the length" in both.stderr

@@ -60,6 +60,9 @@ def train(
     iterations: Optional[int] = typer.Option(None, "--iterations", "--steps", **up_to("max_steps"),
                                              help="Training steps (recipe paper: 2500, authors: 125000; 150 with "
                                                   "--preset)."),
+    quick: bool = typer.Option(False, "--quick", help="A short run to try things: 200 training steps and 50 "
+                                                      "inversion steps per photo (train.config.QUICK) unless given; "
+                                                      "the default length is ~10x longer."),
     kimg: Optional[float] = typer.Option(None, min=0.001, max=100_000.0,
                                          help="Training length in thousands of photos shown, EG3D's unit (steps = "
                                               "kimg x 1000 / batch, at most max_steps); instead of --steps."),
@@ -119,7 +122,7 @@ def train(
     import torch
 
     from generator.model_dir import build_generator
-    from train.config import DEMO_SCALE, ProjectorConfig, TrainConfig, config_from_recipe, describe_recipe
+    from train.config import DEMO_SCALE, QUICK, ProjectorConfig, TrainConfig, config_from_recipe, describe_recipe
     from train.config import iterations_for_kimg
     from train.trainer import identity_network_help, personalize
 
@@ -133,6 +136,19 @@ def train(
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--kimg") from None
         check_limit(iterations, "max_steps", "--kimg", "steps")
+    if quick:
+        if kimg is not None:
+            raise typer.BadParameter("--quick sets the length: not with --kimg (give --iterations to change it)")
+        applied = []
+        if iterations is None:
+            iterations = QUICK["iterations"]
+            applied.append(f"--iterations {iterations}")
+        if inversion_steps is None:
+            inversion_steps = QUICK["inversion_steps"]
+            applied.append(f"--inversion-steps {inversion_steps}")
+        if applied:
+            typer.echo(f"--quick: {' '.join(applied)} (a short run to try things; the default is 2500 steps and "
+                       f"500 inversion steps per photo)")
     if preset is not None:
         applied = []
         if iterations is None:

@@ -308,6 +308,11 @@ def describe_recipe(config: TrainConfig) -> str:
     return text
 
 
+QUICK = {"iterations": 200, "inversion_steps": 50}
+"""`cli.py train --quick`: a run of minutes on a CPU to try things (what scripts/demo.sh trains); explicit
+--iterations / --inversion-steps win. The default length (2,500 steps, 500 inversion steps per photo) is where the
+error on unseen views stops improving (docs/TRAINING_LENGTH.md)."""
+
 DEMO_SCALE = {"iterations": 150, "inversion_steps": 100}
 """Defaults `cli.py train` uses with `--preset` (random-weight generators: smoke tests and demos on a CPU)
 unless --iterations / --inversion-steps are given; announced on the console when applied."""
