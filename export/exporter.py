@@ -16,12 +16,18 @@ cannot export the FIR filter of generator/ops.py with a dynamic batch), in the d
 the non-fused modulated conv, so the batch axis is dynamic. Every export is checked against eager PyTorch on an
 example batch (the manifest records the max abs differences; an fp32 export that misses 1e-3 is refused) and
 against TensorRT's ONNX operator support. The directory appears atomically, complete or not at all.
+
+`export_generator` is an `ExportJob`: `ExportJob.prepare` checks the options, loads the adapter and runs the
+example batch (`Example`) through eager PyTorch; `ExportJob.write` fills a temporary directory (`ExportFiles`)
+step by step, each step reading the job: trace the graphs, convert them to fp16, give the keep-LoRA inputs their
+defaults, verify, build the manifest.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -171,25 +177,6 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def _export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: list[str],
-                  output_names: list[str], dynamic_shapes: tuple, opset: int) -> None:
-    module.eval()
-    with _quiet(), torch.no_grad():
-        program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=input_names,
-                                    output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
-                                    external_data=False, optimize=True)
-        program.save(str(path), external_data=False)
-    model = onnx.load(str(path), load_external_data=False)
-    _name_batch_axis(model)
-    onnx.save(model, str(path))
-    got = {o.domain: o.version for o in model.opset_import}.get("", None)
-    if got != opset:
-        raise ExportError(f"{path.name}: the exporter produced opset {got}, not the requested {opset}")
-    names = [i.name for i in model.graph.input]
-    if names != input_names:
-        raise ExportError(f"{path.name}: graph inputs {names[:6]}... differ from the requested {input_names[:6]}...")
-
-
 def _name_batch_axis(model: onnx.ModelProto, name: str = "batch") -> None:
     """Call the dynamic axis 0 of the graph inputs `name` everywhere (the exporter may call it e.g. 's97')."""
     g = model.graph
@@ -280,44 +267,6 @@ def _mixed_example(n: int, tensors: list[torch.Tensor], *batch: torch.Tensor) ->
     return [t[idx] for t in batch] + [[t.detach().unsqueeze(0).expand(n, *t.shape).contiguous() for t in tensors]]
 
 
-def _export_mixed_graphs(G, live, paths: dict[str, Path], syn_in, ren_in, file_tensors, ws, c, planes, opts) -> None:
-    """The synthesis and render graphs at the static batch opts.mixed_batch, adapter inputs [N, *shape]: the layers
-    read per-sample tensors (lora_delta keeps the leading axis), the modulated convs run grouped per sample."""
-    n = opts.mixed_batch
-    ws_n, syn_t = _mixed_example(n, [file_tensors[i.tensor_name] for i in syn_in], ws)
-    _export_graph(SynthesisGraph(G, syn_in, live), (ws_n, syn_t), paths["synthesis"],
-                  ["ws"] + [i.input_name for i in syn_in], ["planes"], (None, [None] * len(syn_in)), opts.opset)
-    planes_n, ws_n, c_n, ren_t = _mixed_example(n, [file_tensors[i.tensor_name] for i in ren_in], planes, ws, c)
-    _export_graph(RenderGraph(G, ren_in, live), (planes_n, ws_n, c_n, ren_t), paths["render"],
-                  ["planes", "ws", "c"] + [i.input_name for i in ren_in], ["image", "image_raw", "depth"],
-                  (None, None, None, [None] * len(ren_in)), opts.opset)
-
-
-def _verify_mixed(paths, mixed_paths, ws, c, file_tensors, base_values, syn_in, ren_in, n: int) -> float:
-    """Max abs difference between the mixed graphs (sample k: the verification adapter for odd k, the base model
-    for even k) and each sample run alone through the dynamic-batch graphs."""
-    idx = np.arange(n) % ws.shape[0]
-    ws_n, c_n = ws.numpy()[idx], c.numpy()[idx]
-
-    def person(k: int, spec) -> dict[str, np.ndarray]:
-        return {i.input_name: file_tensors[i.tensor_name].numpy() if k % 2 else base_values[i.input_name]
-                for i in spec}
-
-    def stacked(spec) -> dict[str, np.ndarray]:
-        return {i.input_name: np.stack([person(k, [i])[i.input_name] for k in range(n)]) for i in spec}
-    syn, ren = _ort_session(paths["synthesis"]), _ort_session(paths["render"])
-    planes = _ort_session(mixed_paths["synthesis"]).run(None, {"ws": ws_n, **stacked(syn_in)})[0]
-    outs = [planes, *_ort_session(mixed_paths["render"]).run(None, {"planes": planes, "ws": ws_n, "c": c_n,
-                                                                     **stacked(ren_in)})]
-    worst = 0.0
-    for k in range(n):
-        p1 = syn.run(None, {"ws": ws_n[k:k + 1], **person(k, syn_in)})[0]
-        one = [p1, *ren.run(None, {"planes": p1, "ws": ws_n[k:k + 1], "c": c_n[k:k + 1], **person(k, ren_in)})]
-        worst = max(worst, *(float(np.abs(a[0].astype(np.float32) - b[k].astype(np.float32)).max())
-                             for a, b in zip(one, outs)))
-    return worst
-
-
 def _ort_session(path: Path):
     import onnxruntime as ort
     so = ort.SessionOptions()
@@ -371,182 +320,384 @@ def _graph_state(G: TriPlaneGenerator, mode: str, adapter: PersonAdapter | None)
         handle.detach()
 
 
-def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path: str | os.PathLike | None = None,
-                     options: ExportOptions | None = None, source: dict[str, Any] | None = None) -> Path:
-    """Export G (and the adapter at `adapter_path`, per options.mode) to the directory `out`; returns it."""
-    from generator.adapter_file import AdapterFileError, base_fingerprint, load_adapter
+GRAPH_IO = {
+    "mapping": (["z", "c", "truncation_psi"], ["ws"]),
+    "synthesis": (["ws"], ["planes"]),
+    "render": (["planes", "ws", "c"], ["image", "image_raw", "depth"]),
+}
+"""Each graph's own inputs and its outputs; a graph's keep-LoRA inputs follow its own inputs (mapping has none)."""
+UNBATCHED_INPUTS = {"truncation_psi"}
+"""Own inputs without a batch axis."""
 
-    opts = (options or ExportOptions()).validate(adapter_path is not None)
-    if opts.trt:
-        from export.tensorrt_build import import_tensorrt
-        import_tensorrt()  # fail before any work: "TensorRT is not installed ..." with install steps
-    G = G.eval()
-    if attachment_of(G) is not None:
-        raise ExportError("the generator has an adapter attached: detach it first (export takes the adapter as a "
-                          "file, per mode)")
-    fingerprint = base_fingerprint(G)
-    adapter = anchors = meta = None
-    if adapter_path is not None:
+
+@dataclass
+class ExportFiles:
+    """Where an export's files go: its (temporary) directory and the graph files in it."""
+
+    dir: Path
+    graphs: dict[str, Path]
+    """'mapping', 'synthesis', 'render' -> file."""
+    mixed: dict[str, Path]
+    """'synthesis', 'render' -> file of the static mixed-batch form (empty without a mixed batch)."""
+
+    @classmethod
+    def under(cls, d: Path, mixed_batch: int) -> ExportFiles:
+        return cls(d, {g: d / f for g, f in GRAPH_FILES.items()},
+                   {g: d / f for g, f in MIXED_GRAPH_FILES.items()} if mixed_batch else {})
+
+    def manifest_graphs(self) -> list[tuple[str, Path]]:
+        """(manifest graph name, file) of every graph: the served ones, then '<graph>_mixed'."""
+        return [*self.graphs.items(), *((f"{g}_mixed", p) for g, p in self.mixed.items())]
+
+
+@dataclass
+class Example:
+    """The example batch the graphs are traced from and verified on: z and cameras c, eager PyTorch's W+ latents
+    and tri-planes of them, and (when verifying) its images, rendered with the verification adapter attached."""
+
+    z: torch.Tensor
+    c: torch.Tensor
+    ws: torch.Tensor
+    planes: torch.Tensor
+    reference: dict[str, torch.Tensor] | None
+
+    @classmethod
+    def make(cls, G: TriPlaneGenerator, opts: ExportOptions, adapter: PersonAdapter | None) -> Example:
+        """opts.example_batch samples of seed opts.seed at a spread of views; `adapter` is attached (not merged)
+        while eager PyTorch runs."""
+        gen = torch.Generator().manual_seed(opts.seed)
+        b = opts.example_batch
+        z = torch.randn(b, G.z_dim, generator=gen)
+        c = camera_batch(G, [(0.3 * ((i % 3) - 1) + 0.05 * i, 0.1 * ((i % 2) * 2 - 1)) for i in range(b)])
+        handle = attach(G, adapter) if adapter is not None else None
         try:
-            adapter, anchors, meta = load_adapter(adapter_path, G)
-        except AdapterFileError as e:
-            raise ExportError(str(e)) from None
-    if opts.mode == "keep" and adapter is None:
-        adapter = PersonAdapter.create(G, opts.policy or AdapterPolicy())
-    person = None
-    if opts.mode == "merge":
-        person = opts.person or Path(adapter_path).stem
-        if not is_valid_name(person):
-            raise ExportError(f"person name {person!r} (from the adapter file name) must use {NAME_RULE}: "
-                              f"pass --person NAME")
+            with torch.no_grad():
+                ws = G.mapping(z, c, truncation_psi=EXAMPLE_PSI)
+                planes = G.planes(ws, noise_mode="const", fused_modconv=False)
+                ref = G.render_planes(planes, ws, c, sampling="deterministic", fused_modconv=False) \
+                    if opts.verify else None
+        finally:
+            if handle is not None:
+                handle.detach()
+        return cls(z, c, ws, planes, ref)
 
-    inputs = adapter_inputs_for(adapter) if opts.mode == "keep" else []
-    verify_adapter = None
-    if opts.mode == "keep":
-        verify_adapter = _verification_adapter(adapter, opts.seed) if adapter_path is None else adapter
-    elif opts.mode == "merge":
-        verify_adapter = adapter
 
-    gen = torch.Generator().manual_seed(opts.seed)
-    b = opts.example_batch
-    z = torch.randn(b, G.z_dim, generator=gen)
-    views = [(0.3 * ((i % 3) - 1) + 0.05 * i, 0.1 * ((i % 2) * 2 - 1)) for i in range(b)]
-    c = camera_batch(G, views)
-    psi = torch.tensor([EXAMPLE_PSI])
-    reference = attach(G, verify_adapter) if verify_adapter is not None else None  # eager: attached, not merged
-    try:
-        with torch.no_grad():
-            ws = G.mapping(z, c, truncation_psi=EXAMPLE_PSI)
-            planes_ref = G.planes(ws, noise_mode="const", fused_modconv=False)
-            ref = G.render_planes(planes_ref, ws, c, sampling="deterministic", fused_modconv=False) \
-                if opts.verify else None
-    finally:
-        if reference is not None:
-            reference.detach()
-    planes_dtype = torch.float16 if opts.fp16 else torch.float32
-    file_tensors = {k: v.detach() for k, v in (verify_adapter or adapter).file_tensors().items()} if inputs else {}
-    syn_in = [i for i in inputs if i.graph == "synthesis"]
-    ren_in = [i for i in inputs if i.graph == "render"]
-    batch = torch.export.Dim("batch", min=1, max=1024)
+@dataclass
+class ExportJob:
+    """One export: the generator, the options, the adapter as the mode uses it and the example batch. `prepare`
+    does everything that can fail before a file exists; `write` runs the steps that fill the export directory:
+    trace the graphs, halve them (fp16), give the keep-LoRA inputs their defaults, verify, write the manifest."""
 
-    with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        paths = {name: tmp / f for name, f in GRAPH_FILES.items()}
-        with _graph_state(G, opts.mode, adapter) as live:
-            _export_graph(MappingGraph(G), (z, c, psi), paths["mapping"], ["z", "c", "truncation_psi"], ["ws"],
-                          ({0: batch}, {0: batch}, None), opts.opset)
-            _export_graph(SynthesisGraph(G, syn_in, live, planes_dtype),
-                          (ws, [file_tensors[i.tensor_name] for i in syn_in]), paths["synthesis"],
-                          ["ws"] + [i.input_name for i in syn_in], ["planes"], ({0: batch}, [None] * len(syn_in)),
-                          opts.opset)
-            _export_graph(RenderGraph(G, ren_in, live),
-                          (planes_ref.to(planes_dtype), ws, c, [file_tensors[i.tensor_name] for i in ren_in]),
-                          paths["render"], ["planes", "ws", "c"] + [i.input_name for i in ren_in],
-                          ["image", "image_raw", "depth"], ({0: batch}, {0: batch}, {0: batch}, [None] * len(ren_in)),
-                          opts.opset)
-            mixed_paths = {g: tmp / f for g, f in MIXED_GRAPH_FILES.items()} if opts.mixed_batch else {}
-            if mixed_paths:
-                _export_mixed_graphs(G, live, mixed_paths, syn_in, ren_in, file_tensors, ws, c, planes_ref, opts)
-        mixed_precision = None
-        if opts.fp16:
-            from export.fp16_graph import convert_export_graphs
-            mixed_precision = convert_export_graphs(paths)  # fp16 compute where safe; before the weights are halved
-            for p in paths.values():
-                convert_weights_fp16(p)
+    G: TriPlaneGenerator
+    opts: ExportOptions
+    source: dict[str, Any]
+    """What the weights came from (the manifest's 'source')."""
+    fingerprint: str
+    """The base model's fingerprint (generator.adapter_file.base_fingerprint)."""
+    adapter_path: str | os.PathLike | None
+    adapter: PersonAdapter | None
+    """The adapter file's ('merge', 'keep'), or the policy's zero adapter (a 'keep' export without a file)."""
+    anchors: Any
+    """The adapter file's anchors (generator.adapter_file.Anchors), or None."""
+    meta: dict[str, Any] | None
+    """The adapter file's metadata, or None."""
+    person: str | None
+    """The merged person's name ('merge')."""
+    inputs: list[AdapterInput]
+    """The keep-LoRA graph inputs ([] in the other modes)."""
+    verify_adapter: PersonAdapter | None
+    """What the example is rendered with: the adapter, or for a 'keep' export without a file a perturbed copy, so
+    verification exercises every input."""
+    example: Example
 
-        base_values = base_adapter_values(G, inputs)
+    @classmethod
+    def prepare(cls, G: TriPlaneGenerator, adapter_path: str | os.PathLike | None, options: ExportOptions | None,
+                source: dict[str, Any] | None) -> ExportJob:
+        """Check the options and G, load the adapter, name the merged person and run the example through eager
+        PyTorch: every refusal comes before the export directory is made."""
+        from generator.adapter_file import base_fingerprint
+
+        opts = (options or ExportOptions()).validate(adapter_path is not None)
+        if opts.trt:
+            from export.tensorrt_build import import_tensorrt
+            import_tensorrt()  # fail before any work: "TensorRT is not installed ..." with install steps
+        G = G.eval()
+        if attachment_of(G) is not None:
+            raise ExportError("the generator has an adapter attached: detach it first (export takes the adapter as "
+                              "a file, per mode)")
+        fingerprint = base_fingerprint(G)
+        adapter, anchors, meta = _load_adapter(G, adapter_path)
+        if opts.mode == "keep" and adapter is None:
+            adapter = PersonAdapter.create(G, opts.policy or AdapterPolicy())
+        person = _merged_person(opts, adapter_path) if opts.mode == "merge" else None
+        inputs = adapter_inputs_for(adapter) if opts.mode == "keep" else []
+        verify_adapter = _verification_adapter(adapter, opts.seed) if opts.mode == "keep" and adapter_path is None \
+            else adapter
+        return cls(G=G, opts=opts, source=source or {}, fingerprint=fingerprint, adapter_path=adapter_path,
+                   adapter=adapter, anchors=anchors, meta=meta, person=person, inputs=inputs,
+                   verify_adapter=verify_adapter, example=Example.make(G, opts, verify_adapter))
+
+    # ------------------------------------------------------------------ what the steps read
+
+    @property
+    def planes_dtype(self) -> torch.dtype:
+        return torch.float16 if self.opts.fp16 else torch.float32
+
+    def graph_inputs(self, graph: str) -> list[AdapterInput]:
+        """The keep-LoRA inputs of `graph`, in input order."""
+        return [i for i in self.inputs if i.graph == graph]
+
+    @functools.cached_property
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """The verification adapter's tensors by adapter-file name (what the keep-LoRA inputs are fed)."""
+        return {k: v.detach() for k, v in (self.verify_adapter or self.adapter).file_tensors().items()} \
+            if self.inputs else {}
+
+    def tensors(self, graph: str) -> list[torch.Tensor]:
+        """The example's keep-LoRA tensors of `graph`, in input order."""
+        return [self.file_tensors[i.tensor_name] for i in self.graph_inputs(graph)]
+
+    def feeds(self, graph: str) -> dict[str, np.ndarray]:
+        """The same as onnxruntime feeds, by input name."""
+        return {i.input_name: self.file_tensors[i.tensor_name].numpy() for i in self.graph_inputs(graph)}
+
+    @functools.cached_property
+    def base_values(self) -> dict[str, np.ndarray]:
+        """base_adapter_values of the keep-LoRA inputs."""
+        return base_adapter_values(self.G, self.inputs)
+
+    def base_feeds(self, graph: str) -> dict[str, np.ndarray]:
+        """The base model's values of `graph`'s keep-LoRA inputs, by input name."""
+        return {i.input_name: self.base_values[i.input_name] for i in self.graph_inputs(graph)}
+
+    # ------------------------------------------------------------------ the steps
+
+    def write(self, d: Path) -> None:
+        """Every file of the export into the directory `d` (the temporary directory export_generator renames)."""
+        files = ExportFiles.under(d, self.opts.mixed_batch)
+        self.export_graphs(files)
+        mixed_precision = self.convert_fp16(files) if self.opts.fp16 else None
+        self.add_input_defaults(files)
+        verification = self.verify(files) if self.opts.verify else None
+        manifest = self.manifest(files, verification, mixed_precision)
+        if self.opts.trt:
+            manifest["tensorrt"]["engines"] = build_engines(d, max_batch=self.opts.max_batch)
+        write_manifest(d, manifest)
+        for f in d.rglob("*"):  # temp files are created private; an export is meant to be read by servers
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
+        os.chmod(d, 0o755)
+
+    def export_graphs(self, files: ExportFiles) -> None:
+        """Trace the three graphs (dynamic batch) and the mixed ones (static batch) from G in the mode's state."""
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        with _graph_state(self.G, self.opts.mode, self.adapter) as live:
+            for graph, path in files.graphs.items():
+                self._export_graph(graph, live, self._example_args(graph), path, batch)
+            for graph, path in files.mixed.items():
+                self._export_graph(graph, live, self._example_args(graph, self.opts.mixed_batch), path, None)
+
+    def _export_graph(self, graph: str, live: AdapterTensors | None, args: tuple, path: Path, batch: Any) -> None:
+        """Trace `graph` from `args` to the ONNX file `path`, its inputs named as GRAPH_IO then its keep-LoRA
+        inputs; `batch`: the dynamic batch dimension of the batched inputs, or None for a static batch."""
+        own, outputs = GRAPH_IO[graph]
+        adapter = self.graph_inputs(graph)
+        names = own + [i.input_name for i in adapter]
+        dims = tuple(None if batch is None or n in UNBATCHED_INPUTS else {0: batch} for n in own)
+        if graph != "mapping":
+            dims += ([None] * len(adapter),)
+        module = self._module(graph, live).eval()
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(module, args, dynamo=True, opset_version=self.opts.opset, input_names=names,
+                                        output_names=outputs, dynamic_shapes=dims, verbose=False,
+                                        external_data=False, optimize=True)
+            program.save(str(path), external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
+        _name_batch_axis(model)
+        onnx.save(model, str(path))
+        got = {o.domain: o.version for o in model.opset_import}.get("", None)
+        if got != self.opts.opset:
+            raise ExportError(f"{path.name}: the exporter produced opset {got}, not the requested {self.opts.opset}")
+        got_names = [i.name for i in model.graph.input]
+        if got_names != names:
+            raise ExportError(f"{path.name}: graph inputs {got_names[:6]}... differ from the requested {names[:6]}...")
+
+    def _module(self, graph: str, live: AdapterTensors | None) -> torch.nn.Module:
+        """The torch module `graph` is traced from (keep-LoRA: its inputs bound into `live`)."""
+        if graph == "mapping":
+            return MappingGraph(self.G)
+        if graph == "synthesis":
+            return SynthesisGraph(self.G, self.graph_inputs(graph), live, self.planes_dtype)
+        return RenderGraph(self.G, self.graph_inputs(graph), live)
+
+    def _example_args(self, graph: str, mixed_batch: int = 0) -> tuple:
+        """The example inputs `graph` is traced from: its own inputs, then its keep-LoRA tensors; with
+        `mixed_batch` N, cycled to N samples with a per-sample axis on the adapter tensors (_mixed_example)."""
+        ex = self.example
+        if graph == "mapping":
+            return ex.z, ex.c, torch.tensor([EXAMPLE_PSI])
+        batch = (ex.ws,) if graph == "synthesis" else (ex.planes.to(self.planes_dtype), ex.ws, ex.c)
+        if mixed_batch:
+            return tuple(_mixed_example(mixed_batch, self.tensors(graph), *batch))
+        return (*batch, self.tensors(graph))
+
+    def convert_fp16(self, files: ExportFiles) -> dict[str, Any]:
+        """fp16 compute where safe (export.fp16_graph), then float16 weights; returns the manifest's
+        'mixed_precision'. The compute conversion must come first: it reads the float32 weights."""
+        from export.fp16_graph import convert_export_graphs
+        mixed_precision = convert_export_graphs(files.graphs)
+        for p in files.graphs.values():
+            convert_weights_fp16(p)
+        return mixed_precision
+
+    def add_input_defaults(self, files: ExportFiles) -> None:
+        """The base values as the default of every keep-LoRA input of the served synthesis and render graphs."""
         for g in ("synthesis", "render"):
-            add_input_defaults(paths[g], {i.input_name: base_values[i.input_name] for i in inputs if i.graph == g})
+            add_input_defaults(files.graphs[g], self.base_feeds(g))
 
-        verification = None
-        if opts.verify:
-            verification = _verify(paths, z, c, ws, ref, planes_ref, file_tensors, syn_in, ren_in, opts)
-            if mixed_paths:
-                verification["mixed_batch_max_abs_diff"] = _verify_mixed(paths, mixed_paths, ws, c, file_tensors,
-                                                                         base_values, syn_in, ren_in, opts.mixed_batch)
+    def verify(self, files: ExportFiles) -> dict[str, Any]:
+        """Run the graphs with onnxruntime on the example batch and compare with eager PyTorch (and the mixed
+        graphs with the served ones); an fp32 export beyond FP32_TOLERANCE is refused."""
+        ex = self.example
 
-        adapter_section = _adapter_section(opts, G, adapter, anchors, meta, adapter_path, person, inputs, tmp)
-        torch_model = _write_torch_model(G, adapter if opts.mode == "merge" else None, tmp / TORCH_MODEL_DIR,
-                                         opts.mode)
+        def run(graph: str, **feeds: np.ndarray) -> list[np.ndarray]:
+            return _ort_session(files.graphs[graph]).run(None, {**feeds, **self.feeds(graph)})
+        ws_o = run("mapping", z=ex.z.numpy(), c=ex.c.numpy(), truncation_psi=np.array([EXAMPLE_PSI], np.float32))[0]
+        planes_o = run("synthesis", ws=ex.ws.numpy())[0]
+        image, image_raw, depth = run("render", planes=planes_o, ws=ex.ws.numpy(), c=ex.c.numpy())
+        ref = ex.reference
+        diffs = {"ws": _max_diff(ws_o, ex.ws), "planes": _max_diff(planes_o, ex.planes),
+                 "image": _max_diff(image, ref["image"]), "image_raw": _max_diff(image_raw, ref["image_raw"]),
+                 "depth": _max_diff(depth, ref["image_depth"])}
+        tol = FP16_TOLERANCE if self.opts.fp16 else FP32_TOLERANCE
+        passed = all(v <= tol for v in diffs.values())
+        if not passed and not self.opts.fp16:
+            raise ExportError(f"onnxruntime differs from eager PyTorch by more than {tol}: {diffs}")
+        verification = {"batch": int(ex.z.shape[0]), "reference": "eager PyTorch (adapter attached, not merged)",
+                        "max_abs_diff": diffs, "tolerance": tol, "passed": passed}
+        if files.mixed:
+            verification["mixed_batch_max_abs_diff"] = self._verify_mixed(files)
+        return verification
+
+    def _verify_mixed(self, files: ExportFiles) -> float:
+        """Max abs difference between the mixed graphs (sample k: the verification adapter for odd k, the base
+        model for even k) and each sample run alone through the dynamic-batch graphs."""
+        n = self.opts.mixed_batch
+        idx = np.arange(n) % self.example.ws.shape[0]
+        ws_n, c_n = self.example.ws.numpy()[idx], self.example.c.numpy()[idx]
+
+        def person(k: int, graph: str) -> dict[str, np.ndarray]:
+            return self.feeds(graph) if k % 2 else self.base_feeds(graph)
+
+        def stacked(graph: str) -> dict[str, np.ndarray]:
+            samples = [person(k, graph) for k in range(n)]
+            return {i.input_name: np.stack([s[i.input_name] for s in samples]) for i in self.graph_inputs(graph)}
+        syn, ren = _ort_session(files.graphs["synthesis"]), _ort_session(files.graphs["render"])
+        planes = _ort_session(files.mixed["synthesis"]).run(None, {"ws": ws_n, **stacked("synthesis")})[0]
+        outs = [planes, *_ort_session(files.mixed["render"]).run(None, {"planes": planes, "ws": ws_n, "c": c_n,
+                                                                        **stacked("render")})]
+        worst = 0.0
+        for k in range(n):
+            p1 = syn.run(None, {"ws": ws_n[k:k + 1], **person(k, "synthesis")})[0]
+            one = [p1, *ren.run(None, {"planes": p1, "ws": ws_n[k:k + 1], "c": c_n[k:k + 1],
+                                       **person(k, "render")})]
+            worst = max(worst, *(float(np.abs(a[0].astype(np.float32) - b[k].astype(np.float32)).max())
+                                 for a, b in zip(one, outs)))
+        return worst
+
+    def manifest(self, files: ExportFiles, verification: dict[str, Any] | None,
+                 mixed_precision: dict[str, Any] | None) -> dict[str, Any]:
+        """The manifest (formats.export_manifest.build_manifest); writes the files it names beside the graphs (the
+        adapter's anchors or base values, the torch backend's model directory)."""
+        adapter = self.adapter_section(files.dir)
+        torch_model = self.write_torch_model(files.dir / TORCH_MODEL_DIR)
         graphs = {}
-        for name, p in [*paths.items(), *((f"{g}_mixed", p) for g, p in mixed_paths.items())]:
+        for name, p in files.manifest_graphs():
             gin, gout = io_spec(p)
             graphs[name] = graph_entry(p.name, sha256_file(p), gin, gout,
-                                       [i.input_name for i in inputs if i.graph == name.removesuffix("_mixed")])
-        checks = {name: trt_check_summary(tmp / g["file"]) for name, g in graphs.items()}
-        cfg = G.cfg
-        manifest = build_manifest(
+                                       [i.input_name for i in self.graph_inputs(name.removesuffix("_mixed"))])
+        checks = {name: trt_check_summary(files.dir / g["file"]) for name, g in graphs.items()}
+        G, cfg = self.G, self.G.cfg
+        return build_manifest(
             graphs=graphs, generator=cfg.to_dict(),
             model={"num_ws": G.num_ws, "w_dim": G.w_dim, "z_dim": G.z_dim, "c_dim": G.c_dim,
                    "img_resolution": G.img_resolution, "neural_rendering_resolution": G.neural_rendering_resolution,
                    "triplane_shape": [3, cfg.plane_features, cfg.triplane_resolution, cfg.triplane_resolution]},
             camera={"radius": cfg.rendering.avg_camera_radius, "pivot": list(cfg.rendering.avg_camera_pivot),
                     "focal": FFHQ_FOCAL},
-            base_fingerprint=fingerprint, source=source or {}, adapter=adapter_section,
-            precision="fp16" if opts.fp16 else "fp32", opset=opts.opset, versions=_versions(),
+            base_fingerprint=self.fingerprint, source=self.source, adapter=adapter,
+            precision="fp16" if self.opts.fp16 else "fp32", opset=self.opts.opset, versions=_versions(),
             verification=verification, tensorrt_check=checks, mixed_precision=mixed_precision,
             torch_model=torch_model)
-        if opts.trt:
-            manifest["tensorrt"]["engines"] = build_engines(tmp, max_batch=opts.max_batch)
-        write_manifest(tmp, manifest)
-        for f in tmp.rglob("*"):  # temp files are created private; an export is meant to be read by servers
-            os.chmod(f, 0o755 if f.is_dir() else 0o644)
-        os.chmod(tmp, 0o755)
+
+    def adapter_section(self, d: Path) -> dict[str, Any]:
+        """The manifest's 'adapter' section of the mode, with its file in `d`: the merged person's anchors, or the
+        keep-LoRA inputs' base values."""
+        mode = self.opts.mode
+        if mode == "base":
+            return {"mode": "none"}
+        if mode == "merge":
+            anchors = self.anchors
+            if anchors is not None:
+                save_safetensors(d / ANCHORS_FILE, {"anchors.ws": anchors.ws.float().numpy(),
+                                                    "anchors.c": anchors.c.float().numpy()},
+                                 {"names": json.dumps(anchors.names), "person": self.person})
+            return merged_adapter_section(self.person, sha256_file(self.adapter_path), self.meta["base_fingerprint"],
+                                          self.meta["policy"], list(anchors.names) if anchors is not None else None)
+        policy = self.adapter.policy
+        save_safetensors(d / BASE_ADAPTER_FILE, self.base_values,
+                         {"what": "base-model values of the keep-LoRA inputs (LoRA A = B = 0)"})
+        return keep_lora_adapter_section(
+            dataclasses.asdict(policy), policy.rank, policy.alpha, policy.layout, policy.scale,
+            [[t.key, t.kind, list(t.shape)] for t in self.adapter.targets.values()],
+            [{"input": i.input_name, "tensor": i.tensor_name, "target": i.target_key, "role": i.role,
+              "shape": list(i.shape), "graph": i.graph, "dtype": "float32"} for i in self.inputs],
+            sha256_file(self.adapter_path) if self.adapter_path is not None else None,
+            ADAPTER_FORMAT_VERSION if self.adapter.fc_after_gain else 1, defaults_in_graph=True,
+            mixed_batch=self.opts.mixed_batch or None)
+
+    def write_torch_model(self, path: Path) -> dict[str, str]:
+        """The export's model directory for the runtime's torch backend (manifest 'torch'): G's base weights, or in
+        a 'merge' export the person baked in (generator.lora.merged_state_dict, the weights the merged graphs were
+        traced from); returns the manifest section with the weights fingerprint the backend checks."""
+        from generator.lora import merged_state_dict
+        from generator.model_dir import read_config, save_model_dir
+        G = self.G
+        if self.opts.mode == "merge":
+            G = copy.deepcopy(G)
+            G.load_state_dict(merged_state_dict(G, self.adapter), strict=True)
+        save_model_dir(G, path, source={"export": f"weights of this {self.opts.mode} export, for the runtime's torch "
+                                                  f"backend"})
+        return torch_section(read_config(path)[1]["fingerprint"], TORCH_MODEL_DIR)
+
+
+def _load_adapter(G: TriPlaneGenerator, adapter_path: str | os.PathLike | None) -> tuple[Any, Any, Any]:
+    """(adapter, anchors, metadata) of the adapter file at `adapter_path` for G; (None, None, None) without one."""
+    from generator.adapter_file import AdapterFileError, load_adapter
+    if adapter_path is None:
+        return None, None, None
+    try:
+        return load_adapter(adapter_path, G)
+    except AdapterFileError as e:
+        raise ExportError(str(e)) from None
+
+
+def _merged_person(opts: ExportOptions, adapter_path: str | os.PathLike) -> str:
+    """The merged person's name: opts.person, or the adapter file's stem (which must then be a valid name)."""
+    person = opts.person or Path(adapter_path).stem
+    if not is_valid_name(person):
+        raise ExportError(f"person name {person!r} (from the adapter file name) must use {NAME_RULE}: "
+                          f"pass --person NAME")
+    return person
+
+
+def export_generator(G: TriPlaneGenerator, out: str | os.PathLike, adapter_path: str | os.PathLike | None = None,
+                     options: ExportOptions | None = None, source: dict[str, Any] | None = None) -> Path:
+    """Export G (and the adapter at `adapter_path`, per options.mode) to the directory `out`; returns it. The
+    directory appears complete or not at all (written in a temporary directory, then renamed)."""
+    job = ExportJob.prepare(G, adapter_path, options, source)
+    with atomic_dir(out, overwrite=job.opts.overwrite) as tmp:
+        job.write(tmp)
     return Path(out)
-
-
-def _verify(paths, z, c, ws, ref, planes_ref, file_tensors, syn_in, ren_in, opts) -> dict[str, Any]:
-    """Run the three graphs with onnxruntime on the example batch and compare with eager PyTorch."""
-    feeds_syn = {i.input_name: file_tensors[i.tensor_name].numpy() for i in syn_in}
-    feeds_ren = {i.input_name: file_tensors[i.tensor_name].numpy() for i in ren_in}
-    ws_o = _ort_session(paths["mapping"]).run(None, {"z": z.numpy(), "c": c.numpy(),
-                                                     "truncation_psi": np.array([EXAMPLE_PSI], np.float32)})[0]
-    planes_o = _ort_session(paths["synthesis"]).run(None, {"ws": ws.numpy(), **feeds_syn})[0]
-    image, image_raw, depth = _ort_session(paths["render"]).run(
-        None, {"planes": planes_o, "ws": ws.numpy(), "c": c.numpy(), **feeds_ren})
-    diffs = {"ws": _max_diff(ws_o, ws), "planes": _max_diff(planes_o, planes_ref), "image": _max_diff(image, ref["image"]),
-             "image_raw": _max_diff(image_raw, ref["image_raw"]), "depth": _max_diff(depth, ref["image_depth"])}
-    tol = FP16_TOLERANCE if opts.fp16 else FP32_TOLERANCE
-    passed = all(v <= tol for v in diffs.values())
-    if not passed and not opts.fp16:
-        raise ExportError(f"onnxruntime differs from eager PyTorch by more than {tol}: {diffs}")
-    return {"batch": int(z.shape[0]), "reference": "eager PyTorch (adapter attached, not merged)",
-            "max_abs_diff": diffs, "tolerance": tol, "passed": passed}
-
-
-def _write_torch_model(G: TriPlaneGenerator, merged: PersonAdapter | None, path: Path, mode: str) -> dict[str, str]:
-    """The export's model directory for the runtime's torch backend (manifest 'torch'): G's base weights, or with
-    `merged` the person baked in (generator.lora.merged_state_dict, the weights the merged graphs were traced
-    from); returns the manifest section with the weights fingerprint the backend checks."""
-    from generator.lora import merged_state_dict
-    from generator.model_dir import read_config, save_model_dir
-    if merged is not None:
-        G = copy.deepcopy(G)
-        G.load_state_dict(merged_state_dict(G, merged), strict=True)
-    save_model_dir(G, path, source={"export": f"weights of this {mode} export, for the runtime's torch backend"})
-    return torch_section(read_config(path)[1]["fingerprint"], TORCH_MODEL_DIR)
-
-
-def _adapter_section(opts, G, adapter, anchors, meta, adapter_path, person, inputs, tmp: Path) -> dict[str, Any]:
-    if opts.mode == "base":
-        return {"mode": "none"}
-    if opts.mode == "merge":
-        if anchors is not None:
-            save_safetensors(tmp / ANCHORS_FILE, {"anchors.ws": anchors.ws.float().numpy(),
-                                                  "anchors.c": anchors.c.float().numpy()},
-                             {"names": json.dumps(anchors.names), "person": person})
-        return merged_adapter_section(person, sha256_file(adapter_path), meta["base_fingerprint"], meta["policy"],
-                                      list(anchors.names) if anchors is not None else None)
-    policy = adapter.policy
-    save_safetensors(tmp / BASE_ADAPTER_FILE, base_adapter_values(G, inputs),
-                     {"what": "base-model values of the keep-LoRA inputs (LoRA A = B = 0)"})
-    return keep_lora_adapter_section(
-        dataclasses.asdict(policy), policy.rank, policy.alpha, policy.layout, policy.scale,
-        [[t.key, t.kind, list(t.shape)] for t in adapter.targets.values()],
-        [{"input": i.input_name, "tensor": i.tensor_name, "target": i.target_key, "role": i.role,
-          "shape": list(i.shape), "graph": i.graph, "dtype": "float32"} for i in inputs],
-        sha256_file(adapter_path) if adapter_path is not None else None,
-        ADAPTER_FORMAT_VERSION if adapter.fc_after_gain else 1, defaults_in_graph=True,
-        mixed_batch=opts.mixed_batch or None)
 
 
 def build_engines(export_dir: str | os.PathLike, max_batch: int = 8, fp16: bool = True,

@@ -8,10 +8,15 @@ group is its own run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Generic, Sequence, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Sequence, TypeVar
 
 from runtime.requests import Anchor
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from runtime.people import Person
 
 T = TypeVar("T")
 
@@ -28,6 +33,29 @@ class ViewRequest:
 
 
 @dataclass
+class BatchItem:
+    """An accepted request of a batch as `Runtime.render_batch` carries it through the runs: where its result goes,
+    who and what it renders, and its tri-planes once the cache or a synthesis run gave them."""
+
+    index: int
+    """Position of the request (and of its result) in the batch."""
+    person: Person
+    ws: np.ndarray
+    """W+ [num_ws, w_dim]."""
+    key: str
+    """runtime.planes.latent_key of `ws`."""
+    yaw: float
+    pitch: float
+    timings: dict[str, float] = field(default_factory=dict)
+    """The request's own stages (its 'adapter' time)."""
+    planes: Any = None
+    """Tri-planes [1, ...] as Backend.batch_planes keeps them; None until known."""
+    cache_hit: bool = False
+    synthesis_ms: float = 0.0
+    """Time of the synthesis run that made `planes` (0.0 on a cache hit)."""
+
+
+@dataclass
 class Run(Generic[T]):
     """One graph run of a batch: `items` in sample order; `mixed` runs use the static mixed graphs, padded to
     `size` samples by repeating the last item."""
@@ -39,6 +67,10 @@ class Run(Generic[T]):
     @property
     def padding(self) -> int:
         return self.size - len(self.items)
+
+    def padded(self, parts: list) -> list:
+        """One part per item (feeds, people), padded to `size` by repeating the last."""
+        return parts + parts[-1:] * self.padding
 
 
 def plan_runs(items: Sequence[T], identity_of, mixed_batch: int | None) -> list[Run[T]]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,12 @@ class RenderResult:
     """Camera pitch (radians from frontal)."""
     latent_key: str = ""
     """Hash of the W+ latent (the plane-cache key together with the adapter identity)."""
+
+    @classmethod
+    def of_sample(cls, outputs: dict[str, Any], k: int, **fields: Any) -> RenderResult:
+        """Sample k of a render graph's outputs (image, image_raw, depth: float32 copies) with the other `fields`."""
+        return cls(image=outputs["image"][k].astype(np.float32), image_raw=outputs["image_raw"][k].astype(np.float32),
+                   depth=outputs["depth"][k].astype(np.float32), **fields)
 
     def to_uint8(self) -> np.ndarray:
         """The image as HWC uint8, as generator.imaging.to_uint8 maps [-1, 1]."""

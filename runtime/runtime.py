@@ -30,7 +30,8 @@ small parts, each with one job:
     runtime.native_adapters                  a person's adapter per graph: native onnxruntime adapter files,
                                              values kept on a CUDA device, or numpy feeds
     runtime.batching                         `render_batch`: N queued requests in one run per person, or in the
-                                             export's mixed-person graphs (one person per sample)
+                                             export's mixed-person graphs (one person per sample); BatchItem is
+                                             one request on its way through the runs
     runtime.requests                         validation of every argument (InvalidRequest names the field)
 
 Export modes (manifest 'adapter.mode'): 'none' serves only the base model (person=None); 'merged' serves only the
@@ -39,12 +40,14 @@ policy and base model match the export.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -56,7 +59,7 @@ from media.orbit import Orbit
 from runtime import requests as check
 from runtime.backend import Backend, BackendOptions
 from runtime.choose_backend import open_backend
-from runtime.batching import Run, ViewRequest, plan_runs
+from runtime.batching import BatchItem, Run, ViewRequest, plan_runs
 from runtime.budget import LatencyBudget
 from runtime.errors import (AdapterInvalid, BudgetExceeded, ExportInvalid, InvalidRequest, RuntimeErrorBase,
                             UnknownPerson)
@@ -70,8 +73,49 @@ from runtime.stats import Counters
 log = logging.getLogger("my3dgen.runtime")
 
 
+L = TypeVar("L")
+
+
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
+
+
+def _lerp(wa: np.ndarray, wb: np.ndarray, t: float) -> np.ndarray:
+    """(1 - t) * wa + t * wb in float32 (exact at both ends: 0 * w + 1 * w')."""
+    return ((1.0 - t) * wa + t * wb).astype(np.float32)
+
+
+def _timings(stages: dict[str, float], synthesis_ms: float, render_ms: float, total_ms: float) -> dict[str, float]:
+    """A result's milliseconds per stage: the request's own 'mapping' and 'adapter' (0.0 where not measured), then
+    its synthesis, render and total."""
+    return {"mapping": stages.get("mapping", 0.0), "adapter": stages.get("adapter", 0.0), "synthesis": synthesis_ms,
+            "render": render_ms, "total": total_ms}
+
+
+@dataclass
+class _Call:
+    """One request in flight: when it started, its budget (ms; None: no deadline) and the times of its own stages
+    ('adapter', 'mapping'), which its first result reports."""
+
+    t0: float
+    budget: float | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def elapsed_ms(self) -> float:
+        return _ms(self.t0)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Time the block as `stage` (recorded when the block completes)."""
+        t = time.perf_counter()
+        yield
+        self.timings[stage] = _ms(t)
+
+    def rest(self) -> _Call:
+        """The rest of this call as a call of its own (a next frame): its clock starts now, its budget is what is
+        left of this one (<= 0 when spent), and it has no stage times yet."""
+        start = time.perf_counter()
+        return _Call(start, None if self.budget is None else self.budget - (start - self.t0) * 1000.0)
 
 
 class Runtime:
@@ -177,29 +221,20 @@ class Runtime:
     def novel_view(self, person: str | None = None, anchor: Anchor | None = None, latent: Any = None,
                    yaw: float = 0.0, pitch: float = 0.0, budget_ms: float | None = None) -> RenderResult:
         """Render `person` at (yaw, pitch) from an anchor (name or index) or a latent W [w_dim] / W+ [num_ws, w_dim]."""
-        t0 = time.perf_counter()
-        budget = check.budget_ms(budget_ms)
-        yaw, pitch = check.angle("yaw", yaw, self.limits), check.angle("pitch", pitch, self.limits)
-        p, timings = self._resolve(person)
-        t_map = time.perf_counter()
-        ws = self._latent(p, anchor, latent)
-        timings["mapping"] = _ms(t_map)
-        return self._render_views(p, ws, [(yaw, pitch)], budget, t0, timings)[0]
+        call = self._start(budget_ms)
+        view = self._view(yaw, pitch)
+        p, ws = self._subject(call, person, lambda p: self._latent(p, anchor, latent))
+        return self._render_views(call, p, ws, [view])[0]
 
     def interpolate(self, person: str | None, a: Anchor, b: Anchor, t: float, yaw: float = 0.0, pitch: float = 0.0,
                     budget_ms: float | None = None) -> RenderResult:
         """Render the W-space lerp (1 - t) * w_a + t * w_b of two anchors at (yaw, pitch)."""
-        t0 = time.perf_counter()
-        budget = check.budget_ms(budget_ms)
-        yaw, pitch = check.angle("yaw", yaw, self.limits), check.angle("pitch", pitch, self.limits)
+        call = self._start(budget_ms)
+        view = self._view(yaw, pitch)
         t = check.weight("t", t)
-        p, timings = self._resolve(person)
-        t_map = time.perf_counter()
-        wa = p.anchor_latent(check.anchor("a", a), "a")
-        wb = p.anchor_latent(check.anchor("b", b), "b")
-        ws = ((1.0 - t) * wa + t * wb).astype(np.float32)
-        timings["mapping"] = _ms(t_map)
-        return self._render_views(p, ws, [(yaw, pitch)], budget, t0, timings)[0]
+        p, ws = self._subject(call, person, lambda p: _lerp(p.anchor_latent(check.anchor("a", a), "a"),
+                                                            p.anchor_latent(check.anchor("b", b), "b"), t))
+        return self._render_views(call, p, ws, [view])[0]
 
     def turntable(self, person: str | None, anchor: Anchor | None, frames: int = 8, yaw_range: float = 0.5,
                   pitch: float = 0.0, budget_ms: float | None = None) -> list[RenderResult]:
@@ -207,54 +242,40 @@ class Runtime:
 
         The budget covers the whole call; each frame's timings are its own (frame 0 carries the synthesis).
         """
-        t0 = time.perf_counter()
-        budget = check.budget_ms(budget_ms)
+        call = self._start(budget_ms)
         n = check.frames(frames, self.limits)
         yaw_range = check.number("yaw_range", yaw_range, -self.limits.max_abs_yaw, self.limits.max_abs_yaw,
                                  "radians")
         pitch = check.angle("pitch", pitch, self.limits)
-        p, timings = self._resolve(person)
-        t_map = time.perf_counter()
-        ws = self._latent(p, anchor, None)
-        timings["mapping"] = _ms(t_map)
+        p, ws = self._subject(call, person, lambda p: self._latent(p, anchor, None))
         views = [(yaw_range * math.sin(2 * math.pi * k / n), pitch) for k in range(n)]
-        return self._render_views(p, ws, views, budget, t0, timings)
+        return self._render_views(call, p, ws, views)
 
     def orbit(self, person: str | None, anchor: Anchor | None = None, latent: Any = None, frames: int = 16,
               orbit: Orbit = Orbit(), budget_ms: float | None = None) -> list[RenderResult]:
         """`frames` views along `orbit` (default: EG3D's gen_videos.py turntable, as `cli.py render --video
         turntable`) of an anchor or a latent: one synthesis (or none), `frames` renders. The budget covers the
         whole call; frame 0's timings carry the synthesis."""
-        t0 = time.perf_counter()
-        budget = check.budget_ms(budget_ms)
-        views = [(check.angle("yaw", yaw, self.limits), check.angle("pitch", pitch, self.limits))
-                 for yaw, pitch in orbit.views(check.frames(frames, self.limits))]
-        p, timings = self._resolve(person)
-        t_map = time.perf_counter()
-        ws = self._latent(p, anchor, latent)
-        timings["mapping"] = _ms(t_map)
-        return self._render_views(p, ws, views, budget, t0, timings)
+        call = self._start(budget_ms)
+        views = [self._view(yaw, pitch) for yaw, pitch in orbit.views(check.frames(frames, self.limits))]
+        p, ws = self._subject(call, person, lambda p: self._latent(p, anchor, latent))
+        return self._render_views(call, p, ws, views)
 
     def anchor_view(self, person: str | None, anchor: Anchor, budget_ms: float | None = None) -> RenderResult:
         """Anchor `anchor` (name or index) of `person` seen from its own photo's camera (not a look-at view)."""
-        t0 = time.perf_counter()
-        budget = check.budget_ms(budget_ms)
-        p, timings = self._resolve(person)
-        t_map = time.perf_counter()
-        ws, c = self._anchor(p, anchor, "anchor")
-        timings["mapping"] = _ms(t_map)
-        return self._render_views(p, ws, [view_angles(c)], budget, t0, timings, cameras=[c])[0]
+        call = self._start(budget_ms)
+        p, (ws, c) = self._subject(call, person, lambda p: self._anchor(p, anchor, "anchor"))
+        return self._render_camera(call, p, ws, c)
 
     def camera_view(self, person: str | None, latent: Any, camera: Any, budget_ms: float | None = None
                     ) -> RenderResult:
         """Render a latent W [w_dim] / W+ [num_ws, w_dim] of `person` from a camera label [25] (a photo's camera, or
-        one of media.camera_path's: a caller rendering an interpolation one frame at a time)."""
-        t0 = time.perf_counter()
-        budget = check.budget_ms(budget_ms)
-        p, timings = self._resolve(person)
+        one of media.camera_path's: a caller rendering an interpolation one frame at a time). The latent is given,
+        so no 'mapping' stage is timed."""
+        call = self._start(budget_ms)
+        p = self._resolve(call, person)
         ws = check.latent(latent, self.w_dim, self.num_ws)
-        c = check.camera(camera)
-        return self._render_views(p, ws, [view_angles(c)], budget, t0, timings, cameras=[c])[0]
+        return self._render_camera(call, p, ws, check.camera(camera))
 
     def interpolation(self, person: str | None, a: Anchor, b: Anchor, frames: int = 16,
                       budget_ms: float | None = None) -> list[RenderResult]:
@@ -265,26 +286,19 @@ class Runtime:
         Every frame is its own latent: a synthesis and a render each. The budget covers the whole call: it is
         checked against the stage estimates before anything runs, and before and after every frame.
         """
-        t0 = time.perf_counter()
-        budget = check.budget_ms(budget_ms)
+        call = self._start(budget_ms)
         ts = interpolation_weights(check.frames(frames, self.limits, lo=2))
-        p, timings = self._resolve(person)
-        t_map = time.perf_counter()
-        (wa, ca), (wb, cb) = self._anchor(p, a, "a"), self._anchor(p, b, "b")
-        timings["mapping"] = _ms(t_map)
-        self.budget.check(budget, _ms(t0), {"synthesis": len(ts), "render": len(ts)},
+        p, ((wa, ca), (wb, cb)) = self._subject(call, person,
+                                                lambda p: (self._anchor(p, a, "a"), self._anchor(p, b, "b")))
+        self.budget.check(call.budget, call.elapsed_ms(), {"synthesis": len(ts), "render": len(ts)},
                           f"{len(ts)} syntheses + {len(ts)} renders")
         results: list[RenderResult] = []
         for k, t in enumerate(ts):
-            start = t0 if k == 0 else time.perf_counter()
-            left = None if budget is None else budget - (start - t0) * 1000.0
-            if left is not None and left <= 0:
-                raise BudgetExceeded(f"budget_ms={budget:g} exceeded after {k} of {len(ts)} frames", budget, None,
-                                     _ms(t0), False, result=results)
-            ws = ((1.0 - t) * wa + t * wb).astype(np.float32)   # exact at both ends: 0 * w + 1 * w'
-            c = interpolate_camera(ca, cb, t)
-            results += self._render_views(p, ws, [view_angles(c)], left, start, timings if k == 0 else {},
-                                          cameras=[c])
+            frame = call if k == 0 else call.rest()
+            if frame.budget is not None and frame.budget <= 0:
+                raise BudgetExceeded(f"budget_ms={call.budget:g} exceeded after {k} of {len(ts)} frames", call.budget,
+                                     None, call.elapsed_ms(), False, result=results)
+            results.append(self._render_camera(frame, p, _lerp(wa, wb, t), interpolate_camera(ca, cb, t)))
         return results
 
     def map(self, z: np.ndarray, c: np.ndarray | None = None, truncation_psi: float = 0.7) -> np.ndarray:
@@ -311,66 +325,26 @@ class Runtime:
         one run per person, or the export's mixed-person graphs. Returns, in request order, each request's
         RenderResult or the RuntimeErrorBase that refused it (one bad request does not fail the others).
         Tri-planes of the batch are stacked and split per sample where the backend keeps them (Backend.batch_planes:
-        host memory, or the torch backend's CUDA device)."""
+        host memory, or the torch backend's CUDA device). A batch has no budget; each result's 'total' counts from
+        the start of the batch."""
         t0 = time.perf_counter()
         out: list[Any] = [None] * len(requests)
-        todo = []
+        items: list[BatchItem] = []
         for i, r in enumerate(requests):
             try:
-                yaw, pitch = check.angle("yaw", r.yaw, self.limits), check.angle("pitch", r.pitch, self.limits)
-                p, timings = self._resolve(r.person)
-                ws = self._latent(p, r.anchor, r.latent)
+                q = self._batch_item(i, r, t0)
             except RuntimeErrorBase as e:
                 out[i] = e
                 continue
-            key = latent_key(ws)
-            cached = self.planes.get(p.name, p.identity, key)
-            self._counters.add("plane_cache_misses" if cached is None else "plane_cache_hits")
-            todo.append({"i": i, "p": p, "ws": ws, "key": key, "yaw": yaw, "pitch": pitch, "adapter_ms":
-                         timings["adapter"], "planes": None if cached is None else self.backend.batch_planes(cached),
-                         "hit": cached is not None, "synthesis_ms": 0.0})
-        identity = lambda q: q["p"].identity  # noqa: E731
-        for run in plan_runs([q for q in todo if q["planes"] is None], identity, self.backend.mixed_batch):
-            ts = time.perf_counter()
-            planes = self._batch_run(run, "synthesis", {"ws": self._stack(run, "ws")})["planes"]
-            planes = self.backend.batch_planes(planes)
-            ms = _ms(ts)
-            self._counters.add("synthesis_runs")
-            for k, q in enumerate(run.items):
-                q["planes"], q["synthesis_ms"] = planes[k:k + 1], ms
-                self.planes.put(q["p"].name, q["p"].identity, q["key"], q["planes"])
-        for run in plan_runs(todo, identity, self.backend.mixed_batch):
-            tr = time.perf_counter()
-            cams = [self.backend.camera(q["yaw"], q["pitch"]) for q in run.items]
-            res = self._batch_run(run, "render", {"planes": self._stack(run, "planes"), "ws": self._stack(run, "ws"),
-                                                  "c": np.concatenate(cams + cams[-1:] * run.padding)})
-            ms = _ms(tr)
-            self._counters.add("render_runs")
-            for k, q in enumerate(run.items):
-                t = {"mapping": 0.0, "adapter": q["adapter_ms"], "synthesis": q["synthesis_ms"], "render": ms,
-                     "total": _ms(t0)}
-                out[q["i"]] = RenderResult(image=res["image"][k].astype(np.float32),
-                                           image_raw=res["image_raw"][k].astype(np.float32),
-                                           depth=res["depth"][k].astype(np.float32), timings=t, cache_hit=q["hit"],
-                                           person=q["p"].name, yaw=q["yaw"], pitch=q["pitch"], latent_key=q["key"])
+            self._cached_planes(q)
+            items.append(q)
+        identity = lambda q: q.person.identity  # noqa: E731
+        for run in plan_runs([q for q in items if q.planes is None], identity, self.backend.mixed_batch):
+            self._synthesize_run(run)
+        for run in plan_runs(items, identity, self.backend.mixed_batch):
+            for q, result in zip(run.items, self._render_run(run, t0)):
+                out[q.index] = result
         return out
-
-    def _stack(self, run: Run, name: str) -> Any:
-        """The run's samples of `name` (W+ latents, or tri-planes [1, ...] each) stacked, padded to run.size."""
-        parts = [q[name] if name == "planes" else q[name][None] for q in run.items]
-        return self.backend.concat(parts + parts[-1:] * run.padding)
-
-    def _batch_run(self, run: Run, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
-        """One run of `graph`: the person's own for a one-person run, one person per sample (padded) otherwise."""
-        people = [q["p"] for q in run.items]
-        if not run.mixed:
-            if graph == "synthesis":
-                return {"planes": self.backend.planes(feeds["ws"], people[0])}
-            return self.backend.render(feeds["planes"], feeds["ws"], feeds["c"], people[0])
-        people += people[-1:] * run.padding
-        if graph == "synthesis":
-            return {"planes": self.backend.planes_mixed(feeds["ws"], people)}
-        return self.backend.render_mixed(feeds["planes"], feeds["ws"], feeds["c"], people)
 
     def warmup(self, person: str | None = None, latent: np.ndarray | None = None) -> RenderResult:
         """Run both graphs once (a fresh latent, so synthesis runs) to prime the stage-time estimates."""
@@ -394,12 +368,31 @@ class Runtime:
         self.planes.clear()
         self.people_store.clear()
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ the request pipeline
+    #
+    # Every request method: _start (clock, then the budget argument), its own argument checks, _subject (the
+    # person, timed 'adapter', and the latent, timed 'mapping'), then _render_views (one latent, its views) or, for
+    # render_batch, _batch_item per request and the batch's runs. Results come from RenderResult.of_sample with
+    # _timings.
 
-    def _resolve(self, person: str | None) -> tuple[Person, dict[str, float]]:
-        t = time.perf_counter()
-        p = self.people_store.get(None if person is None else check.name(person))
-        return p, {"adapter": _ms(t)}
+    def _start(self, budget_ms: Any) -> _Call:
+        """A request's call: its clock starts, then its `budget_ms` argument is checked (before any other)."""
+        return _Call(time.perf_counter(), check.budget_ms(budget_ms))
+
+    def _view(self, yaw: Any, pitch: Any) -> tuple[float, float]:
+        """A checked (yaw, pitch) look-at view."""
+        return check.angle("yaw", yaw, self.limits), check.angle("pitch", pitch, self.limits)
+
+    def _resolve(self, call: _Call, person: str | None) -> Person:
+        """The person to render (adapter loaded, or from the cache), timed as the call's 'adapter' stage."""
+        with call.timed("adapter"):
+            return self.people_store.get(None if person is None else check.name(person))
+
+    def _subject(self, call: _Call, person: str | None, latent_of: Callable[[Person], L]) -> tuple[Person, L]:
+        """The person, then what `latent_of(person)` gives (the latent(s) to render), timed as 'mapping'."""
+        p = self._resolve(call, person)
+        with call.timed("mapping"):
+            return p, latent_of(p)
 
     def _latent(self, p: Person, anchor: Any, latent: Any) -> np.ndarray:
         if anchor is not None and latent is not None:
@@ -415,15 +408,20 @@ class Runtime:
         i = p.anchor_index(check.anchor(field_name, ref), field_name)
         return p.anchor_ws[i], p.anchor_c[i].astype(np.float32)
 
-    def _render_views(self, p: Person, ws: np.ndarray, views: list[tuple[float, float]], budget: float | None,
-                      t0: float, timings: dict[str, float], cameras: list[np.ndarray] | None = None
-                      ) -> list[RenderResult]:
+    def _render_camera(self, call: _Call, p: Person, ws: np.ndarray, c: np.ndarray) -> RenderResult:
+        """Render latent ws from camera label c [25] (its angles go in the result)."""
+        return self._render_views(call, p, ws, [view_angles(c)], cameras=[c])[0]
+
+    def _render_views(self, call: _Call, p: Person, ws: np.ndarray, views: list[tuple[float, float]],
+                      cameras: list[np.ndarray] | None = None) -> list[RenderResult]:
         """Render latent ws from each (yaw, pitch) look-at view, or from the given camera labels [25] (then
-        `views` holds their angles for the results)."""
+        `views` holds their angles for the results): one synthesis unless the tri-planes are cached, one render
+        per view. The budget is checked against the estimates before running and after every view; the first
+        result carries the call's own stages, the synthesis and the call's total, the others their render only."""
         key = latent_key(ws)
         planes = self.planes.get(p.name, p.identity, key)
         hit = planes is not None
-        self.budget.check(budget, _ms(t0), {"synthesis": 0 if hit else 1, "render": len(views)},
+        self.budget.check(call.budget, call.elapsed_ms(), {"synthesis": 0 if hit else 1, "render": len(views)},
                           f"{'cached tri-planes' if hit else 'synthesis'} + {len(views)} render(s)")
         ws_b = ws[None]
         self._counters.add("plane_cache_hits" if hit else "plane_cache_misses")
@@ -444,17 +442,68 @@ class Runtime:
             self._counters.add("render_runs")
             self.budget.observe("render", render_ms)
             first = k == 0
-            t = {"mapping": timings.get("mapping", 0.0) if first else 0.0,
-                 "adapter": timings.get("adapter", 0.0) if first else 0.0,
-                 "synthesis": synthesis_ms if first else 0.0, "render": render_ms}
-            t["total"] = _ms(t0) if first else render_ms
-            results.append(RenderResult(image=out["image"][0].astype(np.float32),
-                                        image_raw=out["image_raw"][0].astype(np.float32),
-                                        depth=out["depth"][0].astype(np.float32), timings=t,
-                                        cache_hit=hit or not first, person=p.name, yaw=yaw, pitch=pitch,
-                                        latent_key=key))
-            self.budget.check_after(budget, _ms(t0), k + 1, len(views), results[0] if len(views) == 1 else results)
+            timings = _timings(call.timings, synthesis_ms, render_ms, call.elapsed_ms()) if first else \
+                _timings({}, 0.0, render_ms, render_ms)
+            results.append(RenderResult.of_sample(out, 0, timings=timings, cache_hit=hit or not first, person=p.name,
+                                                  yaw=yaw, pitch=pitch, latent_key=key))
+            self.budget.check_after(call.budget, call.elapsed_ms(), k + 1, len(views),
+                                    results[0] if len(views) == 1 else results)
         return results
+
+    def _batch_item(self, index: int, r: ViewRequest, t0: float) -> BatchItem:
+        """Request `index` of a batch started at t0, checked and resolved (raises what refuses it)."""
+        call = _Call(t0, None)
+        yaw, pitch = self._view(r.yaw, r.pitch)
+        p = self._resolve(call, r.person)
+        ws = self._latent(p, r.anchor, r.latent)
+        return BatchItem(index, p, ws, latent_key(ws), yaw, pitch, call.timings)
+
+    def _cached_planes(self, q: BatchItem) -> None:
+        """Give a batch item its tri-planes from the cache, if there (counted as a hit or a miss)."""
+        cached = self.planes.get(q.person.name, q.person.identity, q.key)
+        self._counters.add("plane_cache_misses" if cached is None else "plane_cache_hits")
+        if cached is not None:
+            q.planes, q.cache_hit = self.backend.batch_planes(cached), True
+
+    def _synthesize_run(self, run: Run[BatchItem]) -> None:
+        """One synthesis run: each item gets its tri-planes [1, ...] (also cached) and the run's time."""
+        ts = time.perf_counter()
+        out = self._batch_run(run, "synthesis", {"ws": self._stack(run, [q.ws[None] for q in run.items])})
+        planes = self.backend.batch_planes(out["planes"])
+        ms = _ms(ts)
+        self._counters.add("synthesis_runs")
+        for k, q in enumerate(run.items):
+            q.planes, q.synthesis_ms = planes[k:k + 1], ms
+            self.planes.put(q.person.name, q.person.identity, q.key, q.planes)
+
+    def _render_run(self, run: Run[BatchItem], t0: float) -> list[RenderResult]:
+        """One render run: the results of its items, in item order ('total' counted from t0)."""
+        tr = time.perf_counter()
+        cams = [self.backend.camera(q.yaw, q.pitch) for q in run.items]
+        out = self._batch_run(run, "render", {"planes": self._stack(run, [q.planes for q in run.items]),
+                                              "ws": self._stack(run, [q.ws[None] for q in run.items]),
+                                              "c": np.concatenate(run.padded(cams))})
+        ms = _ms(tr)
+        self._counters.add("render_runs")
+        return [RenderResult.of_sample(out, k, timings=_timings(q.timings, q.synthesis_ms, ms, _ms(t0)),
+                                       cache_hit=q.cache_hit, person=q.person.name, yaw=q.yaw, pitch=q.pitch,
+                                       latent_key=q.key) for k, q in enumerate(run.items)]
+
+    def _stack(self, run: Run[BatchItem], parts: list) -> Any:
+        """The run's samples (W+ latents or tri-planes, [1, ...] each) joined on the backend, padded to run.size."""
+        return self.backend.concat(run.padded(parts))
+
+    def _batch_run(self, run: Run[BatchItem], graph: str, feeds: dict[str, Any]) -> dict[str, Any]:
+        """One run of `graph`: the person's own for a one-person run, one person per sample (padded) otherwise."""
+        people = [q.person for q in run.items]
+        if not run.mixed:
+            if graph == "synthesis":
+                return {"planes": self.backend.planes(feeds["ws"], people[0])}
+            return self.backend.render(feeds["planes"], feeds["ws"], feeds["c"], people[0])
+        people = run.padded(people)
+        if graph == "synthesis":
+            return {"planes": self.backend.planes_mixed(feeds["ws"], people)}
+        return self.backend.render_mixed(feeds["planes"], feeds["ws"], feeds["c"], people)
 
 
 __all__ = ["Runtime", "RenderResult", "RequestLimits", "RuntimeErrorBase", "UnknownPerson", "InvalidRequest",
