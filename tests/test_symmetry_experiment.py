@@ -79,5 +79,10 @@ def test_smoke_run_through_the_script_fills_every_region_and_resumes(tmp_path):
                     assert all(isinstance(v, bool) for v in scores["verified"])
     doc = (tmp_path / "docs" / "SYMMETRY.md").read_text()
     assert "one-sided reference set" in doc and "(LoRA + L_sym) − LoRA" in doc and "FAR 0.01" in doc
-    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("results exist, skipped") == 2
+    from evaluation import symmetry_experiment as sx                 # the resume, in this process (no re-import)
+    from generator.model_dir import load_model_dir
+    said: list[str] = []
+    again = sx.run(load_model_dir(REPO / "models" / "heads"), tmp_path / "work", SymmetryConfig(**sx.SMOKE),
+                   log=said.append)
+    assert said.count(f"person {result['people'][0]['seed']}: results exist, skipped") == 1
+    assert sum("results exist, skipped" in m for m in said) == 2 and again["people"] == result["people"]
