@@ -17,7 +17,11 @@ traceback. `--debug` (or `MY3DGEN_DEBUG=1`) shows the traceback of expected fail
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+
+if "--help" in sys.argv and not sys.stdout.isatty() and not {"COLUMNS", "TERMINAL_WIDTH"} & set(os.environ):
+    os.environ["TERMINAL_WIDTH"] = "120"  # piped --help (less, a file): the help's 120 columns, not rich's 80
 
 if __name__ == "__main__":  # re-execute under jemalloc before the command modules load, not after (entry())
     from launch.allocator import preload

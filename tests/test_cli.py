@@ -239,3 +239,15 @@ def test_serve_binds_listeners_explicitly_and_refuses_bad_ports():
             assert why in str(e), (bad, e)
         else:
             raise AssertionError(f"--port {bad} was accepted")
+
+
+def test_piped_help_is_120_columns_and_cuts_nothing():
+    """`cli.py train --help | less` (not a terminal) gets the width the help is written for, not rich's 80, so no
+    option name or type is cut with an ellipsis."""
+    import os
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
+    out = subprocess.run([sys.executable, "cli.py", "train", "--help"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120).stdout
+    assert "--quick" in out and "…" not in out
+    assert max(len(line) for line in out.splitlines()) == 120
