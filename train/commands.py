@@ -136,28 +136,21 @@ def train(
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--kimg") from None
         check_limit(iterations, "max_steps", "--kimg", "steps")
-    if quick:
-        if kimg is not None:
-            raise typer.BadParameter("--quick sets the length: not with --kimg (give --iterations to change it)")
+    if quick and kimg is not None:
+        raise typer.BadParameter("--quick sets the length: not with --kimg (give --iterations to change it)")
+    scale = QUICK if quick else DEMO_SCALE if preset is not None else None
+    if scale is not None:
         applied = []
         if iterations is None:
-            iterations = QUICK["iterations"]
+            iterations = scale["iterations"]
             applied.append(f"--iterations {iterations}")
         if inversion_steps is None:
-            inversion_steps = QUICK["inversion_steps"]
+            inversion_steps = scale["inversion_steps"]
             applied.append(f"--inversion-steps {inversion_steps}")
-        if applied:
-            typer.echo(f"--quick: {' '.join(applied)} (a short run to try things; the default is 2500 steps and "
-                       f"500 inversion steps per photo)")
-    if preset is not None:
-        applied = []
-        if iterations is None:
-            iterations = DEMO_SCALE["iterations"]
-            applied.append(f"--iterations {iterations}")
-        if inversion_steps is None:
-            inversion_steps = DEMO_SCALE["inversion_steps"]
-            applied.append(f"--inversion-steps {inversion_steps}")
-        if applied:
+        if applied and quick:
+            typer.echo(f"--quick: {' '.join(applied)} (a short run to try things; the default is "
+                       f"{defaults.iterations} steps and {defaults.projector.steps} inversion steps per photo)")
+        elif applied:
             typer.echo(f"--preset {preset} has random weights (demo/smoke test): using demo-scale "
                        f"{' '.join(applied)} (pass them to change)")
     inversion_steps = defaults.projector.steps if inversion_steps is None else inversion_steps
