@@ -103,34 +103,41 @@ def reference_poses(seed: int, kind: str, count: int, cfg: SymmetryConfig) -> li
     return [(float(y), float(p)) for y, p in zip(yaws, pitches)]
 
 
-def evaluate_model(G, adapter, anchors, seed: int, photo_ids: list[int], lpips, encoder, enrol: torch.Tensor,
-                   threshold: Threshold) -> dict:
-    """Per region: LPIPS, PSNR and verification of every anchor's views against the truth (lists, one per view)."""
-    from evaluation.metrics import psnr
-    from generator.lora import attach, detach
+def true_views(seed: int, photo_ids: list[int], resolution: int) -> dict[str, list[torch.Tensor]]:
+    """Per region, per photo: the world's true render [P, 3, R, R] of the person under that photo's appearance at
+    the region's cameras. Both reference sets use the same photos' appearances, so a person's truth is made once."""
     from headworld.params import Appearance, Identity
     from headworld.render import render
+    identity = Identity.from_seed(seed)
+    return {region: [render([identity] * len(poses), [Appearance.from_seed(seed, photo)] * len(poses),
+                            np.stack([lookat_label(y, p) for y, p in poses]), resolution)["image"]
+                     for photo in photo_ids]
+            for region, poses in REGIONS.items()}
+
+
+def evaluate_model(G, adapter, anchors, truths: dict[str, list[torch.Tensor]], lpips, encoder, enrol: torch.Tensor,
+                   threshold: Threshold) -> dict:
+    """Per region: LPIPS, PSNR and verification of every anchor's views against `truths` (`true_views`; anchor k
+    is photo k), as lists with one entry per view. `adapter` None renders the base model."""
+    from evaluation.metrics import psnr
+    from generator.lora import attach, detach
     out = {}
-    with torch.no_grad():
-        for region, poses in REGIONS.items():
-            c = torch.from_numpy(np.stack([lookat_label(y, p) for y, p in poses]))
-            scores = {"lpips": [], "psnr": [], "verified": []}
-            for k, photo in enumerate(photo_ids):
-                truth = render([Identity.from_seed(seed)] * len(poses), [Appearance.from_seed(seed, photo)] * len(poses),
-                               c.numpy(), G.img_resolution)["image"]
-                w = anchors.ws[k:k + 1]
-                w = (w if w.ndim == 3 else w[:, None].expand(1, G.num_ws, -1)).expand(len(poses), -1, -1)
-                if adapter is not None:
-                    attach(G, adapter)
-                try:
+    attach(G, adapter)
+    try:
+        with torch.no_grad():
+            for region, poses in REGIONS.items():
+                c = torch.from_numpy(np.stack([lookat_label(y, p) for y, p in poses]))
+                scores = {"lpips": [], "psnr": [], "verified": []}
+                for k, truth in enumerate(truths[region]):
+                    w = anchors.ws[k:k + 1]
+                    w = (w if w.ndim == 3 else w[:, None].expand(1, G.num_ws, -1)).expand(len(poses), -1, -1)
                     image = G.synthesis(w, c)["image"].clamp(-1, 1)
-                finally:
-                    if adapter is not None:
-                        detach(G)
-                scores["lpips"] += lpips(image, truth).tolist()
-                scores["psnr"] += psnr(image, truth).tolist()
-                scores["verified"] += verifies(encoder, image, enrol, threshold).tolist()
-            out[region] = scores
+                    scores["lpips"] += lpips(image, truth).tolist()
+                    scores["psnr"] += psnr(image, truth).tolist()
+                    scores["verified"] += verifies(encoder, image, enrol, threshold).tolist()
+                out[region] = scores
+    finally:
+        detach(G)
     return out
 
 
@@ -145,6 +152,7 @@ def run_person(G, seed: int, work: Path, cfg: SymmetryConfig, identity, threshol
     t0 = time.perf_counter()
     enrol = enrolment_photo(seed, G.img_resolution)
     photo_ids = list(range(cfg.reference_photos))
+    truths = true_views(seed, photo_ids, G.img_resolution)
     result = {"seed": seed, "sets": {}, "poses": {}, "final_losses": {}}
     for kind in SET_KINDS:
         folder = work / f"person_{seed}" / kind
@@ -159,8 +167,8 @@ def run_person(G, seed: int, work: Path, cfg: SymmetryConfig, identity, threshol
             adapter_path = train_row(G, ROWS[name], reference, folder / "models", cfg.training(), identity, log)
             adapter, anchors, meta = load_adapter(adapter_path, G)
             result["final_losses"][f"{kind}/{name}"] = meta["extra"]["final_losses"]
-            rows[name] = evaluate_model(G, adapter, anchors, seed, photo_ids, lpips, identity, enrol, threshold)
-        rows["w_inversion"] = evaluate_model(G, None, anchors, seed, photo_ids, lpips, identity, enrol, threshold)
+            rows[name] = evaluate_model(G, adapter, anchors, truths, lpips, identity, enrol, threshold)
+        rows["w_inversion"] = evaluate_model(G, None, anchors, truths, lpips, identity, enrol, threshold)
         result["sets"][kind] = rows
     result["seconds"] = time.perf_counter() - t0
     result["torch_threads"] = torch.get_num_threads()
