@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from generator.checkpointing import Checkpointable
 from generator.config import RenderingConfig
 from generator.layers import FullyConnectedLayer
 
@@ -292,11 +293,13 @@ def _exporting_or_compiling() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-class ImportanceRenderer(nn.Module):
+class ImportanceRenderer(nn.Module, Checkpointable):
     """Coarse pass, importance sampling, fine pass over the union of samples sorted by depth; rays in chunks.
 
     `ray_chunk` rays are rendered at a time (None or 0: all at once; exports and torch.compile always take all).
-    `compile_chunk` (set by `compile_renderer`) replaces the per-chunk function with a torch.compile'd one.
+    `chunk_fn` is the per-chunk function (`TriPlaneGenerator.compile_for_inference` and training's `compile` option
+    replace it with a torch.compile'd one).
+    With gradient checkpointing a chunk keeps only its results for backward (generator/checkpointing.py).
     """
 
     def __init__(self, cfg: RenderingConfig, ray_chunk: int | None = DEFAULT_RAY_CHUNK):
@@ -360,8 +363,10 @@ class ImportanceRenderer(nn.Module):
         if chunk >= m or _exporting_or_compiling():
             rgb, depth, weight_total, fine, lo, hi = self.render_rays(planes, decoder, origins, dirs, sampling, noise)
         else:
-            parts = [self.chunk_fn(planes, decoder, origins[:, i:i + chunk], dirs[:, i:i + chunk], sampling,
-                                   noise.rays(i, i + chunk)) for i in range(0, m, chunk)]
+            # random numbers are drawn up front (RayNoise), so a recomputed chunk needs no RNG state
+            parts = [self.checkpointed(self.chunk_fn, planes, decoder, origins[:, i:i + chunk],
+                                       dirs[:, i:i + chunk], sampling, noise.rays(i, i + chunk), preserve_rng=False)
+                     for i in range(0, m, chunk)]
             rgb, depth, weight_total = (torch.cat([p[k] for p in parts], dim=1) for k in range(3))
             fine = None if parts[0][3] is None else torch.cat([p[3] for p in parts], dim=1)
             lo = torch.stack([p[4] for p in parts]).min()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from generator.checkpointing import Checkpointable
 from generator.layers import FullyConnectedLayer, Personalizable, SynthesisLayer, ToRGBLayer, to_layout
 from generator.ops import fir_filter, normalize_2nd_moment, upsample2d
 
@@ -50,8 +51,10 @@ def truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | No
     return torch.cat([head, ws[:, cutoff:]], dim=1)
 
 
-class SynthesisBlock(Personalizable):
-    """One resolution of the skip architecture: [const | conv0(up)], conv1, then img = up(img) + torgb(x)."""
+class SynthesisBlock(Personalizable, Checkpointable):
+    """One resolution of the skip architecture: [const | conv0(up)], conv1, then img = up(img) + torgb(x).
+
+    With gradient checkpointing each layer keeps only its input for backward (generator/checkpointing.py)."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  conv_clamp: float | None = None, fused_modconv_default: str = "inference_only"):
@@ -74,11 +77,11 @@ class SynthesisBlock(Personalizable):
         if self.in_channels == 0:
             const = self.in_use("const")
             x = to_layout(const if const.ndim == 4 else const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]))
-            x = self.conv1(x, w[0], noise_mode=noise_mode, fused_modconv=fused_modconv)
+            x = self.checkpointed(self.conv1, x, w[0], noise_mode=noise_mode, fused_modconv=fused_modconv)
         else:
-            x = self.conv0(x, w[0], noise_mode=noise_mode, fused_modconv=fused_modconv)
-            x = self.conv1(x, w[1], noise_mode=noise_mode, fused_modconv=fused_modconv)
-        y = self.torgb(x, w[self.num_conv], fused_modconv=fused_modconv)
+            x = self.checkpointed(self.conv0, x, w[0], noise_mode=noise_mode, fused_modconv=fused_modconv)
+            x = self.checkpointed(self.conv1, x, w[1], noise_mode=noise_mode, fused_modconv=fused_modconv)
+        y = self.checkpointed(self.torgb, x, w[self.num_conv], fused_modconv=fused_modconv)
         img = y if img is None else upsample2d(img, self.resample_filter).add_(y)  # a fresh tensor: add in place
         return x, img
 

@@ -67,9 +67,8 @@ def train(
                                          help="Training length in thousands of photos shown, EG3D's unit (steps = "
                                               "kimg x 1000 / batch, at most max_steps); instead of --steps."),
     batch: Optional[int] = typer.Option(None, **up_to("max_batch"),
-                                        help="Photos per step (both recipes: 4). GPU memory of a step on "
-                                             "ffhq512-128: ~17 GiB per photo (H100, docs/BENCHMARKS.md); 1 on a 24 "
-                                             "GB card."),
+                                        help="Photos per step (both recipes: 4). The memory plan printed at the "
+                                             "start gives the peak and the batch that fits the device."),
     lr: float = field_option(TRAIN, "lr", min=1e-6, max=1.0, help="Adam learning rate of the adapter."),
     train_decoder: Optional[bool] = typer.Option(None, "--train-decoder/--no-train-decoder",
                                                  help="Fine-tune the OSG decoder (recipe paper: yes, authors: no)."),
@@ -115,6 +114,15 @@ def train(
     fp16: bool = typer.Option(False, help="Store the adapter in float16 (half the file size)."),
     preview: bool = typer.Option(True, help="Write preview.png (photos / base / personalized / novel views)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    precision: str = field_option(TRAIN, "precision", help="Arithmetic of the generator's convolutions: fp32 "
+                                  "(exact) | bf16 | fp16 (loss-scaled); LoRA weights, Adam and the losses stay "
+                                  "fp32. On a CPU without AVX512-BF16/AMX bf16 is emulated (slower than fp32)."),
+    checkpointing: str = field_option(TRAIN, "checkpointing", help="Gradient checkpointing, exact: on | off | "
+                                      "auto (on for CUDA, where memory bounds the batch; off on the CPU, where it "
+                                      "costs time). ffhq512-128 at 512^2, batch 1: ~17 GiB of GPU memory off, "
+                                      "~4 GiB on (the memory plan printed at the start)."),
+    compile_step: bool = field_option(TRAIN, "compile", "--compile", help="torch.compile the ray march and the "
+                                      "super-resolution of the step (the first steps compile: minutes on a CPU)."),
 ):
     """Personalize the base model to the person in --data: invert each photo to W, train a LoRA adapter."""
     import time
@@ -160,6 +168,7 @@ def train(
         config = config_from_recipe(
             recipe, explicit, mode=mode, rank=rank, lr=lr, sym=sym, id_crop=id_crop, lpips_net=lpips_net,
             stochastic_render=stochastic_render, seed=seed, checkpoint_every=checkpoint_every,
+            precision=precision, checkpointing=checkpointing, compile=compile_step,
             projector=ProjectorConfig(steps=inversion_steps, lr=inversion_lr, w_plus=w_plus,
                                       optimize_noise=projector_noise))
     except ValueError as e:
@@ -180,6 +189,12 @@ def train(
         typer.echo("note: --no-sym given, the identity network is not used")
 
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if dev.type == "cpu" and config.precision != "fp32":
+        from generator.precision import cpu_has_fast_bf16
+        if config.precision == "fp16" or not cpu_has_fast_bf16():
+            typer.echo(f"note: --precision {config.precision} on this CPU is emulated (no native "
+                       f"{'fp16' if config.precision == 'fp16' else 'AVX512-BF16/AMX'} kernels): slower than fp32; "
+                       "use it here to check results, and on a GPU for speed")
     G = build_generator(model=model, preset_name=preset).to(dev)
     policy = config.policy()
     typer.echo(f"base: {model or preset} ({G.img_resolution}x{G.img_resolution}, raw "
@@ -196,11 +211,13 @@ def train(
         raise typer.Exit(130)
     except torch.OutOfMemoryError as e:
         saved = f"; checkpoints so far are in {checkpoint_dir} and the same command resumes" if checkpoint_dir else ""
+        switches = "--checkpointing on, " if config.checkpointing == "off" or (
+            config.checkpointing == "auto" and dev.type != "cuda") else ""
+        switches += "--precision bf16, " if config.precision == "fp32" else ""
         typer.echo(f"error: out of {dev.type.upper()} memory with batch {config.batch} and inversion batch "
-                   f"{inversion_batch} ({str(e).splitlines()[0][:160]}). A LoRA step on ffhq512-128 needs about "
-                   "17 GiB of GPU memory per photo in the batch (measured on an H100, docs/BENCHMARKS.md): use "
-                   f"--batch 1 on a 24 GB card, and --inversion-batch 1 if it failed while inverting{saved}.",
-                   err=True)
+                   f"{inversion_batch} ({str(e).splitlines()[0][:160]}). To fit: {switches}a smaller --batch (the "
+                   f"memory plan printed at the start gives the batch that fits), and --inversion-batch 1 if it "
+                   f"failed while inverting{saved}.", err=True)
         raise typer.Exit(2)
     total = time.perf_counter() - t0
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.train.losses.items())

@@ -179,6 +179,18 @@ class TrainConfig:
     """LoRA deltas of fully connected layers (the style affines) act after the layer's gain, as in the authors'
     code (adapter format 2). False trains with adapter format 1's rule (delta before the gain, ~sqrt(w_dim) times
     smaller steps) and writes a format-1 adapter: only for comparing the two (scripts/training_length.py)."""
+    precision: str = "fp32"
+    """Arithmetic of the generator's convolutions in training: 'fp32' (exact), 'bf16' or 'fp16' (autocast of the
+    tri-plane backbone and the super-resolution; the ray march, LPIPS, the identity network, the LoRA parameters
+    and Adam's state stay fp32; fp16 scales the loss against underflow). Changes results a little."""
+    checkpointing: str = "auto"
+    """Gradient checkpointing (generator/checkpointing.py): 'on', 'off', or 'auto' = on for CUDA devices, where
+    activation memory decides the batch that fits, off on the CPU, where RAM is large and the recomputation costs
+    time (docs/BENCHMARKS.md). Exact: gradients are the same to float rounding, so it is not part of a run's
+    identity and may change on resume."""
+    compile: bool = False
+    """torch.compile the ray-march chunk and the super-resolution for the step (the first steps compile, minutes on
+    a CPU). Exact to float rounding; not part of a run's identity."""
     seed: int = 0
     """Seed of batch sampling, symmetric poses, the adapter's LoRA A init and stochastic rendering."""
     checkpoint_every: int = 100
@@ -204,7 +216,9 @@ class TrainConfig:
                   (self.sym_weight >= 0, "sym_weight", "must be >= 0"),
                   (self.sym_poses in SYM_POSES, "sym_poses", f"must be one of {SYM_POSES}"),
                   (self.sym_step in SYM_STEPS, "sym_step", f"must be one of {SYM_STEPS}"),
-                  (self.recipe in RECIPES, "recipe", f"must be one of {tuple(RECIPES)}")]
+                  (self.recipe in RECIPES, "recipe", f"must be one of {tuple(RECIPES)}"),
+                  (self.precision in TRAIN_PRECISIONS, "precision", f"must be one of {TRAIN_PRECISIONS}"),
+                  (self.checkpointing in CHECKPOINTING, "checkpointing", f"must be one of {CHECKPOINTING}")]
         for ok, name, why in checks:
             if not ok:
                 raise ValueError(f"train config {name}={getattr(self, name, None)!r}: {why}")
@@ -227,11 +241,13 @@ class TrainConfig:
         """The fields a checkpoint must agree on to be resumed (the run length and checkpoint cadence may change;
         the recipe's name is a label, its values are compared field by field)."""
         d = self.to_dict()
-        for k in ("iterations", "checkpoint_every", "recipe", "recipe_overrides"):
+        for k in ("iterations", "checkpoint_every", "recipe", "recipe_overrides", "checkpointing", "compile"):
             d.pop(k)
         return d
 
 
+TRAIN_PRECISIONS = ("fp32", "bf16", "fp16")
+CHECKPOINTING = ("auto", "on", "off")
 SYM_POSES = ("uniform", "orbit")
 SYM_STEPS = ("joint", "separate")
 

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from generator.adapter_file import Anchors, base_fingerprint, save_adapter
+from generator.checkpointing import gradient_checkpointing_of, set_gradient_checkpointing
+from generator.precision import inference_precision
 from formats.atomic import atomic_file
 from generator.lora import PersonAdapter, attach, detach
 from perception.identity import IdentityEncoder
@@ -40,6 +42,7 @@ from perception.lpips import LPIPS
 from train.checkpoint import CHECKPOINT_FILE, CheckpointError, RngStates, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.data import TrainingSet, load_training_set, one_sided_warning
+from train.memory_plan import MemoryPlan, device_capacity, plan_memory
 from train.projector import ESTIMATE_AFTER, duration
 from train.losses import (
     orbit_symmetric_cameras,
@@ -132,10 +135,9 @@ class Trainer:
         self.cameras = data.cameras.to(self.device)
         self.ws = self.anchors_ws.to(self.device)
         self.identity = identity.to(self.device) if identity is not None and config.sym else None
-        if lpips is None:
-            with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: keep the caller's
-                lpips = LPIPS(config.lpips_net)
-        self.lp = lpips.to(self.device)
+        self.lp = (lpips or _lpips(config)).to(self.device)
+        self.checkpointing = resolve_checkpointing(config.checkpointing, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.progress = progress
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.sampler = torch.Generator()
@@ -171,8 +173,11 @@ class Trainer:
         self.elapsed = 0.0
 
     def _meta(self) -> dict:
-        return {"config": self.config.resume_key(), "base_fingerprint": base_fingerprint(self.G),
+        meta = {"config": self.config.resume_key(), "base_fingerprint": base_fingerprint(self.G),
                 "data": self.data_digest, "elapsed": self.elapsed, "iterations": self.config.iterations}
+        if self.scaler.is_enabled():  # fp16's loss scale is state: a resumed run continues with it
+            meta["grad_scaler"] = self.scaler.state_dict()
+        return meta
 
     def _resume(self, path: Path) -> None:
         try:
@@ -190,6 +195,9 @@ class Trainer:
             problems.append("the anchors (inverted latents) differ")
         saved = dict(ck.meta.get("config", {}))
         saved.setdefault("lora_fc_after_gain", False)  # checkpoints of format 1 trained with adapter format 1's rule
+        saved.setdefault("precision", "fp32")  # checkpoints written before mixed precision trained in fp32
+        for key in ("checkpointing", "compile"):  # exact switches, never part of a run's identity
+            saved.pop(key, None)
         old, new = _flatten(saved), _flatten(expected["config"])
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
@@ -204,6 +212,8 @@ class Trainer:
             self.optimizer.load_state_dict(ck.optimizer_state)
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: adapter/optimizer state does not fit this configuration ({e})") from None
+        if self.scaler.is_enabled() and isinstance(ck.meta.get("grad_scaler"), dict):
+            self.scaler.load_state_dict(ck.meta["grad_scaler"])
         self.rng = ck.rng
         self.sampler.set_state(ck.rng.sampler)
         self.step = ck.step
@@ -261,18 +271,24 @@ class Trainer:
         """Renders of ws [b, num_ws, w_dim] at cams [k * b, 25] (tri-planes computed once, reused k times)."""
         b = len(ws)
         copies = len(cams) // b
-        planes = self.G.planes(ws, noise_mode="const")
-        return self.G.render_planes(torch.cat([planes] * copies), torch.cat([ws] * copies), cams,
-                                    sampling="stochastic" if self.config.stochastic_render else "deterministic")
+        precision, device = self.config.precision, self.device.type
+        with _autocast(precision, device):  # the backbone's convolutions (fp32: no autocast)
+            planes = self.G.planes(ws, noise_mode="const").float()  # the ray march reads fp32 planes
+        with inference_precision(precision, device):  # the super-resolution's (generator/precision.py)
+            out = self.G.render_planes(torch.cat([planes] * copies), torch.cat([ws] * copies), cams,
+                                       sampling="stochastic" if self.config.stochastic_render else "deterministic")
+        return {k: v.float() for k, v in out.items()}  # the losses run in fp32
 
     def _apply(self, loss: torch.Tensor) -> None:
         """One Adam step on `loss` (non-finite gradients zeroed/clipped, as EG3D's training loop does)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()  # fp16: scaled against underflow; otherwise as is
+        self.scaler.unscale_(self.optimizer)
         for p in self.adapter.parameters():
             if p.grad is not None:
                 torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # fp16: skipped when the scaled gradients overflowed
+        self.scaler.update()
 
     def _sym_loss(self, out_images: torch.Tensor) -> torch.Tensor:
         """L_sym of renders [2b, ...] at (c1, c2): renders clamped to [-1, 1] as the authors' get_feature does."""
@@ -315,6 +331,9 @@ class Trainer:
         G.requires_grad_(False)
         G.train()
         attach(G, self.adapter)
+        was_checkpointing = gradient_checkpointing_of(G)
+        set_gradient_checkpointing(G, self.checkpointing)
+        compiled = _compile_step(G) if self.config.compile else None
         try:
             with _global_rng_scope():
                 self.rng.install(self.sampler)
@@ -323,6 +342,9 @@ class Trainer:
                 finally:
                     self.rng = RngStates.capture(self.sampler)
         finally:
+            if compiled is not None:
+                compiled()
+            set_gradient_checkpointing(G, was_checkpointing)
             detach(G)
             G.train(was_training)
             for p, r in zip(G.parameters(), requires):
@@ -388,6 +410,51 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _lpips(config: TrainConfig) -> LPIPS:
+    with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: keep the caller's
+        return LPIPS(config.lpips_net)
+
+
+def memory_advice(plan: MemoryPlan) -> str:
+    """What makes a step fit: the switches not yet used, and the batch that fits with them where known."""
+    tips = []
+    if not plan.checkpointing:
+        tips.append("--checkpointing on (exact, ~2-4x less activation memory)")
+    if plan.precision == "fp32":
+        tips.append("--precision bf16 (or fp16 on GPUs without bf16)")
+    largest = plan.largest_batch(plan.capacity) if plan.capacity else 0
+    tips.append(f"--batch {largest} (the largest that fits as configured)" if largest else "a smaller --batch")
+    return "try " + ", ".join(tips)
+
+
+def resolve_checkpointing(setting: str, device: torch.device) -> bool:
+    """TrainConfig.checkpointing on a device: 'auto' is on for CUDA (memory decides the batch), off elsewhere."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def _autocast(precision: str, device: str):
+    """Autocast at a reduced training precision; nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _compile_step(G: torch.nn.Module) -> Callable[[], None]:
+    """torch.compile the ray-march chunk and the super-resolution of G for training; returns the undo."""
+    renderer, sr = G.renderer, G.superresolution
+    chunk_fn, own_forward = renderer.chunk_fn, sr.__dict__.get("forward")
+    renderer.chunk_fn = torch.compile(renderer.render_rays, dynamic=False)
+    sr.forward = torch.compile(sr.forward, dynamic=False)
+
+    def undo() -> None:
+        renderer.chunk_fn = chunk_fn
+        if own_forward is None:
+            del sr.forward
+        else:
+            sr.forward = own_forward
+    return undo
 
 
 @contextlib.contextmanager
@@ -464,13 +531,21 @@ def personalize(G: torch.nn.Module, dataset_dir: str | Path, out: str | Path, co
     echo(f"plan: W inversion of each photo ({config.projector.steps} steps, --inversion-steps), then "
          f"{config.iterations} training steps of batch {config.batch} (--iterations); a time estimate follows "
          f"the first steps of each")
+    lp = _lpips(config)
+    device = next(G.parameters()).device
+    memory = plan_memory(G, config, lp, identity, len(data), device,
+                         resolve_checkpointing(config.checkpointing, device), device_capacity(device))
+    echo(memory.describe())
+    if not memory.fits():
+        echo(f"warning: the step is estimated not to fit in this device's memory; {memory_advice(memory)}")
     t0 = time.perf_counter()
     ws = project_batch(G, data.images, data.cameras, config.projector, seed=config.seed,
                        cache_dir=Path(inversion_cache_dir) if inversion_cache_dir is not None else ckpt / INVERSION_DIR,
                        progress=progress, chunk=inversion_batch,
                        desc=f"W inversion of {len(data)} photo(s)", echo=echo)
     inversion_seconds = time.perf_counter() - t0
-    trainer = Trainer(G, data, ws, config, ckpt, identity=identity, progress=progress, restart=restart, echo=echo)
+    trainer = Trainer(G, data, ws, config, ckpt, identity=identity, lpips=lp, progress=progress, restart=restart,
+                      echo=echo)
     result = trainer.run()
     anchors = Anchors(ws, data.cameras, list(data.names))
     extra = {
