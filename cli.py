@@ -224,9 +224,23 @@ def adapters(model: ModelDir = None, preset: PresetName = None,
              biases: bool = field_option(POLICY, "train_biases", help="Train biases, noise strengths and the const."),
              mapping: bool = typer.Option(False, help="Also put LoRA on the mapping network."),
              mode: str = field_option(POLICY, "mode", help="lora | full (full fine-tuning baseline)."),
-             file: Optional[Path] = typer.Option(None, "--file", help="Describe this adapter file instead.")):
-    """Show what a person trains: a table of LoRA targets and parameter counts (or an adapter file's metadata)."""
+             file: Optional[Path] = typer.Option(None, "--file", help="Describe this adapter file instead (or "
+                                                                      "export it with --export-peft)."),
+             export_peft: Optional[Path] = typer.Option(None, "--export-peft", help="Write the --file adapter as "
+                                                        "the PEFT folder DIR (adapter_config.json + "
+                                                        "adapter_model.safetensors); 'flat' layout only. With "
+                                                        "--model/--preset it must fit that model."),
+             import_peft: Optional[Path] = typer.Option(None, "--import-peft", help="Read the PEFT folder DIR back "
+                                                        "into the adapter file --out. A folder without my3dgen "
+                                                        "metadata needs --model/--preset (its base model)."),
+             out: Optional[Path] = typer.Option(None, "--out", help="Adapter file --import-peft writes."),
+             overwrite: bool = typer.Option(False, help="Let --export-peft / --import-peft replace an existing "
+                                                        "folder / file.")):
+    """Show what a person trains: a table of LoRA targets and parameter counts (or an adapter file's metadata);
+    convert an adapter file to and from a PEFT adapter folder."""
     import json
+    if export_peft is not None or import_peft is not None or out is not None:
+        return _adapters_peft(model, preset, file, export_peft, import_peft, out, overwrite)
     from generator.adapter_file import read_adapter_meta
     from generator.lora import AdapterPolicy, count_table, plan
     if file is not None:
@@ -247,6 +261,27 @@ def adapters(model: ModelDir = None, preset: PresetName = None,
         typer.echo(f"{name:{width}}  {tensors:7d}  {count:10,d}")
     typer.echo(f"{'total trainable':{width}}  {sum(r[1] for r in rows):7d}  {total:10,d}  "
                f"({base / total:.1f}x fewer than the {base:,d} of the generator)")
+
+
+def _adapters_peft(model: Optional[Path], preset: Optional[str], file: Optional[Path], export_peft: Optional[Path],
+                   import_peft: Optional[Path], out: Optional[Path], overwrite: bool) -> None:
+    """`adapters --export-peft` / `--import-peft` (generator/peft_folder.py); the model is optional for both."""
+    if (export_peft is None) == (import_peft is None):
+        raise typer.BadParameter("give one of --export-peft DIR (with --file) and --import-peft DIR (with --out)")
+    if export_peft is not None and (file is None or out is not None):
+        raise typer.BadParameter("--export-peft DIR takes the adapter as --file F (and no --out)")
+    if import_peft is not None and (out is None or file is not None):
+        raise typer.BadParameter("--import-peft DIR writes the adapter file --out F (and takes no --file)")
+    from generator.peft_folder import export_peft as export, import_peft as import_
+    G = build_model_source(model, preset) if model is not None or preset is not None else None
+    if export_peft is not None:
+        s = export(file, export_peft, overwrite=overwrite, G=G)
+        typer.echo(f"wrote {export_peft} (PEFT LoRA folder: {s['lora_modules']} LoRA modules, {s['whole_tensors']} "
+                   f"whole tensors, {s['anchors']} anchors; r={s['r']}, lora_alpha={s['lora_alpha']:g})")
+        return
+    s = import_(import_peft, out, overwrite=overwrite, G=G)
+    typer.echo(f"wrote {out} (from {import_peft}: {s['lora_modules']} LoRA modules, {s['whole_tensors']} whole "
+               f"tensors, {s['anchors']} anchors; rank {s['rank']}, alpha {s['alpha']:g}; {s['how']})")
 
 
 COMMANDS: tuple[tuple[str, Callable], ...] = (

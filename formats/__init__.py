@@ -8,6 +8,8 @@ place: the training side (`generator/`, `train/`, `export/`) and the serving sid
 in the runtime wheel and in every `.mar`) import the same definitions.
 
     adapter_file      adapter files: metadata schema, LoRA shape rule, the checked torch-free reader
+    peft_folder       PEFT adapter folders (adapter_config.json + adapter_model.safetensors): names, shapes, the
+                      config's fields and their checks, the checked reader
     export_manifest   the export directory's manifest.json: its one writer and its one reader
     model_dir         a model directory's config.json header and file names
     cameras           EG3D camera labels: look-at poses, intrinsics, the 25-number packing

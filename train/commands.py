@@ -49,6 +49,8 @@ def train(
     preset: PresetName = None,
     mode: str = field_option(TRAIN, "mode"),
     rank: int = field_option(TRAIN, "rank", **RANK_RANGE),
+    layout: str = field_option(TRAIN, "layout", help="LoRA conv layout: loralib (the paper's budget) | flat (PEFT's "
+                                                     "convention; needed by `adapters --export-peft`)."),
     recipe: str = field_option(TRAIN, "recipe", help="Start from a named recipe: paper (My3DGen §3: alpha = r, "
                                "decoder trained, lambda_sym 4 every 4 steps in the same step, uniform symmetric "
                                "poses, 10 kimg) | authors (their code's defaults: alpha 16, decoder frozen, L_sym "
@@ -166,7 +168,7 @@ def train(
                 "sym_weight": sym_weight, "sym_every": sym_every, "sym_poses": sym_poses, "sym_step": sym_step}
     try:
         config = config_from_recipe(
-            recipe, explicit, mode=mode, rank=rank, lr=lr, sym=sym, id_crop=id_crop, lpips_net=lpips_net,
+            recipe, explicit, mode=mode, rank=rank, layout=layout, lr=lr, sym=sym, id_crop=id_crop, lpips_net=lpips_net,
             stochastic_render=stochastic_render, seed=seed, checkpoint_every=checkpoint_every,
             precision=precision, checkpointing=checkpointing, compile=compile_step,
             projector=ProjectorConfig(steps=inversion_steps, lr=inversion_lr, w_plus=w_plus,
