@@ -37,9 +37,9 @@ try:  # recent typer carries its own copy of click
 except ImportError:
     from click.exceptions import UsageError
 
-from cli_options import (ALPHA_RANGE, PITCH_RANGE, RANK_RANGE, SEED_RANGE, YAW_RANGE, ModelDir, PresetName, Truncation,
-                         TruncationCutoff, bounded_numbers, build_model_source, check_limit, check_truncation_cutoff,
-                         parse_floats, parse_seeds, up_to)
+from cli_options import (ALPHA_RANGE, ENDPOINT_FORMS, PITCH_RANGE, RANK_RANGE, SEED_RANGE, YAW_RANGE, Endpoint,
+                         ModelDir, PresetName, Truncation, TruncationCutoff, bounded_numbers, build_model_source,
+                         check_limit, check_truncation_cutoff, parse_endpoint, parse_floats, parse_seeds, up_to)
 from cli_defaults import field_option
 from evaluation import commands as evaluation_commands
 from export import commands as export_commands
@@ -98,17 +98,41 @@ def _subject(G, adapter: Optional[Path], anchor: Optional[str], seed: int, trunc
 
 def _seed_latent(G, seed: int, truncation: float, truncation_cutoff: Optional[int]):
     """ws [1, num_ws, w_dim] of a seed's z (numpy RandomState, as the official gen_samples.py), frontal camera."""
-    import torch
-    from generator.views import camera_batch, latent_from_seed
-    with torch.no_grad():
-        return G.mapping(latent_from_seed(G, seed), camera_batch(G, [(0.0, 0.0)]), truncation_psi=truncation,
-                         truncation_cutoff=truncation_cutoff)
+    from generator.views import seed_latent
+    return seed_latent(G, seed, truncation, truncation_cutoff)
+
+
+def _interpolation_ends(video: Optional[str], start: Optional[str], to: Optional[str], anchor: Optional[str],
+                        adapter: Optional[Path]) -> Optional[tuple[Endpoint, Endpoint]]:
+    """The two ends of `render --video interpolate`, parsed before any work: --from (else --anchor, the first end
+    before --from existed) and --to, an anchor only with an --adapter; None for any other render, which must not
+    give --from or --to."""
+    from media.frames import VIDEO_KINDS
+    if video is not None and video not in VIDEO_KINDS:
+        raise typer.BadParameter(f"{video!r}: expected one of {', '.join(VIDEO_KINDS)}", param_hint="'--video'")
+    if video != "interpolate":
+        for option, value in (("--from", start), ("--to", to)):
+            if value is not None:
+                raise typer.BadParameter(f"{option} is for --video interpolate")
+        return None
+    if start is not None and anchor is not None:
+        raise typer.BadParameter("--video interpolate starts at --from or at --anchor, not both")
+    if (start is None and anchor is None) or to is None:
+        raise typer.BadParameter(f"--video interpolate needs --from (or --anchor) and --to, each {ENDPOINT_FORMS}")
+    ends = (parse_endpoint(start, "--from") if start is not None else Endpoint("--anchor", "anchor", anchor),
+            parse_endpoint(to, "--to"))
+    for end in ends:
+        if end.kind == "anchor" and adapter is None:
+            raise typer.BadParameter(f"{end.value!r} is an anchor, which needs --adapter; otherwise give "
+                                     f"{ENDPOINT_FORMS}", param_hint=f"'{end.option}'")
+    return ends
 
 
 def render(model: ModelDir = None, preset: PresetName = None,
            adapter: Optional[Path] = typer.Option(None, "--adapter", help="A person's adapter file."),
            anchor: Optional[str] = typer.Option(None, help="Render this anchor of the adapter (name or index) "
-                                                           "instead of a seed."),
+                                                           "instead of a seed (--video interpolate: the first "
+                                                           "frame)."),
            seed: int = typer.Option(0, **SEED_RANGE, help="Seed of z (numpy RandomState, as official "
                                                           "gen_samples.py)."),
            seeds: Optional[str] = typer.Option(None, help="Seeds and inclusive ranges, e.g. 0-3,7 (as EG3D's "
@@ -127,9 +151,20 @@ def render(model: ModelDir = None, preset: PresetName = None,
            stochastic: bool = typer.Option(False, help="Official stochastic sampling (random noise and depth "
                                                        "jitter) instead of the deterministic default."),
            depth: bool = typer.Option(False, help="Add depth maps under the images."),
-           video: Optional[str] = typer.Option(None, help="turntable (EG3D's orbit) | interpolate (from --anchor "
-                                                          "to --to): a video (.mp4, or .gif) instead of a PNG."),
-           to: Optional[str] = typer.Option(None, "--to", help="--video interpolate: the second anchor."),
+           video: Optional[str] = typer.Option(None, help="turntable (EG3D's orbit, of --seed or --anchor) | "
+                                                          "interpolate (from --from to --to): a video (.mp4, or "
+                                                          ".gif) instead of a PNG."),
+           start: Optional[str] = typer.Option(None, "--from", help="--video interpolate: the first frame's latent: "
+                                               "seed:N (z of seed N, mapped as --seed maps it, with --truncation), "
+                                               "anchor:NAME (an anchor of --adapter, name or index) or a .npz "
+                                               "(array 'w', as EG3D's projected_w.npz) or .npy latent file "
+                                               "(shape 1 x num_ws x w_dim, num_ws x w_dim, or a W of w_dim). An "
+                                               "anchor is seen from its own photo's camera, a seed or file from "
+                                               "--yaw/--pitch (frontal by default); the camera moves between the "
+                                               "two ends. "
+                                               "--anchor A is the same as --from anchor:A."),
+           to: Optional[str] = typer.Option(None, "--to", help="--video interpolate: the last frame's latent, as "
+                                                               "--from; a bare NAME is an anchor of --adapter."),
            frames: int = typer.Option(60, **up_to("max_video_frames"), help="--video: number of frames."),
            fps: float = typer.Option(30.0, **up_to("max_fps", 1.0, float), help="--video: frames per second."),
            size: Optional[int] = typer.Option(None, **up_to("max_image_size", 16),
@@ -144,7 +179,7 @@ def render(model: ModelDir = None, preset: PresetName = None,
                                                                   "with --video)."),
            outdir: Optional[Path] = typer.Option(None, "--outdir", help="--seeds: the folder for the pictures.")):
     """Render one view, or a yaw x pitch grid, of a model or a preset (optionally a person's adapter) to a PNG;
-    or a turntable or interpolation video."""
+    or a turntable or an interpolation video (between seeds, anchors and latent files, in any pairing)."""
     from generator.precision import PRECISIONS, inference_precision
     if precision not in PRECISIONS:
         raise typer.BadParameter(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -156,6 +191,7 @@ def render(model: ModelDir = None, preset: PresetName = None,
         raise typer.BadParameter("give --out FILE, or --seeds LIST --outdir DIR (one picture per seed)")
     if seeds is not None and (anchor is not None or video is not None):
         raise typer.BadParameter("--seeds renders seeds' latents as pictures: not with --anchor or --video")
+    ends = _interpolation_ends(video, start, to, anchor, adapter)
     seed_list = parse_seeds(seeds) if seeds is not None else (seed,)
     yaws = parse_floats(grid_yaws, "--grid-yaws", YAW_RANGE) if grid_yaws else (yaw,)
     pitches = parse_floats(grid_pitches, "--grid-pitches", PITCH_RANGE) if grid_pitches else (pitch,)
@@ -170,8 +206,10 @@ def render(model: ModelDir = None, preset: PresetName = None,
     if compile_model:
         G.compile_for_inference()
     if video is not None:
-        from generator.video import render_video_command
-        typer.echo(render_video_command(G, video, ws, anchors, anchor, to, out, frames, fps, size,
+        from generator.video import interpolation_end, render_video_command
+        pair = None if ends is None else tuple(
+            interpolation_end(G, end, anchors, (yaw, pitch), truncation, truncation_cutoff) for end in ends)
+        typer.echo(render_video_command(G, video, ws, pair, out, frames, fps, size,
                                         grid=bool(grid_yaws or grid_pitches or depth or stochastic)))
         return
     targets = [(s, outdir / f"seed{s:04d}.png") for s in seed_list] if outdir is not None else [(seed, out)]

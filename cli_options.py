@@ -12,7 +12,8 @@ A command declares the range where it declares the option: typer's own `min=`/`m
 `bounded_numbers`, which cli.py's `build_app` applies to every command, turns each declaration into a `Bounded`
 parser (typer's own range check lets no nan through but names neither the value nor the range) and refuses to
 build a command whose numeric option declares no range. Comma-separated lists of numbers go through
-`parse_floats`, which checks each number the same way and their count against a limit.
+`parse_floats`, which checks each number the same way and their count against a limit; the ends of an
+interpolation video (`render --from/--to`: seed:N, anchor:NAME or a latent file) through `parse_endpoint`.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, NamedTuple, Optional
 
 import typer
 from typer.models import ParameterInfo
@@ -187,6 +188,47 @@ def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
     if not seeds:
         raise typer.BadParameter("is empty", param_hint=_hint(option))
     return tuple(seeds)
+
+
+ENDPOINT_FORMS = "seed:N, anchor:NAME or a .npz/.npy latent file"
+"""What one end of an interpolation video may be (`render --video interpolate --from/--to`)."""
+
+
+class Endpoint(NamedTuple):
+    """One end of an interpolation video as the command line gives it: `option` ('--from', '--to' or '--anchor',
+    which errors name), `kind` ('seed', 'anchor' or 'file') and `value` (a seed, an anchor name or index, a path)."""
+
+    option: str
+    kind: str
+    value: int | str | Path
+
+
+def parse_endpoint(text: str, option: str) -> Endpoint:
+    """One end of `render --video interpolate`: 'seed:N' (N in SEED_RANGE), 'anchor:NAME' (a name or index),
+    a path ending in .npz or .npy (an existing regular file), or a bare NAME, an anchor (what `--to B` always
+    meant). Any other 'prefix:...' and a bad seed or file are usage errors naming `option` and the value."""
+    from formats.latent_file import is_latent_path
+    prefix, colon, rest = text.partition(":")
+    if colon and prefix == "seed":
+        try:
+            return Endpoint(option, "seed", int(Bounded(int, SEED_RANGE["min"], SEED_RANGE["max"]).check(rest)))
+        except typer.BadParameter as e:
+            raise typer.BadParameter(f"{text!r}: {e.message}", param_hint=_hint(option)) from None
+    if colon and prefix == "anchor":
+        if not rest:
+            raise typer.BadParameter(f"{text!r}: no anchor name or index after 'anchor:'", param_hint=_hint(option))
+        return Endpoint(option, "anchor", rest)
+    if is_latent_path(text):
+        if not Path(text).is_file():
+            what = "not a regular file" if Path(text).exists() else "no such latent file"
+            raise typer.BadParameter(f"{text!r}: {what}", param_hint=_hint(option))
+        return Endpoint(option, "file", Path(text))
+    if colon:
+        raise typer.BadParameter(f"{text!r}: unknown prefix {prefix + ':'!r}; give {ENDPOINT_FORMS} (an anchor "
+                                 f"whose name holds ':' is anchor:NAME)", param_hint=_hint(option))
+    if not text:
+        raise typer.BadParameter(f"is empty; give {ENDPOINT_FORMS}", param_hint=_hint(option))
+    return Endpoint(option, "anchor", text)
 
 
 def _regular_file(value: Optional[Path]) -> Optional[Path]:

@@ -70,6 +70,9 @@ class Limits:
     --inversion-yaws x --inversion-pitches`): a 10 x 10 grid; every view is a full render."""
     max_seeds: int = 1000
     """Most seeds one `render --seeds` call renders (one picture each, as EG3D's gen_samples.py)."""
+    max_latent_file_bytes: int = 16 << 20
+    """Largest latent file (.npz / .npy) read (`render --video interpolate --from/--to FILE`): EG3D's
+    projected_w.npz of ffhq512-128 is ~30 KB."""
     max_mesh_resolution: int = 512
     """Largest density grid side N of `mesh --resolution` (N^3 samples): EG3D's own 512, a 512 MiB volume, the
     most the mesh code supports."""

@@ -1,12 +1,15 @@
-"""Frames of the two videos people ask of a 3D face generator: a turntable and an interpolation between anchors.
+"""Frames of the two videos people ask of a 3D face generator: a turntable and an interpolation between two latents.
 
 Turntable: one latent seen along EG3D's gen_videos.py orbit (`media.orbit.Orbit`, on the generator's average
 camera radius and pivot). Tri-planes are computed once.
 
-Interpolation (the paper's synthesis, Figures 8-9): between two anchors of a person, w = (1 - t) w_a + t w_b in W
-(W+ when the anchors are W+) and the camera moves from anchor a's to anchor b's along the rigid-motion geodesic
-(`media.camera_path.interpolate_camera`, shared with the torch-free runtime), t = k / (n - 1), so the first and
-last frames are exactly the anchors' own renders.
+Interpolation (the paper's synthesis, Figures 8-9, and gen_videos.py's walk between seeds): w = (1 - t) w_a + t w_b
+in W+ and the camera moves from a's to b's along the rigid-motion geodesic (`media.camera_path.interpolate_camera`,
+shared with the torch-free runtime), t = k / (n - 1), so the first and last frames are exactly the ends' own
+renders. An end (`interpolation_end`) is an adapter's anchor, seen from its own photo's camera; a seed of the model
+(mapped as `cli.py render --seed` maps it, truncation included); or a latent file (EG3D's projected_w.npz, or a
+.npy; `formats.latent_file`). Seeds and files have no camera of their own: they are seen from one look-at view
+(frontal unless asked), so between two of them only the face changes.
 
 Frames come out as HxWx3 uint8 arrays, resized to `size` when asked; `media.video_writer` writes them.
 """
@@ -18,9 +21,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from formats.latent_file import LatentFileError, read_latent
 from generator.imaging import to_uint8
 from generator.triplane import TriPlaneGenerator
-from generator.views import camera_batch
+from generator.views import anchor_latent, camera_batch, seed_latent
 from media.camera_path import interpolate_camera
 from media.frames import VIDEO_KINDS, resize_frame
 from media.orbit import Orbit, check_frames
@@ -115,14 +119,39 @@ def write_interpolation(G: TriPlaneGenerator, a: tuple[torch.Tensor, torch.Tenso
     return write_video(frames, out, fps=opts.fps)
 
 
-def render_video_command(G: TriPlaneGenerator, kind: str, ws: torch.Tensor, anchors, anchor: str | None,
-                         to: str | None, out, frames: int, fps: float, size: int | None, grid: bool = False) -> str:
+def interpolation_end(G: TriPlaneGenerator, end: tuple[str, str, object], anchors=None,
+                      view: tuple[float, float] = (0.0, 0.0), truncation_psi: float = 0.7,
+                      truncation_cutoff: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ws [1, num_ws, w_dim], camera [25]) of one end of an interpolation. `end` is (option, kind, value), as
+    `cli_options.parse_endpoint` gives it: kind 'anchor' (a name or index of `anchors`, with its own photo camera),
+    'seed' (z of the seed mapped with the truncation, as `generator.views.seed_latent`) or 'file' (a latent file,
+    `formats.latent_file.read_latent`); a seed or file is seen from `view` (yaw, pitch). A bad end is a ValueError
+    (a LatentFileError for a file) naming `option` and the value."""
+    option, kind, value = end
+    if kind == "anchor":
+        if anchors is None:
+            raise ValueError(f"{option} {value}: an anchor needs an --adapter file that stores anchors")
+        return anchor_latent(G, anchors, value, option)
+    camera = camera_batch(G, [view])[0]
+    if kind == "seed":
+        return seed_latent(G, int(value), truncation_psi, truncation_cutoff), camera
+    if kind == "file":
+        try:
+            w = read_latent(value, G.num_ws, G.w_dim)
+        except LatentFileError as e:
+            raise LatentFileError(f"{option} {e.path}", e.reason) from None
+        return torch.from_numpy(w).unsqueeze(0), camera
+    raise ValueError(f"{option}: unknown kind of interpolation end {kind!r}")
+
+
+def render_video_command(G: TriPlaneGenerator, kind: str, ws: torch.Tensor, ends, out, frames: int, fps: float,
+                         size: int | None, grid: bool = False) -> str:
     """`cli.py render --video KIND`: check the options, write the video, return the line to print.
 
-    turntable: of ws (a seed's latent or --anchor's). interpolate: from --anchor to --to of the --adapter's
-    anchors. Grid, depth and stochastic options do not apply to videos and are refused (`grid`).
+    turntable: of ws (a seed's latent or --anchor's). interpolate: between `ends`, the two (ws, camera) pairs of
+    `interpolation_end` (None for a turntable). Grid, depth and stochastic options do not apply to videos and are
+    refused (`grid`).
     """
-    from generator.views import anchor_latent
     if kind not in VIDEO_KINDS:
         raise ValueError(f"--video must be one of {', '.join(VIDEO_KINDS)}, got {kind!r}")
     if grid:
@@ -130,12 +159,11 @@ def render_video_command(G: TriPlaneGenerator, kind: str, ws: torch.Tensor, anch
                          "do not apply")
     opts = VideoOptions(frames=frames, fps=fps, size=size)
     if kind == "turntable":
-        if to is not None:
-            raise ValueError("--to is for --video interpolate")
+        if ends is not None:
+            raise ValueError("--from and --to are for --video interpolate")
         info = write_turntable(G, ws, out, opts)
     else:
-        if anchors is None or anchor is None or to is None:
-            raise ValueError("--video interpolate needs --adapter (with anchors), --anchor A and --to B")
-        info = write_interpolation(G, anchor_latent(G, anchors, anchor), anchor_latent(G, anchors, to, "--to"),
-                                   out, opts)
+        if ends is None:
+            raise ValueError("--video interpolate needs its two ends: --from (or --anchor) and --to")
+        info = write_interpolation(G, ends[0], ends[1], out, opts)
     return info.summary()

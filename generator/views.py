@@ -22,6 +22,15 @@ def latent_from_seed(G: TriPlaneGenerator, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def seed_latent(G: TriPlaneGenerator, seed: int, truncation_psi: float = 0.7,
+                truncation_cutoff: int | None = None) -> torch.Tensor:
+    """ws [1, num_ws, w_dim] of a seed's z (numpy RandomState, as the official gen_samples.py), mapped with the
+    frontal conditioning camera and the given truncation."""
+    return G.mapping(latent_from_seed(G, seed), camera_batch(G, [(0.0, 0.0)]), truncation_psi=truncation_psi,
+                     truncation_cutoff=truncation_cutoff)
+
+
+@torch.no_grad()
 def render_views(G: TriPlaneGenerator, ws: torch.Tensor, yaw_pitch: list[tuple[float, float]],
                  sampling: str = "deterministic", noise_mode: str = "const", batch: int = 4) -> list[dict]:
     """Render one latent ws [1, num_ws, w_dim] from each (yaw, pitch); tri-planes are computed once."""

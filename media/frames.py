@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 VIDEO_KINDS = ("turntable", "interpolate")
-"""A turntable of one latent, or an interpolation between two anchors of a person."""
+"""A turntable of one latent, or an interpolation between two (a person's anchors; `cli.py render` also takes
+seeds and latent files)."""
 
 
 def resize_frame(frame: np.ndarray, size: int | None) -> np.ndarray:

@@ -6,6 +6,8 @@ ADAPTER is the person's adapter file for a keep-LoRA export (`cli.py export --ke
 The smallest end-to-end use of the runtime (the demo's last step, and a check on a Jetson or GPU box). With
 `--video turntable` (EG3D's orbit) or `--video interpolate --to B` (anchor to anchor, camera included) it writes an
 mp4 or GIF instead (media.runtime_video), the same videos as `cli.py render --video` and the HTTP `video` op.
+The runtime interpolates between a person's anchors only; `cli.py render --video interpolate` also takes seeds
+and latent files.
 
 Every number is finite and within a range stated in `--help` (the camera angles of formats.limits, counts up to a
 `formats.limits.Limits` field that MY3DGEN_LIMITS raises), checked before the export is loaded; a bad command line
@@ -143,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"fail fast if this latency cannot be met (ms, {budget.describe()})")
     ap.add_argument("--out", type=Path, required=True, help="PNG to write (.mp4 or .gif with --video)")
     ap.add_argument("--video", choices=("turntable", "interpolate"), help="write a video of --anchor instead")
-    ap.add_argument("--to", help="--video interpolate: the last frame's anchor (name or index)")
+    ap.add_argument("--to", help="--video interpolate: the last frame's anchor (name or index); the runtime "
+                                 "interpolates between a person's anchors only (between seeds or latent files: "
+                                 "`cli.py render --video interpolate --from/--to`)")
     ap.add_argument("--frames", type=frames, default=16,
                     help=f"video frames (default 16), {frames.describe()} and at most the runtime's "
                          f"{RequestLimits().max_frames}")

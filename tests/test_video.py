@@ -1,8 +1,11 @@
 """Turntable and interpolation videos (generator/video.py, media/video_writer.py) on the tiny preset."""
 from __future__ import annotations
 
+import io
 import itertools
 import math
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -10,11 +13,14 @@ import torch
 
 from generator.adapter_file import Anchors, save_adapter
 from formats.cameras import lookat_label
+from formats.latent_file import LatentFileError, read_latent
+from formats.limits import Limits
 from generator.imaging import to_uint8
 from generator.lora import PersonAdapter, attach
 from generator.model_dir import build_generator
-from generator.video import (Orbit, VideoOptions, interpolate_camera, interpolation_frames, turntable_frames,
-                             write_turntable)
+from generator.video import (Orbit, VideoOptions, interpolate_camera, interpolation_end, interpolation_frames,
+                             turntable_frames, write_turntable)
+from generator.views import camera_batch, seed_latent
 from media import video_writer
 from media.video_writer import read_video, write_video
 from tests.helpers.cli import run_cli
@@ -214,3 +220,120 @@ def test_python_m_runtime_writes_videos(tmp_path_factory, tmp_path, capsys):
     assert main([str(exports["keep"]), str(alice), "--video", "interpolate", "--to", "nobody", "--out",
                  str(out)]) == 2
     assert "unknown anchor 'nobody'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ interpolation between seeds, anchors and latent files
+def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """cli.py in this process, as `main()` runs it: (exit code, stdout, stderr)."""
+    import cli
+    monkeypatch.setattr(sys, "argv", ["cli.py", *map(str, args)])
+    monkeypatch.setattr(cli._Settings, "debug", False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out = capsys.readouterr()
+    return exit_info.value.code or 0, out.out, out.err
+
+
+def test_seed_to_seed_interpolation_ends_are_the_seeds_own_renders(G):
+    """gen_videos.py's walk between seeds: the ends are the seeds' latents (as `render --seed` maps them) seen from
+    the asked view, frame for frame what G.synthesis renders of them."""
+    view = (0.2, -0.1)
+    a = interpolation_end(G, ("--from", "seed", 1), view=view, truncation_psi=0.7)
+    b = interpolation_end(G, ("--to", "seed", 2), view=view, truncation_psi=0.7)
+    c = camera_batch(G, [view])
+    assert torch.equal(a[1], c[0]) and torch.equal(b[1], c[0])
+    frames = list(interpolation_frames(G, *a, *b, frames=3))
+    with torch.no_grad():
+        ra = to_uint8(G.synthesis(seed_latent(G, 1, 0.7), c)["image"][0])
+        rb = to_uint8(G.synthesis(seed_latent(G, 2, 0.7), c)["image"][0])
+    assert np.array_equal(frames[0], ra) and np.array_equal(frames[-1], rb)
+    assert not np.array_equal(frames[1], ra) and not np.array_equal(frames[1], rb)
+    # the truncation options reach the seeds: psi 0 is the average latent whatever the seed; a cutoff is passed on
+    assert torch.equal(interpolation_end(G, ("--from", "seed", 1), truncation_psi=0.0)[0],
+                       interpolation_end(G, ("--to", "seed", 2), truncation_psi=0.0)[0])
+    assert torch.equal(interpolation_end(G, ("--from", "seed", 1), truncation_psi=0.5, truncation_cutoff=2)[0],
+                       seed_latent(G, 1, 0.5, 2))
+
+
+def test_latent_file_ends_read_eg3d_projected_w_and_npy(G, tmp_path):
+    ws = seed_latent(G, 3, 0.7)
+    np.savez(tmp_path / "projected_w.npz", w=ws.numpy())                      # EG3D projector.py's file
+    np.save(tmp_path / "w_plus.npy", ws[0].numpy().astype(np.float64))       # W+ [num_ws, w_dim], float64
+    np.save(tmp_path / "w.npy", ws[0, 0].numpy().astype(np.float16))        # W [w_dim], float16
+    got, camera = interpolation_end(G, ("--from", "file", tmp_path / "projected_w.npz"))
+    assert torch.equal(got, ws) and torch.equal(camera, camera_batch(G, [(0.0, 0.0)])[0])
+    assert torch.equal(interpolation_end(G, ("--to", "file", tmp_path / "w_plus.npy"))[0], ws)
+    w = interpolation_end(G, ("--to", "file", tmp_path / "w.npy"))[0]
+    assert w.shape == ws.shape and torch.equal(w[0, -1], ws[0, 0].half().float())
+
+
+def test_bad_latent_files_are_refused_naming_the_option_and_file(G, tmp_path):
+    n, d = G.num_ws, G.w_dim
+    nan = np.zeros((1, n, d), np.float32)
+    nan[0, 1, 2] = np.nan
+    np.savez(tmp_path / "shape.npz", w=np.zeros((1, n + 1, d), np.float32))
+    np.savez(tmp_path / "nan.npz", w=nan)
+    np.save(tmp_path / "inf.npy", np.full(d, 1e300))                         # finite in float64, not in float32
+    np.save(tmp_path / "pickled.npy", np.array([{"w": 1}], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "pickled.npz", w=np.array([{"w": 1}], dtype=object))
+    np.save(tmp_path / "ints.npy", np.zeros((n, d), np.int32))
+    np.savez(tmp_path / "other.npz", latent=np.zeros((1, n, d), np.float32))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**5, 10**5)})
+    (tmp_path / "huge.npy").write_bytes(header.getvalue())                   # claims 40 GB, holds none of it
+    cases = {"shape.npz": f"shape [1, {n + 1}, {d}]: this model's latent is [1, {n}, {d}]",
+             "nan.npz": "non-finite", "inf.npy": "non-finite", "pickled.npy": "dtype object",
+             "pickled.npz": "dtype object", "ints.npy": "dtype int32", "other.npz": "has no array 'w'",
+             "junk.npz": "not a readable .npz", "huge.npy": "shape [100000, 100000]", "missing.npz": "no such"}
+    for name, words in cases.items():
+        with pytest.raises(LatentFileError, match=re.escape(f"--to {tmp_path / name}: ") + ".*" + re.escape(words)):
+            interpolation_end(G, ("--to", "file", tmp_path / name))
+    with pytest.raises(LatentFileError, match="max_latent_file_bytes=100; raise it"):
+        read_latent(tmp_path / "shape.npz", n, d, Limits(max_latent_file_bytes=100))
+
+
+def test_bad_interpolation_ends_are_refused_before_any_work_naming_the_value(tmp_path, monkeypatch, capsys):
+    import generator.model_dir
+    np.savez(tmp_path / "w.npz", w=np.zeros((1, 8, 64), np.float32))
+
+    def built(*args, **kwargs):
+        raise AssertionError("a model was built before the bad value was refused")
+    monkeypatch.setattr(generator.model_dir, "build_generator", built)
+    base = ["render", "--preset", "tiny", "--video", "interpolate", "--out", tmp_path / "v.gif"]
+    cases = [(["--from", "seed:abc", "--to", "seed:1"], "'--from': 'seed:abc': 'abc' is not an integer"),
+             (["--from", "seed:1", "--to", "seed:4294967296"], "'--to': 'seed:4294967296': 4294967296 is outside"),
+             (["--from", "seed:-1", "--to", "seed:1"], "'seed:-1': -1 is outside [0, 4294967295]"),
+             (["--from", "latent:w", "--to", "seed:1"], "'--from': 'latent:w': unknown prefix 'latent:'"),
+             (["--from", tmp_path / "none.npz", "--to", "seed:1"], "none.npz': no such latent file"),
+             (["--from", "seed:1", "--to", "left"], "'--to': 'left' is an anchor, which needs --adapter"),
+             (["--from", "seed:1", "--anchor", "left", "--to", "seed:2"], "--from or at --anchor, not both"),
+             (["--from", "seed:1"], "needs --from (or --anchor) and --to")]
+    for extra, words in cases:
+        code, out, err = _cli(monkeypatch, capsys, *base, *extra)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (extra, err)
+    code, _, err = _cli(monkeypatch, capsys, "render", "--preset", "tiny", "--video", "turntable", "--from",
+                        tmp_path / "w.npz", "--out", tmp_path / "v.gif")
+    assert code == 2 and "--from is for --video interpolate" in err
+
+
+def test_cli_interpolation_between_seeds_files_and_anchors(G, tmp_path, monkeypatch, capsys):
+    np.savez(tmp_path / "projected_w.npz", w=seed_latent(G, 5, 0.7).numpy())
+    out = tmp_path / "s.gif"
+    code, stdout, _ = _cli(monkeypatch, capsys, "render", "--preset", "tiny", "--video", "interpolate", "--from",
+                           "seed:1", "--to", "seed:2", "--yaw", "0.3", "--frames", 3, "--size", 32, "--out", out)
+    assert code == 0 and f"wrote {out} (GIF, 3 frames, 32x32" in stdout and len(read_video(out)) == 3
+    person = PersonAdapter.create(G)
+    anchors = Anchors(torch.randn(2, G.w_dim, generator=torch.Generator().manual_seed(3)),
+                      torch.from_numpy(np.stack([lookat_label(0.3, 0), lookat_label(-0.3, 0)])), ["left", "right"])
+    path = save_adapter(tmp_path / "p.safetensors", person, G, anchors)
+    for ends in (["--from", "seed:1", "--to", "anchor:right"], ["--from", tmp_path / "projected_w.npz", "--to", "0"]):
+        code, stdout, err = _cli(monkeypatch, capsys, "render", "--preset", "tiny", "--adapter", path, "--video",
+                                 "interpolate", *ends, "--frames", 2, "--size", 32, "--out", out)
+        assert code == 0 and f"wrote {out} (GIF, 2 frames" in stdout, (ends, err)
+    np.savez(tmp_path / "bad.npz", w=np.zeros((1, 3, G.w_dim), np.float32))   # refused once the model says num_ws
+    code, _, err = _cli(monkeypatch, capsys, "render", "--preset", "tiny", "--video", "interpolate", "--from",
+                        "seed:1", "--to", tmp_path / "bad.npz", "--out", out)
+    assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: --to {tmp_path / 'bad.npz'}: shape [1, 3")
