@@ -70,12 +70,15 @@ def convert(pkl: Path = typer.Argument(..., exists=True, dir_okay=False, help="O
             overwrite: bool = typer.Option(False, help="Replace an existing model directory.")):
     """Official EG3D pickle (e.g. ffhq512-128.pkl) -> model directory, without executing the pickle's code."""
     from generator.convert import convert_official_pickle
-    from generator.model_dir import read_config
+    from generator.model_dir import IDENTITY_FILE, read_config
     path = convert_official_pickle(pkl, out, overwrite=overwrite)
     cfg, raw = read_config(path)
     typer.echo(f"wrote {path} (neural rendering {cfg.neural_rendering_resolution}^2, "
                f"{cfg.rendering.depth_resolution}+{cfg.rendering.depth_resolution_importance} samples, "
                f"fingerprint {raw['fingerprint'][:23]}...)")
+    if (path / IDENTITY_FILE).is_file():
+        typer.echo(f"kept the directory's identity network {path / IDENTITY_FILE} (train and eval use it by "
+                   f"default; delete it if it does not fit this model)")
 
 
 def _subject(G, adapter: Optional[Path], anchor: Optional[str], seed: int, truncation: float,

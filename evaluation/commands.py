@@ -154,10 +154,13 @@ def eval_command(
         models: List[str] = typer.Option(..., "--models", "-m",
                                          help="NAME=ADAPTER_FILE or NAME=pretrained; repeat (or comma-separate) "
                                               "for each table row, in order."),
-        identity: str = typer.Option(..., "--identity", help="Identity backend of the ID scores, required (no "
-                                     "default picks one for you): arcface:PATH (ArcFace weights you bring: the "
-                                     "paper's score) | heads (the built-in head world's identity network) | dlib "
-                                     "(labelled 'not ArcFace') | random:ARCH[:SEED] (smoke test only)."),
+        identity: Optional[str] = typer.Option(None, "--identity", help="Identity backend of the ID scores: "
+                                               "arcface:PATH (ArcFace weights you bring: the paper's score) | heads "
+                                               "(the built-in head world's identity network, "
+                                               "models/heads/identity.safetensors) | dlib (labelled 'not ArcFace') "
+                                               "| random:ARCH[:SEED] (smoke test only). Default: the --model "
+                                               "directory's identity.safetensors if it has one (models/heads does); "
+                                               "else required (nothing else is picked for you)."),
         identity_crop: str = typer.Option("full", help="Face crop for ArcFace-family networks: full | psp | "
                                                        "arcface_ffhq."),
         # pairs, views, weights, latent_steps, tune_steps, anchor_steps: None is their EvalConfig / PTIConfig
@@ -204,7 +207,7 @@ def eval_command(
                                                 help="Markdown file inserted after the command line."),
         out: Path = typer.Option(..., "--out", help="Output folder.")):
     """The paper's evaluation (§4.1): Tables 1-3 as markdown, all raw numbers as JSON, Figure 3 as a PNG."""
-    from evaluation.identity_score import IdentityBackendUnavailable, make_identity_backend
+    from evaluation.identity_score import IdentityBackendUnavailable, make_identity_backend, model_identity_backend
     from evaluation.protocol import EvalConfig, ModelSpec, Protocol, load_photos
     from evaluation.pti import PTIConfig
     from evaluation.report import plot_id_vs_t, write_json, write_report
@@ -228,9 +231,12 @@ def eval_command(
     G = build_model_source(model, preset)
     config.validate()
     try:
-        backend = make_identity_backend(identity, crop=identity_crop)
+        backend = model_identity_backend(model) if not identity and model is not None else None
+        backend = backend or make_identity_backend(identity, crop=identity_crop)
     except (ValueError, FileNotFoundError, IdentityBackendUnavailable) as e:
         raise typer.BadParameter(str(e), param_hint="--identity") from None
+    if not identity:
+        typer.echo(f"identity network: head-world identity network from {backend.weights} (the model directory's)")
     test = load_photos(test_data, G.img_resolution)
     reference = load_photos(reference_data, G.img_resolution)
     out.mkdir(parents=True, exist_ok=True)

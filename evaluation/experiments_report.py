@@ -224,7 +224,7 @@ def render(result: dict, command: str, machine: str, figure_paths: dict[str, str
         f"- Protocol (§4.1) with fewer samples than the paper: {cfg['pairs']} anchor pairs x {cfg['weights']} "
         f"weights x {cfg['views']} random views per table (paper: 10 x 10 x 20); inversion ID over yaws "
         f"{list(cfg['inversion_yaws'])}. ID scores use the head-world identity network "
-        "(`models/heads_identity.safetensors`), not ArcFace; LPIPS is AlexNet.",
+        "(`models/heads/identity.safetensors`), not ArcFace; LPIPS is AlexNet.",
         f"- Ground truth: each PTI-inverted test photo rendered at {[list(p) for p in cfg['truth_poses']]} "
         "(yaw, pitch) against the world's true render of the same person and appearance: LPIPS, PSNR, and the "
         "raw depth's mean absolute error on pixels fully inside the head (world units; the head is ~0.45 deep).",

@@ -3,12 +3,15 @@
 For each rendered image, identity features are compared with the features of every photo of the person's
 reference set D_p; the score is the largest cosine similarity (and `nearest` says which reference gave it).
 
-Backends (`make_identity_backend(spec)`); there is no default - a table always says which one made it:
+Backends (`make_identity_backend(spec)`); the only default is the identity network a model directory carries
+(`model_identity_backend`: its identity.safetensors, as `models/heads` has), and a table always says which one
+made it:
 
 * ``arcface:PATH`` - a face-recognition network you bring (`model_ir_se50.pth`, arcface_torch `.pth`,
   insightface `.onnx`), via `perception.identity.IdentityEncoder.from_file`. This is the paper's ID score.
 * ``heads`` - the identity network of the built-in procedural head world (`perception.heads_identity`, trained
-  on that world's people): meaningful for the built-in model and its photos, not comparable with ArcFace.
+  on that world's people; the file is `models/heads/identity.safetensors`): meaningful for the built-in model and
+  its photos, not comparable with ArcFace.
 * ``dlib`` - dlib's 128-d face descriptor (offline, not differentiable), labelled "not ArcFace" everywhere: its
   similarities are on another scale than the paper's ArcFace scores. It detects faces itself: a render or a
   reference in which it finds no face has no score. Such images are counted and reported
@@ -29,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from formats.model_dir import IDENTITY_FILE, identity_file
 
 CROPS = ("full", "psp", "arcface_ffhq")
 SPECS = "arcface:PATH | heads | dlib"
@@ -84,9 +89,10 @@ class EncoderBackend(IdentityBackend):
 class HeadsBackend(IdentityBackend):
     """The built-in head world's identity network (images in [-1, 1] -> L2-normalised embeddings)."""
 
-    def __init__(self, network, weights: Path, batch_size: int = 16):
+    def __init__(self, network, weights: Path, batch_size: int = 16,
+                 label: str = "ID (built-in heads identity network, not ArcFace)"):
         self.network, self.weights, self.batch_size = network.eval(), Path(weights), batch_size
-        self.spec, self.label, self.smoke_test = "heads", "ID (built-in heads identity network, not ArcFace)", False
+        self.spec, self.label, self.smoke_test = "heads", label, False
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> list[np.ndarray | None]:
@@ -96,8 +102,13 @@ class HeadsBackend(IdentityBackend):
         return [f / max(np.linalg.norm(f), 1e-12) for f in feats]
 
     def describe(self) -> dict:
+        # A model directory's member is named with its directory ('heads/identity.safetensors'): the bare name
+        # would be the same for every model. Never a full path: reports travel.
+        name = self.weights.name
+        if name == IDENTITY_FILE:
+            name = f"{self.weights.parent.name}/{name}"
         return {"spec": self.spec, "label": self.label, "network": "perception.heads_identity",
-                "weights": self.weights.name, "weights_sha256": _sha256(self.weights) if self.weights.is_file()
+                "weights": name, "weights_sha256": _sha256(self.weights) if self.weights.is_file()
                 else None, "smoke_test": False, "arcface": False}
 
 
@@ -124,20 +135,37 @@ class IdentityBackendUnavailable(RuntimeError):
     """A named backend cannot be built here; the one-line message says why and what to do."""
 
 
-def _heads_backend(path: Path | None = None) -> HeadsBackend:
-    """The built-in world's identity network, imported lazily (it is built by the head-world pipeline)."""
+def _heads_module(what: str):
+    """perception.heads_identity, imported lazily (it is built by the head-world pipeline); `what` names the
+    backend in the one-line error when it cannot be imported."""
     try:  # import_module goes through sys.modules (an attribute of the perception package would not)
-        heads_identity = importlib.import_module("perception.heads_identity")
+        return importlib.import_module("perception.heads_identity")
     except ImportError as exc:
         raise IdentityBackendUnavailable(
-            f"--identity heads: the built-in head world's identity network is not available here "
+            f"{what}: the built-in head world's identity network is not available here "
             f"(perception.heads_identity cannot be imported: {exc}); use --identity arcface:PATH or dlib") from None
+
+
+def _heads_backend(path: Path | None = None) -> HeadsBackend:
+    """The built-in world's identity network (perception.heads_identity.HEADS_IDENTITY_WEIGHTS, or `path`)."""
+    heads_identity = _heads_module("--identity heads")
     weights = Path(path) if path is not None else Path(heads_identity.HEADS_IDENTITY_WEIGHTS)
     if not weights.is_file():
         raise IdentityBackendUnavailable(
             f"--identity heads: the built-in head world's identity weights are missing ({weights}); build them "
             f"first or use --identity arcface:PATH or dlib")
     return HeadsBackend(heads_identity.load_heads_identity(weights), weights)
+
+
+def model_identity_backend(model_dir: str | Path) -> HeadsBackend | None:
+    """The default of `eval --model DIR`: the identity network DIR carries (formats.model_dir.identity_file, checked;
+    a file there that is not one is an error naming it), or None if it has none."""
+    path = identity_file(model_dir)
+    if path is None:
+        return None
+    heads_identity = _heads_module(f"the identity network of model directory {model_dir}")
+    return HeadsBackend(heads_identity.load_heads_identity(path), path,
+                        label=f"ID (heads identity network of model {Path(model_dir).name}, not ArcFace)")
 
 
 def make_identity_backend(spec: str | None, crop: str = "full") -> IdentityBackend:
@@ -148,8 +176,9 @@ def make_identity_backend(spec: str | None, crop: str = "full") -> IdentityBacke
     """
     from perception.identity import ARCHS, IdentityEncoder
     if not spec:
-        raise ValueError(f"no identity backend named: give --identity {SPECS} (an ID score is only meaningful "
-                         f"with the network named beside it)")
+        raise ValueError(f"no identity backend named: give --identity {SPECS}, or a --model directory that "
+                         f"carries its identity network (identity.safetensors, as models/heads does); an ID score "
+                         f"is only meaningful with the network named beside it")
     if crop not in CROPS:
         raise ValueError(f"identity crop {crop!r}: expected one of {CROPS}")
     kind, _, rest = spec.partition(":")

@@ -5,6 +5,7 @@ Loading never executes code (safetensors + JSON) and checks every tensor against
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ from safetensors.torch import save_file
 from formats.atomic import atomic_dir
 from formats.errors import ModelDirError
 from formats.fingerprint import weights_fingerprint as _fingerprint
-from formats.model_dir import (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_METADATA, config_record,
-                               read_config_record)
+from formats.model_dir import (CONFIG_FILE, IDENTITY_FILE, WEIGHTS_FILE, WEIGHTS_METADATA, check_identity_file,
+                               config_record, identity_file, read_config_record)
 from formats.tensors import read_header, shape_problems
 from formats.versioned_json import dump_json
 from generator.config import GeneratorConfig
@@ -25,7 +26,7 @@ from generator.triplane import TriPlaneGenerator
 
 __all__ = ["ModelDirError", "weights_fingerprint", "save_model_dir", "read_config",
            "expected_state", "check_weights", "refuse_nonfinite", "load_model_dir", "build_generator",
-           "calibrate_random_init", "CONFIG_FILE", "WEIGHTS_FILE"]
+           "calibrate_random_init", "CONFIG_FILE", "WEIGHTS_FILE", "IDENTITY_FILE"]
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:
@@ -39,13 +40,24 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def save_model_dir(G: TriPlaneGenerator, path: str | os.PathLike, source: dict[str, Any] | None = None,
-                   overwrite: bool = False) -> Path:
-    """Write G's base weights and config atomically (a temp dir renamed into place)."""
+                   overwrite: bool = False, identity: str | os.PathLike | None = None) -> Path:
+    """Write G's base weights and config atomically (a temp dir renamed into place).
+
+    The directory's identity network (IDENTITY_FILE) is never dropped by accident: `identity`, an identity network
+    file (checked first), is copied in; without it, the identity file of the directory being overwritten is kept
+    (checked too), so re-exporting a model (scripts/pretrain_heads.py) keeps its paired network. To drop one,
+    delete the file."""
+    if identity is not None:
+        keep = check_identity_file(identity)
+    else:
+        keep = identity_file(path) if overwrite and Path(path).is_dir() else None
     state = {k: v.detach().contiguous().cpu() for k, v in G.state_dict().items()}
     config = config_record(G.cfg.to_dict(), weights_fingerprint(state), source)
     with atomic_dir(path, overwrite=overwrite) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata=dict(WEIGHTS_METADATA))
         (tmp / CONFIG_FILE).write_text(dump_json(config))
+        if keep is not None:
+            shutil.copyfile(keep, tmp / IDENTITY_FILE)
     return Path(path)
 
 

@@ -5,6 +5,7 @@ is trained (scripts/train_heads_identity.py) to tell head-world people apart acr
 and background, so the symmetry loss and the ID score have meaningful weights here (docs/HEADS.md).
 
     encoder = load_heads_identity()            # the committed weights, HEADS_IDENTITY_WEIGHTS
+    found = load_model_identity("models/heads")  # a model directory's identity network: (encoder, path) or None
     e = encoder(images)                        # [N, 3, H, W] in [-1, 1], any size -> [N, 128] unit vectors
 
 Like `perception.identity.IdentityEncoder`, the module is frozen, stays in eval mode and is differentiable with
@@ -23,10 +24,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from formats.atomic import atomic_file
+from formats.model_dir import IDENTITY_FILE, IDENTITY_FORMAT, identity_file
 
-HEADS_IDENTITY_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "heads_identity.safetensors"
-"""The committed weights (made by scripts/train_heads_identity.py)."""
-FORMAT = "my3dgen-heads-identity"
+HEADS_IDENTITY_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "heads" / IDENTITY_FILE
+"""The committed weights (made by scripts/train_heads_identity.py): the identity network of the `models/heads`
+model directory (formats.model_dir.IDENTITY_FILE)."""
+FORMAT = IDENTITY_FORMAT
 INPUT_SIZE = 64
 """Side of the network's input: the image's central CROP box is resized to this."""
 CROP = (0.06, 0.94)
@@ -148,3 +151,10 @@ def load_heads_identity(path: str | Path | None = None) -> HeadsIdentity:
         raise ValueError(f"{path}: missing {missing[:5]}, unexpected {extra[:5]}, mis-shaped {shaped[:5]}")
     net.load_state_dict(state)
     return HeadsIdentity(net)
+
+
+def load_model_identity(model_dir: str | Path) -> tuple[HeadsIdentity, Path] | None:
+    """(encoder, file) of a model directory's identity network (formats.model_dir.identity_file), or None if the
+    directory has none; a file that is not an identity network is a ModelDirError or ValueError naming it."""
+    path = identity_file(model_dir)
+    return None if path is None else (load_heads_identity(path), path)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install, then run the main job end to end on the built-in pretrained head-world model (models/heads, docs/HEADS.md):
 # personalize it to a held-out person from 10 photos with their cameras (W inversion + LoRA with the symmetry loss,
-# using the head-world identity network), render the person from new viewpoints next to the TRUE views of those
-# viewpoints, export to ONNX with swappable adapters, and render a novel view with the torch-free runtime.
+# using the head-world identity network the model directory carries, models/heads/identity.safetensors), render
+# the person from new viewpoints next to the TRUE views of those viewpoints, export to ONNX with swappable adapters,
+# and render a novel view with the torch-free runtime.
 # Results land in demo_out/ (about 10 minutes on a 2-core CPU, install included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ MODEL=models/heads
 PERSON=samples/heads_person
 rm -rf "$OUT" && mkdir -p "$OUT"
 echo "== 1/5 personalize $MODEL to $PERSON (10 photos + cameras of a person the model never saw)"
-$PY cli.py train --model "$MODEL" --data "$PERSON" --id-weights models/heads_identity.safetensors \
+$PY cli.py train --model "$MODEL" --data "$PERSON" \
   --iterations 200 --inversion-steps 50 --inversion-batch 10 --out "$OUT/person.safetensors"
 echo "== 2/5 render the person from new viewpoints, with depth"
 $PY cli.py render --model "$MODEL" --adapter "$OUT/person.safetensors" --anchor 0 \

@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--run", type=Path, default=REPO / "runs" / "heads_id")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", type=Path, default=None, help="weights file (default: HEADS_IDENTITY_WEIGHTS)")
+    t.add_argument("--out", type=Path, default=None, help="weights file (default: HEADS_IDENTITY_WEIGHTS, the "
+                   "identity network of the models/heads model directory)")
     t.add_argument("--scale", type=float, default=16.0, help="ArcFace scale s")
     t.add_argument("--margin", type=float, default=0.2, help="ArcFace margin m (ramped up over 30%% of the steps)")
     t.add_argument("--lr", type=float, default=3e-3)

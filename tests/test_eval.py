@@ -127,6 +127,49 @@ def test_heads_backend_with_monkeypatched_loader(monkeypatch, tmp_path):
     assert batch.nearest[:3].tolist() == [0, 1, 2]
 
 
+class _Stopped(Exception):
+    """Raised where a test stops `cli.py eval`: once the identity backend is built, before any photo is read."""
+
+
+def _eval_until_photos(monkeypatch, tmp_path, *args):
+    """`cli.py eval ARGS` in-process (from the repository root) up to reading the photos, where it is stopped."""
+    from typer.testing import CliRunner
+
+    import evaluation.protocol
+    from cli import app
+
+    def stop(*a, **k):
+        raise _Stopped
+    monkeypatch.setattr(evaluation.protocol, "load_photos", stop)
+    monkeypatch.chdir(REPO)
+    return CliRunner().invoke(app, ["eval", *map(str, args), "--test-data", "samples/heads_person",
+                                    "--reference-data", "samples/heads_person", "--models", "base=pretrained",
+                                    "--out", str(tmp_path / "out")])
+
+
+def test_eval_model_dir_brings_its_identity_network(monkeypatch, tmp_path):
+    """`eval --model models/heads` needs no --identity: the directory's identity.safetensors scores, and is named;
+    an explicit --identity wins; a model without one still needs --identity; --help says so."""
+    from evaluation.identity_score import model_identity_backend
+    from generator.model_dir import build_generator, save_model_dir
+    from tests.helpers.cli import help_words
+    result = _eval_until_photos(monkeypatch, tmp_path, "--model", "models/heads")
+    assert isinstance(result.exception, _Stopped), result.output
+    assert ("identity network: head-world identity network from models/heads/identity.safetensors (the model "
+            "directory's)") in result.output
+    info = model_identity_backend(REPO / "models" / "heads").describe()
+    assert info["spec"] == "heads" and info["weights"] == "heads/identity.safetensors"
+    assert info["label"] == "ID (heads identity network of model heads, not ArcFace)"
+    result = _eval_until_photos(monkeypatch, tmp_path, "--model", "models/heads", "--identity", "random:iresnet18")
+    assert isinstance(result.exception, _Stopped) and "identity network:" not in result.output
+    bare = save_model_dir(build_generator(preset_name="tiny"), tmp_path / "bare")
+    assert model_identity_backend(bare) is None
+    result = _eval_until_photos(monkeypatch, tmp_path, "--model", bare)
+    assert result.exit_code == 2 and "no identity backend named" in result.output
+    assert "Default: the --model directory's identity.safetensors if it has one (models/heads does)" in help_words(
+        "eval")
+
+
 def test_dlib_label_says_not_arcface_and_arcface_is_flagged():
     from evaluation.identity_score import DlibBackend, EncoderBackend
     dlib_backend = DlibBackend(descriptor=object())

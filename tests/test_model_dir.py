@@ -77,3 +77,84 @@ def test_existing_dir_is_not_clobbered_and_failed_write_leaves_nothing(tmp_path,
         save_model_dir(G, tmp_path / "fresh")
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+# ---------------------------------------------------------------------------------- the identity network member
+
+def _identity_copy(path):
+    """A copy of the committed head-world identity network (models/heads/identity.safetensors) at `path`."""
+    import shutil
+
+    from perception.heads_identity import HEADS_IDENTITY_WEIGHTS
+    shutil.copyfile(HEADS_IDENTITY_WEIGHTS, path)
+    return path
+
+
+def test_models_heads_carries_its_identity_network():
+    from formats.model_dir import identity_file
+    from perception.heads_identity import HEADS_IDENTITY_WEIGHTS, HeadsIdentity, load_model_identity
+    from tests.conftest import REPO
+    assert identity_file(REPO / "models" / "heads") == REPO / "models" / "heads" / "identity.safetensors"
+    assert HEADS_IDENTITY_WEIGHTS == REPO / "models" / "heads" / "identity.safetensors"
+    encoder, path = load_model_identity(REPO / "models" / "heads")
+    assert isinstance(encoder, HeadsIdentity) and path == HEADS_IDENTITY_WEIGHTS
+
+
+def test_a_model_dir_without_identity_has_none(tiny_dir):
+    from perception.heads_identity import load_model_identity
+    path, _ = tiny_dir
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    assert load_model_identity(path) is None
+
+
+def test_save_writes_and_overwrite_keeps_the_identity_network(tmp_path):
+    """Re-exporting a model (scripts/pretrain_heads.py export, save_model_dir with overwrite) must not drop the
+    identity network the directory carries; `identity=` writes one deliberately."""
+    G = build_generator(preset_name="tiny", seed=1)
+    source = _identity_copy(tmp_path / "net.safetensors")
+    out = save_model_dir(G, tmp_path / "m", identity=source)
+    member = out / "identity.safetensors"
+    assert member.read_bytes() == source.read_bytes()
+    save_model_dir(build_generator(preset_name="tiny", seed=2), out, overwrite=True)
+    assert member.read_bytes() == source.read_bytes()
+    assert not torch.equal(load_model_dir(out).state_dict()["decoder.net.0.weight"],
+                           G.state_dict()["decoder.net.0.weight"])  # the weights were replaced, the network kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "net.safetensors"]
+    from headworld.pretrain import PretrainConfig, export_generator  # scripts/pretrain_heads.py export
+    export_generator(build_generator(preset_name="tiny", seed=3), out, 1, PretrainConfig(preset="tiny"))
+    assert member.read_bytes() == source.read_bytes()
+
+
+def test_a_file_that_is_not_an_identity_network_is_refused_naming_it(tiny_dir, tmp_path):
+    from safetensors.torch import save_file as save
+
+    from perception.heads_identity import load_model_identity
+    path, G = tiny_dir
+    member = path / "identity.safetensors"
+    member.write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelDirError, match=r"identity\.safetensors"):
+        load_model_identity(path)
+    save(G.state_dict(), str(member), metadata={"format": "my3dgen-model"})  # safetensors, but another format
+    with pytest.raises(ModelDirError, match=r"identity\.safetensors: not an identity network: .*'my3dgen-model'"):
+        load_model_identity(path)
+    save({"x": torch.zeros(2)}, str(member),  # the right tag, the wrong tensors
+         metadata={"format": "my3dgen-heads-identity", "widths": "[32, 64, 128, 192]", "dim": "128"})
+    with pytest.raises(ValueError, match=r"identity\.safetensors: missing"):
+        load_model_identity(path)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(ModelDirError, match="bad.safetensors"):
+        save_model_dir(G, tmp_path / "new", identity=bad)
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_identity_symlink_is_refused(tiny_dir, tmp_path):
+    """An attacker writes model directories too: the identity network is a file inside the directory, never one a
+    link points to elsewhere."""
+    from perception.heads_identity import load_model_identity
+    path, G = tiny_dir
+    (path / "identity.safetensors").symlink_to(_identity_copy(tmp_path / "elsewhere.safetensors"))
+    with pytest.raises(ModelDirError, match="symbolic link"):
+        load_model_identity(path)
+    with pytest.raises(ModelDirError, match="symbolic link"):
+        save_model_dir(G, path, overwrite=True)

@@ -17,7 +17,7 @@ from generator.adapter_file import Anchors, load_adapter, read_adapter_meta, sav
 from generator.model_dir import build_generator, save_model_dir, weights_fingerprint
 from perception.identity import IdentityEncoder
 from tests.conftest import REPO
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import help_words, run_cli
 from fixtures.synthetic import (HELDOUT_VIEWS, TRAIN_VIEWS, ground_truth_person, person_latent, render_views,
                                      write_sample_dataset)
 from train.checkpoint import CHECKPOINT_FILE, CheckpointError, load_checkpoint
@@ -435,3 +435,61 @@ def test_quick_is_a_short_run_that_says_what_it_set(tmp_path):
     assert extra["steps"] == 2 and extra["train_config"]["projector"]["steps"] == 50
     both = run_cli("train", "--preset", "tiny", "--data", SAMPLES, "--out", out, "--quick", "--kimg", 1, check=False)
     assert both.returncode == 2 and "--quick sets the length" in both.stderr
+
+
+# ---------------------------------------------------------------------------------- the model's identity network
+
+def _train_until_personalize(monkeypatch, *args):
+    """`cli.py train ARGS` in-process up to `personalize`, which records what it was given and stops the run;
+    (result, what personalize got or {})."""
+    from typer.testing import CliRunner
+
+    import train.trainer
+    from cli import app
+    seen = {}
+
+    def stop(G, data, out, config, identity=None, identity_name=None, **kwargs):
+        seen.update(identity=identity, identity_name=identity_name)
+        raise KeyboardInterrupt  # the command's Ctrl-C path: exit 130, nothing trained
+    monkeypatch.setattr(train.trainer, "personalize", stop)
+    monkeypatch.chdir(REPO)
+    return CliRunner().invoke(app, ["train", *map(str, args)]), seen
+
+
+def test_cli_model_dir_brings_its_identity_network(tmp_path, monkeypatch):
+    """`train --model models/heads` needs no --id-weights: the directory's identity.safetensors is used and named;
+    an explicit option still wins, and --help says what the default is."""
+    from perception.heads_identity import HeadsIdentity
+    common = ["--data", "samples/heads_person", "--out", tmp_path / "p.safetensors"]
+    result, seen = _train_until_personalize(monkeypatch, "--model", "models/heads", *common)
+    assert result.exit_code == 130, result.output
+    assert ("identity network: head-world identity network from models/heads/identity.safetensors (the model "
+            "directory's)") in result.output
+    assert isinstance(seen["identity"], HeadsIdentity) and seen["identity_name"].endswith("(the model directory's)")
+    result, seen = _train_until_personalize(monkeypatch, "--model", "models/heads", *common,
+                                            "--id-network", "random:ir_se50")
+    assert result.exit_code == 130 and "RANDOM" in seen["identity_name"]
+    assert not isinstance(seen["identity"], HeadsIdentity)
+    result, seen = _train_until_personalize(monkeypatch, "--model", "models/heads", *common, "--no-sym")
+    assert result.exit_code == 130 and seen["identity"] is None and "identity network:" not in result.output
+    assert ("Default: the --model directory's identity.safetensors if it has one (models/heads does)"
+            in help_words("train"))
+
+
+def test_cli_model_dir_without_identity_lists_every_way_to_give_one(tmp_path, monkeypatch):
+    model = save_model_dir(build_generator(preset_name="tiny"), tmp_path / "model")
+    result, seen = _train_until_personalize(monkeypatch, "--model", model, "--data", SAMPLES, "--out",
+                                            tmp_path / "p.safetensors")
+    assert result.exit_code == 2 and not seen
+    assert "A --model directory that holds one (identity.safetensors" in result.output
+    for option in ("--id-weights", "random:ir_se50", "--no-sym"):
+        assert option in result.output
+
+
+def test_cli_refuses_a_model_identity_file_that_is_not_one(tmp_path):
+    model = save_model_dir(build_generator(preset_name="tiny"), tmp_path / "model")
+    (model / "identity.safetensors").write_bytes(b"\x00" * 64)
+    refused = run_cli("train", "--model", model, "--data", SAMPLES, "--out", tmp_path / "p.safetensors",
+                      check=False)
+    assert refused.returncode == 2 and not (tmp_path / "p.safetensors").exists()
+    assert f"{model / 'identity.safetensors'}:" in refused.stderr and "Traceback" not in refused.stderr

@@ -41,6 +41,18 @@ def build_identity(id_weights: Optional[Path], id_network: Optional[str], crop: 
     return None, None
 
 
+def model_identity(model: Path):
+    """(encoder, description) of the --model directory's own identity network (its identity.safetensors,
+    formats.model_dir.IDENTITY_FILE), the default when no identity option is given; (None, None) if it has none.
+    A file there that is not an identity network is an error naming it."""
+    from perception.heads_identity import load_model_identity
+    found = load_model_identity(model)
+    if found is None:
+        return None, None
+    encoder, path = found
+    return encoder, f"head-world identity network from {path} (the model directory's)"
+
+
 def train(
     data: Path = typer.Option(..., "--data", help="Dataset folder made by `cli.py preprocess` (dataset.json with "
                                                    "camera labels + aligned crops)."),
@@ -86,8 +98,10 @@ def train(
     sym_step: Optional[str] = typer.Option(None, help="joint (L_sym in the reconstruction step, paper eq. 3) | "
                                                       "separate (its own optimizer step, the authors' code)."),
     id_weights: Optional[Path] = typer.Option(None, "--id-weights", help="Identity network for the symmetry "
-                                              "loss: IR-SE50 model_ir_se50.pth, arcface_torch .pth or "
-                                              "insightface w600k_r50.onnx."),
+                                              "loss: IR-SE50 model_ir_se50.pth, arcface_torch .pth, "
+                                              "insightface w600k_r50.onnx or a head-world identity network. "
+                                              "Default: the --model directory's identity.safetensors if it has "
+                                              "one (models/heads does); else this or --id-network is needed."),
     id_network: Optional[str] = typer.Option(None, "--id-network", help="random:ir_se50 (or another arch): a "
                                              "RANDOMLY initialised identity network, for smoke tests only."),
     id_crop: str = field_option(TRAIN, "id_crop", help="Face crop of the identity network: full (the authors) | psp "
@@ -179,10 +193,13 @@ def train(
     identity, identity_name = (None, None)
     if sym:
         identity, identity_name = build_identity(id_weights, id_network, id_crop)
+        if identity is None and model is not None:
+            identity, identity_name = model_identity(model)
         if identity is None and preset is not None:
             identity, identity_name = build_identity(None, "random:ir_se50", id_crop)
             typer.echo("no --id-weights: --preset generators have random weights, so the symmetry loss uses a "
-                       "RANDOM IR-SE50 here (smoke test). With --model this is an error.")
+                       "RANDOM IR-SE50 here (smoke test). With --model this is an error (unless the model "
+                       "directory has its own identity network).")
         if identity is None:
             typer.echo(f"error: {identity_network_help()}", err=True)
             raise typer.Exit(2)

@@ -64,9 +64,11 @@ class IdentityNetworkRequired(ValueError):
 
 
 def identity_network_help() -> str:
-    return ("the symmetry loss (on by default, paper §3.3) needs a face-identity network. Give one of:\n"
+    """What `train` says when the symmetry loss has no identity network: every way to give one."""
+    return ("the symmetry loss (on by default, paper §3.3) needs a face-identity network. A --model directory "
+            "that holds one (identity.safetensors, as models/heads does) provides it; otherwise give one of:\n"
             "  --id-weights PATH               IR-SE50 `model_ir_se50.pth` (what the authors use), an arcface_torch "
-            "IResNet .pth, or insightface buffalo_l `w600k_r50.onnx`\n"
+            "IResNet .pth, insightface buffalo_l `w600k_r50.onnx`, or a head-world identity network\n"
             "  --id-network random:ir_se50     a RANDOMLY initialised IR-SE50: smoke tests only, the loss is then "
             "meaningless\n"
             "  --no-sym                        train without the symmetry loss (the paper's ablation)")
