@@ -13,7 +13,8 @@ Sections, each recorded on its own (a failure is written down with its error, ne
              novel view (render + SR from stored tri-planes), batch 1 and 8, fp32 / fp16 / bf16 autocast, eager;
   lora_train one LoRA personalization step at 512 (train.Trainer: LPIPS-Alex + L2 at both resolutions, the
              ArcFace symmetry term every 4th step; random LPIPS trunk and IR-SE50, which cost what trained ones
-             cost), step time and peak memory;
+             cost), step time and peak memory next to the memory plan, fp32 / checkpointing / bf16 / fp16
+             (issue 29), and the largest batch the plan fits in 8 / 16 / 24 GiB, run to confirm;
   mixed      a batch of 8 different people (generator.lora.attach_mixed) against 8 of one person (attach):
              throughput, and each mixed sample against its own single-person run;
   plane_lookup the novel view with grid_sample + mean against the weighted-gather tri-plane lookup;

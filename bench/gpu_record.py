@@ -107,10 +107,15 @@ def summary(report: dict, raw: str, day: str) -> str:
             if "error" in r:
                 lines.append(f"- LoRA training step at batch {r['batch']}: failed ({r['error'][:120]}).")
                 continue
-            lines.append(f"- LoRA training step (512², batch {r['batch']}, {r['trainable_parameters']:,} "
-                         f"trainable parameters, fp32): {r['step_median_s_without_sym']:.2f} s without the "
-                         f"symmetry term, {r['step_median_s_with_sym']:.2f} s with it (every 4th step); peak "
-                         f"memory {r['peak_memory_gib']:.1f} GiB.")
+            switches = f"{r.get('dtype', 'fp32')}, checkpointing {r.get('checkpointing', 'off')}"
+            what = "largest batch the plan fits in " + r["op"][5:].replace("gib", " GiB") + ", " \
+                if r.get("op", "").startswith("fits_") else ""
+            sym = r.get("step_median_s_with_sym")
+            plan = f" (plan {r['plan_gib']:.1f})" if "plan_gib" in r else ""
+            lines.append(f"- LoRA training step (512², {what}batch {r['batch']}, {r['trainable_parameters']:,} "
+                         f"trainable parameters, {switches}): {r['step_median_s_without_sym']:.2f} s without the "
+                         f"symmetry term" + (f", {sym:.2f} s with it (every 4th step)" if sym else "") +
+                         f"; peak memory {r.get('peak_memory_gib', float('nan')):.1f} GiB{plan}.")
     pl = s.get("plane_lookup", {})
     if pl.get("ok"):
         rows = {(r["op"].split("/")[1], r["batch"]): r for r in pl["rows"] if "ms" in r}

@@ -26,19 +26,48 @@ def _random_lpips(net: str, tmp: Path):
     return LPIPS(net, backbone_path=path)
 
 
+SWITCHES = (("fp32", "off"), ("fp32", "on"), ("bf16", "on"), ("fp16", "on"))
+"""(precision, gradient checkpointing) of issue 29's rows: today's path, exact checkpointing, and mixed precision."""
+BUDGETS_GIB = (8, 16, 24)
+"""Consumer-card memory sizes: the largest batch that fits each, from the memory plan, then run to confirm."""
+
+
 def section_lora_train(cfg, device: torch.device) -> dict:
-    """Step time and peak memory of the personalization step (train.Trainer, checkpoints off), per batch size."""
+    """Step time and peak memory of the personalization step (train.Trainer, checkpoints off) per batch size and
+    switch, next to the memory plan's estimate; then the largest batch the plan fits in 8/16/24 GiB, run once each
+    to confirm the peak stays under the budget."""
     G = generator_of(cfg.preset, cfg.seed, device)
     rows = []
-    for batch in cfg.train_batches:
-        guarded(rows, "lora_step", "fp32", batch, lambda batch=batch: {
-            "op": "lora_step", "dtype": "fp32", "batch": batch, **_lora_step(G, cfg, batch, device)})
+    for precision, checkpointing in SWITCHES:
+        for batch in cfg.train_batches:
+            guarded(rows, "lora_step", precision, batch, lambda batch=batch, p=precision, c=checkpointing: {
+                "op": "lora_step", "dtype": p, "checkpointing": c, "batch": batch,
+                **_lora_step(G, cfg, batch, device, p, c)})
+    for budget in BUDGETS_GIB if device.type == "cuda" else ():  # a card's budget means nothing on a CPU dry run
+        for precision in ("fp32", "bf16"):
+            batch = _plan(G, cfg, 1, device, precision, "on").largest_batch(budget * 2 ** 30, limit=64)
+            if batch:
+                guarded(rows, f"fits_{budget}gib", precision, batch, lambda b=batch, p=precision, g=budget: {
+                    "op": f"fits_{g}gib", "dtype": p, "checkpointing": "on", "batch": b,
+                    **_lora_step(G, cfg, b, device, p, "on", steps=min(cfg.train_steps, 4))})
     return {"preset": cfg.preset, "resolution": G.img_resolution, "rows": rows,
             "tf32": torch.backends.cuda.matmul.allow_tf32,
-            "note": "seconds per step as train.Trainer logs them (each step ends by reading its losses, a sync)"}
+            "note": "seconds per step as train.Trainer logs them (each step ends by reading its losses, a sync); "
+                    "plan_gib: train/memory_plan.py's estimate of the same step before it ran"}
 
 
-def _lora_step(G, cfg, batch: int, device: torch.device) -> dict:
+def _plan(G, cfg, batch: int, device: torch.device, precision: str, checkpointing: str):
+    from perception.identity import IdentityEncoder
+    from train.config import TrainConfig
+    from train.memory_plan import plan_memory
+    with tempfile.TemporaryDirectory() as tmp:
+        lp = _random_lpips(TrainConfig().lpips_net, Path(tmp))
+    config = TrainConfig(batch=batch, precision=precision, checkpointing=checkpointing)
+    return plan_memory(G, config, lp, IdentityEncoder.random(), max(batch, 4), device, checkpointing == "on")
+
+
+def _lora_step(G, cfg, batch: int, device: torch.device, precision: str = "fp32", checkpointing: str = "off",
+               steps: int | None = None) -> dict:
     from generator.views import camera_batch
     from perception.identity import IdentityEncoder
     from train.config import TrainConfig
@@ -52,7 +81,10 @@ def _lora_step(G, cfg, batch: int, device: torch.device) -> dict:
     with torch.no_grad():
         anchors = G.mapping(torch.randn(n, G.z_dim, generator=gen).to(device), cams.to(device),
                             truncation_psi=0.7)[:, 0].cpu()
-    config = TrainConfig(batch=batch, iterations=cfg.train_warmup + cfg.train_steps, checkpoint_every=10**6)
+    steps = cfg.train_steps if steps is None else steps
+    config = TrainConfig(batch=batch, iterations=cfg.train_warmup + steps, checkpoint_every=10**6,
+                         precision=precision, checkpointing=checkpointing)
+    plan_gib = round(_plan(G, cfg, batch, device, precision, checkpointing).peak() / 2**30, 3)
     with tempfile.TemporaryDirectory() as tmp:
         lp = _random_lpips(config.lpips_net, Path(tmp))
         trainer = Trainer(G, data, anchors, config, identity=IdentityEncoder.random(), lpips=lp)
@@ -62,10 +94,10 @@ def _lora_step(G, cfg, batch: int, device: torch.device) -> dict:
         trainer.run(stop_at=cfg.train_warmup)
         _sync(device)
         trainer.run()
-    records = list(trainer.recent)[-cfg.train_steps:]
+    records = list(trainer.recent)[-steps:]
     sym = [r["seconds"] for r in records if "sym" in r]
     plain = [r["seconds"] for r in records if "sym" not in r]
-    out = {"trainable_parameters": trainer.adapter.num_parameters(), "steps_timed": len(records),
+    out = {"trainable_parameters": trainer.adapter.num_parameters(), "steps_timed": len(records), "plan_gib": plan_gib,
            "step_median_s": statistics.median(r["seconds"] for r in records),
            "step_median_s_without_sym": statistics.median(plain) if plain else None,
            "step_median_s_with_sym": statistics.median(sym) if sym else None}

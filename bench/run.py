@@ -44,6 +44,7 @@ SERVING_HEADING = "## Serving latency (TorchServe)"
 GPU_HEADING = "## GPU (scripts/gpu_check.sh)"  # written by bench/gpu_record.py
 STARTUP_HEADING = "## Command-line start-up (issue 28)"  # written by bench/startup.py
 BACKENDS_HEADING = "## Backends through TorchServe (issue 25)"  # written by --backends-only
+TRAIN_STEP_HEADING = "## Training step: memory and time on the CPU (issue 29)"  # written by bench/train_step.py
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Does the symmetry loss help a person photographed from one side? (paper §3.3; issue 26's decisive experiment)
+"""Does the symmetry loss help a person photographed from one side? (paper §3.3)
 
 For each held-out head-world person, two reference sets of `reference_photos` photos with the same appearances:
   one_sided  yaws spread over [+yaw_min, +yaw_max]: the side seen from yaw < 0 is never photographed;

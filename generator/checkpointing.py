@@ -1,4 +1,4 @@
-"""Gradient checkpointing of the generator: keep layer inputs, recompute the rest during backward (issue 29).
+"""Gradient checkpointing of the generator: keep layer inputs, recompute the rest during backward.
 
 A training step's memory is activations kept for backward, and almost all of them are produced inside three kinds
 of region (ffhq512-128, one 512^2 view, fp32, counted on the meta device by train/memory_plan.py): the

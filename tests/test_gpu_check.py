@@ -50,8 +50,9 @@ def test_dry_run_end_to_end(tmp_path, mixed_export):
     bf16 = [r["max_abs_diff_vs_fp32"] for r in rows if r["dtype"] == "bf16"]
     assert all(0 < d < 0.1 for d in bf16), bf16  # bf16 really ran, and stayed close
     steps = s["lora_train"]["rows"]
-    assert [r["batch"] for r in steps] == [2] and steps[0]["step_median_s"] > 0, steps
-    assert steps[0]["trainable_parameters"] > 0
+    assert [(r["dtype"], r["checkpointing"], r["batch"]) for r in steps] == [
+        ("fp32", "off", 2), ("fp32", "on", 2), ("bf16", "on", 2), ("fp16", "on", 2)], steps
+    assert all(r["step_median_s"] > 0 and r["trainable_parameters"] > 0 and r["plan_gib"] > 0 for r in steps), steps
     assert s["mixed"]["parity_passed"] and s["mixed"]["mixed_images_per_s"] > 0
     assert "CUDA" in s["cudagraph"]["skipped"]
     assert s["compile"]["rows"] and all("error" not in r for r in s["compile"]["rows"]), s["compile"]["rows"]

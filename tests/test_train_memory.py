@@ -202,3 +202,18 @@ def test_train_config_refuses_unknown_precision_and_checkpointing():
         TrainConfig(precision="fp8").validate()
     with pytest.raises(ValueError, match="checkpointing"):
         TrainConfig(checkpointing="sometimes").validate()
+
+
+def test_auto_checkpointing_on_a_cpu_follows_the_available_memory(monkeypatch):
+    from perception.identity import IdentityEncoder
+    from perception.lpips import LPIPS
+    from train import memory_plan
+    G, lp, identity = build_generator(preset_name="tiny"), LPIPS("alex"), IdentityEncoder.random()
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: 64 * GIB)
+    roomy = memory_plan.choose_plan(G, TrainConfig(), lp, identity, 4, "cpu")
+    assert not roomy.checkpointing and "fits in half of the 64.0 GiB" in roomy.describe()
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: roomy.peak())  # the step alone would take it all
+    tight = memory_plan.choose_plan(G, TrainConfig(), lp, identity, 4, "cpu")
+    assert tight.checkpointing and tight.peak() < roomy.peak() and "over half" in tight.why
+    explicit = memory_plan.choose_plan(G, TrainConfig(checkpointing="off"), lp, identity, 4, "cpu")
+    assert not explicit.checkpointing and explicit.why == ""

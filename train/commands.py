@@ -134,9 +134,9 @@ def train(
                                   "(exact) | bf16 | fp16 (loss-scaled); LoRA weights, Adam and the losses stay "
                                   "fp32. On a CPU without AVX512-BF16/AMX bf16 is emulated (slower than fp32)."),
     checkpointing: str = field_option(TRAIN, "checkpointing", help="Gradient checkpointing, exact: on | off | "
-                                      "auto (on for CUDA, where memory bounds the batch; off on the CPU, where it "
-                                      "costs time). ffhq512-128 at 512^2, batch 1: ~17 GiB of GPU memory off, "
-                                      "~4 GiB on (the memory plan printed at the start)."),
+                                      "auto (on for CUDA; on a CPU when the step would need over half the free "
+                                      "RAM). ffhq512-128 at 512^2, batch 1: ~17 GiB of GPU memory off, ~4 GiB on "
+                                      "(the memory plan printed at the start says which and why)."),
     compile_step: bool = field_option(TRAIN, "compile", "--compile", help="torch.compile the ray march and the "
                                       "super-resolution of the step (the first steps compile: minutes on a CPU)."),
 ):

@@ -185,9 +185,10 @@ class TrainConfig:
     and Adam's state stay fp32; fp16 scales the loss against underflow). Changes results a little."""
     checkpointing: str = "auto"
     """Gradient checkpointing (generator/checkpointing.py): 'on', 'off', or 'auto' = on for CUDA devices, where
-    activation memory decides the batch that fits, off on the CPU, where RAM is large and the recomputation costs
-    time (docs/BENCHMARKS.md). Exact: gradients are the same to float rounding, so it is not part of a run's
-    identity and may change on resume."""
+    activation memory decides the batch that fits; on a CPU `train` turns it on only when its memory plan says the
+    step without it needs more than half the available RAM, since the recomputation costs time
+    (train/memory_plan.py `choose_plan`; a `Trainer` built without a plan takes the CUDA rule). Exact: gradients
+    are the same to float rounding, so it is not part of a run's identity and may change on resume."""
     compile: bool = False
     """torch.compile the ray-march chunk and the super-resolution for the step (the first steps compile, minutes on
     a CPU). Exact to float rounding; not part of a run's identity."""

@@ -1,4 +1,4 @@
-"""How much memory a personalization step needs, before training starts (issue 29).
+"""How much memory a personalization step needs, before training starts.
 
 The step's memory is (a) what lives all run long: the base model, the loss networks, the photos, the adapter with
 its gradient and Adam's two moments; and (b) what autograd keeps for backward, which grows with the views rendered
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -59,6 +59,8 @@ class MemoryPlan:
     """The largest recomputed region (checkpointing) plus twice the largest kept tensor."""
     capacity: int | None
     """The device's memory (CUDA), or None where there is no fixed budget (the CPU)."""
+    why: str = ""
+    """How 'auto' decided checkpointing, when it did."""
 
     def peak(self, batch: int | None = None) -> int:
         b = self.batch if batch is None else batch
@@ -75,7 +77,8 @@ class MemoryPlan:
 
     def describe(self) -> str:
         head = (f"memory plan: about {self.peak() / GIB:.1f} GiB peak per step on {self.device} (batch {self.batch}, "
-                f"{self.precision}, checkpointing {'on' if self.checkpointing else 'off'}): "
+                f"{self.precision}, checkpointing {'on' if self.checkpointing else 'off'}"
+                f"{' (auto: ' + self.why + ')' if self.why else ''}): "
                 f"{self.resident / GIB:.2f} resident, per latent {self.backbone / GIB:.2f} backbone + "
                 f"{self.own_view / GIB:.2f} per view" + (f" + {self.sym_view / GIB:.2f} per L_sym view "
                                                           f"({self.symmetry})" if self.symmetry != "off" else "") +
@@ -138,6 +141,39 @@ def plan_memory(G: torch.nn.Module, config, lp: torch.nn.Module, identity: torch
                       int(render + sym_view), int(transient), capacity)
 
 
+def choose_plan(G: torch.nn.Module, config, lp: torch.nn.Module, identity: torch.nn.Module | None, photos: int,
+                device: torch.device | str) -> MemoryPlan:
+    """The plan of the run as it will go. `config.checkpointing` 'on'/'off' is taken as given; 'auto' is on for
+    CUDA (memory decides the batch that fits there) and, on a CPU, on only when the step without it would need more
+    than half of the memory available now (it costs one more forward of the recomputed regions)."""
+    device = torch.device(device)
+    capacity = device_capacity(device)
+    if config.checkpointing != "auto":
+        return plan_memory(G, config, lp, identity, photos, device, config.checkpointing == "on", capacity)
+    if device.type == "cuda":
+        return replace(plan_memory(G, config, lp, identity, photos, device, True, capacity), why="on for CUDA")
+    without = plan_memory(G, config, lp, identity, photos, device, False, capacity)
+    available = available_memory()
+    if available is None or without.peak() <= available / 2:
+        return replace(without, why=f"the step fits in half of the {available / GIB:.1f} GiB available"
+                       if available else "the available memory is unknown")
+    return replace(plan_memory(G, config, lp, identity, photos, device, True, capacity),
+                   why=f"{without.peak() / GIB:.1f} GiB without it is over half of the {available / GIB:.1f} GiB "
+                       "available")
+
+
+def available_memory() -> int | None:
+    """Memory the system can give now without swapping (Linux MemAvailable), or None where it is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def device_capacity(device: torch.device | str) -> int | None:
     """Total memory of a CUDA device; None for the CPU (RAM is shared and swaps: no fixed budget to plan to)."""
     device = torch.device(device)
@@ -147,7 +183,13 @@ def device_capacity(device: torch.device | str) -> int | None:
 
 
 def _meta_copy(module: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(module).to("meta")
+    """A copy of `module` whose parameters and buffers are meta tensors (no data is copied, even from a GPU)."""
+    memo: dict[int, torch.Tensor] = {}
+    for p in module.parameters():
+        memo[id(p)] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in module.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(module, memo)
 
 
 def _bytes(module: torch.nn.Module) -> int:

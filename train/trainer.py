@@ -42,7 +42,7 @@ from perception.lpips import LPIPS
 from train.checkpoint import CHECKPOINT_FILE, CheckpointError, RngStates, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.data import TrainingSet, load_training_set, one_sided_warning
-from train.memory_plan import MemoryPlan, device_capacity, plan_memory
+from train.memory_plan import MemoryPlan, choose_plan
 from train.projector import ESTIMATE_AFTER, duration
 from train.losses import (
     orbit_symmetric_cameras,
@@ -116,7 +116,7 @@ class Trainer:
     def __init__(self, G: torch.nn.Module, data: TrainingSet, anchors_ws: torch.Tensor, config: TrainConfig,
                  checkpoint_dir: str | Path | None = None, identity: IdentityEncoder | None = None,
                  lpips: LPIPS | None = None, progress: bool = False, restart: bool = False,
-                 echo: Callable[[str], None] | None = None):
+                 echo: Callable[[str], None] | None = None, checkpointing: bool | None = None):
         self.config = config.validate()
         self.G = G
         self.data = data
@@ -138,7 +138,9 @@ class Trainer:
         self.ws = self.anchors_ws.to(self.device)
         self.identity = identity.to(self.device) if identity is not None and config.sym else None
         self.lp = (lpips or _lpips(config)).to(self.device)
-        self.checkpointing = resolve_checkpointing(config.checkpointing, self.device)
+        # `personalize` passes the memory plan's decision; alone, 'auto' is on for CUDA only
+        self.checkpointing = resolve_checkpointing(config.checkpointing, self.device) if checkpointing is None \
+            else bool(checkpointing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.progress = progress
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -534,9 +536,7 @@ def personalize(G: torch.nn.Module, dataset_dir: str | Path, out: str | Path, co
          f"{config.iterations} training steps of batch {config.batch} (--iterations); a time estimate follows "
          f"the first steps of each")
     lp = _lpips(config)
-    device = next(G.parameters()).device
-    memory = plan_memory(G, config, lp, identity, len(data), device,
-                         resolve_checkpointing(config.checkpointing, device), device_capacity(device))
+    memory = choose_plan(G, config, lp, identity, len(data), next(G.parameters()).device)
     echo(memory.describe())
     if not memory.fits():
         echo(f"warning: the step is estimated not to fit in this device's memory; {memory_advice(memory)}")
@@ -547,7 +547,7 @@ def personalize(G: torch.nn.Module, dataset_dir: str | Path, out: str | Path, co
                        desc=f"W inversion of {len(data)} photo(s)", echo=echo)
     inversion_seconds = time.perf_counter() - t0
     trainer = Trainer(G, data, ws, config, ckpt, identity=identity, lpips=lp, progress=progress, restart=restart,
-                      echo=echo)
+                      echo=echo, checkpointing=memory.checkpointing)
     result = trainer.run()
     anchors = Anchors(ws, data.cameras, list(data.names))
     extra = {
