@@ -50,7 +50,7 @@ def people(work: Path) -> list[Path]:
     return folders
 
 
-def run(work: Path, iterations: int, inversion_steps: int) -> dict:
+def run(work: Path, iterations: int, inversion_steps: int, report) -> dict:
     from generator.adapter_file import load_adapter
     from generator.model_dir import load_model_dir
     from perception.heads_identity import load_heads_identity
@@ -80,6 +80,7 @@ def run(work: Path, iterations: int, inversion_steps: int) -> dict:
                             "seconds": round(time.perf_counter() - t0, 1)}
             print(json.dumps(results[key]), flush=True)
             (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+            report(results)
     return results
 
 
@@ -125,16 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = run(args.work, args.iterations, args.inversion_steps)
     from bench.run import replace_section
     from formats.atomic import write_text
-    out = REPO / "docs" / "training_length"
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "precision.json", json.dumps(results, indent=1) + "\n")
-    doc = REPO / "docs" / "TRAINING_LENGTH.md"
-    text = section(results, args.iterations, args.inversion_steps, args.threads)
-    write_text(doc, replace_section(doc.read_text(), HEADING, text))
-    print(text)
+
+    def report(results: dict) -> None:
+        """Rewrite the doc after every run, so an interrupted check leaves what it measured."""
+        out = REPO / "docs" / "training_length"
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "precision.json", json.dumps(results, indent=1) + "\n")
+        doc = REPO / "docs" / "TRAINING_LENGTH.md"
+        text = section(results, args.iterations, args.inversion_steps, args.threads)
+        write_text(doc, replace_section(doc.read_text(), HEADING, text))
+        print(text, flush=True)
+
+    run(args.work, args.iterations, args.inversion_steps, report)
     return 0
 
 

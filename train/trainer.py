@@ -320,6 +320,7 @@ class Trainer:
             terms["sym"] = self._sym_loss(out["image"][b:])
             loss = loss + cfg.sym_weight * terms["sym"]
         self._apply(loss)
+        del out, own  # the reconstruction's renders: nothing of them is needed by the symmetry pass below
         if do_sym and not joint:  # the authors' separate Gsym_reg phase: its own step, after the main one
             terms["sym"] = self._sym_loss(self._render(ws, torch.cat([c1, c2]))["image"])
             self._apply(cfg.sym_weight * terms["sym"])
