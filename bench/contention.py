@@ -458,7 +458,8 @@ class WorkerProc:
 
 def build_export(preset: str, work: Path) -> Path:
     """A 'base' export (no adapter, not verified) of the preset's random weights, with the torch model directory."""
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     from generator.model_dir import build_generator
     return Path(export_generator(build_generator(preset_name=preset), work / f"{preset}-base", None,
                                  ExportOptions(mode="base", verify=False)))

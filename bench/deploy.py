@@ -83,7 +83,8 @@ def mixed_vs_same_batch(rt, people: list[str], reps: int) -> dict[str, float]:
 def fp16_vs_fp32(G, work: Path, adapter: Path, reps: int, threads: int, log=print) -> dict[str, float]:
     """Merged exports of one person in fp32 and in mixed-precision fp16 (export/fp16_graph.py): max |image diff| of
     the same view from the same latent, and the median ms of a full view (synthesis + render) of each."""
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     from runtime import Runtime
     runtimes = {}
     for precision in ("fp32", "fp16"):
@@ -103,7 +104,8 @@ def fp16_vs_fp32(G, work: Path, adapter: Path, reps: int, threads: int, log=prin
 
 def measure(G, work: Path, reps: int, threads: int, log=print) -> dict[str, float]:
     """The deployment rows for generator G (bench/run.py's swap table), with synthetic people."""
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     from runtime import Runtime
     work = Path(work)
     files = _people(G, work / "deploy_people_src", BATCH)

@@ -369,7 +369,8 @@ def section_tensorrt(cfg: CheckConfig, device: torch.device, reference_G=None) -
         import tensorrt  # noqa: F401
     except Exception as e:  # noqa: BLE001
         return {"skipped": f"tensorrt not importable ({type(e).__name__}: {e})"}
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     from export.tensorrt_build import build_engine
     from formats.export_manifest import GRAPH_FILES
     from runtime.trt import TrtRunner

@@ -115,7 +115,8 @@ def _meets(name: str, value) -> bool | None:
 def _setup(cfg, work: Path) -> tuple[dict, dict]:
     """Generator, people and export (or cfg.serve_export's export, its generator and mixed_batch), each timed."""
     from fixtures.people import make_person
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     from formats.export_manifest import ExportManifest
     from generator.model_dir import load_model_dir
     times: dict[str, float] = {}

@@ -72,7 +72,8 @@ def _dir_bytes(d: Path) -> int:
 def bench_model(name: str, reps: int, threads: int, work: Path, log) -> ModelReport:
     import onnxruntime as ort
     import torch
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     from export.manifest import read_manifest
     from fixtures.people import make_person
     from generator.adapter_file import load_adapter

@@ -48,7 +48,8 @@ def build(model: str, work: Path, export: Path | None) -> tuple[Path, Path]:
     """(export dir, person adapter file): `export` if given, else a keep-LoRA export of `model` made here."""
     import torch
     from fixtures.people import make_person
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     from generator.model_dir import build_generator
     torch.manual_seed(0)
     G = build_generator(preset_name=model, seed=0).eval()

@@ -195,7 +195,8 @@ def write_section(path: str | os.PathLike, text: str) -> Path:
 def export_tiny(out: Path, verify: bool = True):
     """The tiny preset (seed 0) exported with LoRA inputs kept -> (G, export dir)."""
     import torch
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     from generator.model_dir import build_generator
     torch.manual_seed(0)
     G = build_generator(preset_name="tiny", seed=0).eval()

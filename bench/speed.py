@@ -161,7 +161,8 @@ def original_tree(work: Path) -> Path:
 
 def export_base(model: str, work: Path) -> Path:
     """The 'base' export (no adapter) of the same random weights the workers build."""
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     from generator.model_dir import build_generator
     return export_generator(build_generator(preset_name=model), work / f"{model}-base",
                             None, ExportOptions(mode="base", verify=False))

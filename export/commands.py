@@ -37,7 +37,8 @@ def export(model: ModelDir = None, preset: PresetName = None,
            overwrite: bool = typer.Option(False, help="Replace an existing export directory."),
            out: Path = typer.Option(..., "--out", help="Export directory to write.")):
     """Export ONNX graphs (mapping, tri-plane synthesis, render + super-resolution) with a manifest."""
-    from export.exporter import ExportError, ExportOptions, export_model
+    from export.exporter import export_model
+    from export.options import ExportError, ExportOptions
     from export.manifest import read_manifest
     from generator.lora import AdapterPolicy
     if legacy_model is not None:

@@ -17,10 +17,12 @@ the non-fused modulated conv, so the batch axis is dynamic. Every export is chec
 example batch (the manifest records the max abs differences; an fp32 export that misses 1e-3 is refused) and
 against TensorRT's ONNX operator support. The directory appears atomically, complete or not at all.
 
-`export_generator` is an `ExportJob`: `ExportJob.prepare` checks the options, loads the adapter and runs the
-example batch (`Example`) through eager PyTorch; `ExportJob.write` fills a temporary directory (`ExportFiles`)
-step by step, each step reading the job: trace the graphs, convert them to fp16, give the keep-LoRA inputs their
-defaults, verify, build the manifest.
+This module is the orchestration: `export_generator` is an `ExportJob`: `ExportJob.prepare` checks the options
+(export.options), loads the adapter, names the keep-LoRA inputs (export.adapter_inputs) and runs the example batch
+(export.verification.Example) through eager PyTorch; `ExportJob.write` fills a temporary directory (`ExportFiles`)
+step by step, each step reading the job: trace the graphs, convert them to fp16 (export.fp16_graph and
+export.graph_edits), give the keep-LoRA inputs their defaults (export.graph_edits), verify (export.verification),
+build the manifest. `build_engines` builds TensorRT engines of an export directory (export.tensorrt_build).
 """
 from __future__ import annotations
 
@@ -33,7 +35,6 @@ import json
 import logging
 import os
 import platform
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +43,14 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
+from export.adapter_inputs import adapter_inputs_for, base_adapter_values
+from export.graph_edits import add_input_defaults, convert_weights_fp16, name_batch_axis, without_input_defaults
 from export.manifest import io_spec, trt_check_summary
-from export.onnx_graphs import AdapterInput, MappingGraph, RenderGraph, SynthesisGraph, graph_of
+from export.onnx_graphs import AdapterInput, MappingGraph, RenderGraph, SynthesisGraph
+from export.options import ExportError, ExportOptions
+from export.verification import (EXAMPLE_PSI, Example, mixed_example, verification_adapter, verify_graphs,
+                                 verify_mixed)
 from formats.adapter_file import FORMAT_VERSION as ADAPTER_FORMAT_VERSION
 from formats.atomic import atomic_dir
 from formats.cameras import FFHQ_FOCAL
@@ -55,107 +60,8 @@ from formats.export_manifest import (ANCHORS_FILE, BASE_ADAPTER_FILE, GRAPH_FILE
 from formats.fingerprint import sha256_file
 from formats.names import NAME_RULE, is_valid_name
 from formats.tensors import save_safetensors
-from generator.lora import AdapterPolicy, AdapterTensors, PersonAdapter, attach, attachment_of, lora_tensor_names
+from generator.lora import AdapterPolicy, AdapterTensors, PersonAdapter, attach, attachment_of
 from generator.triplane import TriPlaneGenerator
-from generator.views import camera_batch
-
-MIN_OPSET = 18
-MAX_OPSET = 20
-FP32_TOLERANCE = 1e-3
-"""Max abs difference (images in [-1, 1], depth in scene units) allowed between eager PyTorch and onnxruntime."""
-FP16_TOLERANCE = 5e-2
-"""The same for fp16 exports (float16 weights and tri-planes); recorded, not enforced."""
-EXAMPLE_PSI = 0.7
-RESERVED_NAMES = {"z", "c", "truncation_psi", "ws", "planes", "image", "image_raw", "depth"}
-MODES = ("base", "merge", "keep")
-
-
-class ExportError(ValueError):
-    """An export that cannot be made as asked; the message names the option, file or tensor."""
-
-
-@dataclass
-class ExportOptions:
-    """How to export."""
-
-    mode: str = "base"
-    """'base' (no adapter), 'merge' (bake one adapter in) or 'keep' (adapter tensors are graph inputs)."""
-    fp16: bool = False
-    """Store weights as float16 (cast to float32 in the graph) and pass tri-planes as float16."""
-    opset: int = MIN_OPSET
-    """ONNX opset of the graphs (18..20; the dynamo exporter targets 18+, TensorRT prefers 18 for GridSample)."""
-    trt: bool = False
-    """Also build fp16 TensorRT engines (fails with install instructions where TensorRT is missing)."""
-    max_batch: int = 8
-    """Largest batch of the TensorRT optimization profiles (the ONNX batch axis is unbounded)."""
-    example_batch: int = 2
-    """Batch of the example inputs used for tracing and verification (>= 2, so the batch cannot specialise)."""
-    verify: bool = True
-    """Compare onnxruntime with eager PyTorch on the example batch and record the differences."""
-    person: str | None = None
-    """Name of the merged person (default: the adapter file's stem)."""
-    policy: AdapterPolicy | None = None
-    """Keep-LoRA without an adapter file: the policy whose tensors become inputs (default AdapterPolicy())."""
-    overwrite: bool = False
-    """Replace an existing export directory."""
-    seed: int = 0
-    """Seed of the example inputs."""
-    mixed_batch: int = 0
-    """Keep-LoRA: also export the synthesis and render graphs at a static batch N whose adapter inputs carry one
-    person per sample (leading axis N), so one run renders N requests of N people (0: none). Static because an
-    ONNX Conv's group count (the per-sample weights' grouped convolution) cannot follow a dynamic batch."""
-
-    def validate(self, has_adapter: bool) -> "ExportOptions":
-        if self.mode not in MODES:
-            raise ExportError(f"mode={self.mode!r}: expected one of {MODES}")
-        if self.mode == "merge" and not has_adapter:
-            raise ExportError("--merge-lora needs --adapter FILE (the person to bake into the weights)")
-        if self.mode == "base" and has_adapter:
-            raise ExportError("--adapter given: choose --merge-lora (bake it in) or --keep-lora (adapters as inputs)")
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise ExportError(f"opset={self.opset}: supported {MIN_OPSET}..{MAX_OPSET} (torch.onnx's dynamo exporter "
-                              f"emits opset 18+; TensorRT handles GridSample best at 18)")
-        if self.example_batch < 2:
-            raise ExportError(f"example_batch={self.example_batch}: must be >= 2 so the batch axis stays dynamic")
-        if self.mixed_batch and (self.mode != "keep" or not 2 <= self.mixed_batch <= 1024 or self.fp16):
-            raise ExportError(f"mixed_batch={self.mixed_batch}: needs --keep-lora, fp32 (not --fp16) and 2..1024")
-        if self.max_batch < 1:
-            raise ExportError(f"max_batch={self.max_batch}: must be >= 1")
-        if self.person is not None and not is_valid_name(self.person):
-            raise ExportError(f"person={self.person!r}: use {NAME_RULE}")
-        return self
-
-
-def sanitize_names(names: list[str]) -> dict[str, str]:
-    """Adapter tensor name -> graph input name: characters outside [A-Za-z0-9_.] become '_', clashes get a suffix."""
-    out: dict[str, str] = {}
-    used = set(RESERVED_NAMES)
-    for name in names:
-        base = re.sub(r"[^A-Za-z0-9_.]", "_", name) or "tensor"
-        cand, k = base, 1
-        while cand in used:
-            cand, k = f"{base}_{k}", k + 1
-        used.add(cand)
-        out[name] = cand
-    return out
-
-
-def adapter_inputs_for(adapter: PersonAdapter) -> list[AdapterInput]:
-    """The graph inputs of a keep-LoRA export, in the adapter's target order (A before B)."""
-    rows = []
-    for t in adapter.targets.values():
-        graph = graph_of(t)
-        if graph is None:
-            raise ExportError(f"adapter policy puts {t.key} in the mapping network (parts={adapter.policy.parts}): "
-                              f"keep-LoRA exports leave mapping frozen; use --merge-lora or a policy without "
-                              f"'mapping'")
-        if t.kind == "lora":
-            a, b = lora_tensor_names(t.key)
-            rows += [(a, t.key, "lora_A", t.lora_shapes[0], graph), (b, t.key, "lora_B", t.lora_shapes[1], graph)]
-        else:
-            rows.append((t.key, t.key, "full", t.shape, graph))
-    names = sanitize_names([r[0] for r in rows])
-    return [AdapterInput(names[r[0]], r[0], r[1], r[2], tuple(int(s) for s in r[3]), r[4]) for r in rows]
 
 
 @contextlib.contextmanager
@@ -177,108 +83,6 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def _name_batch_axis(model: onnx.ModelProto, name: str = "batch") -> None:
-    """Call the dynamic axis 0 of the graph inputs `name` everywhere (the exporter may call it e.g. 's97')."""
-    g = model.graph
-    symbols = {i.type.tensor_type.shape.dim[0].dim_param for i in g.input
-               if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
-    for info in list(g.input) + list(g.output) + list(g.value_info):
-        for d in info.type.tensor_type.shape.dim:
-            if d.dim_param in symbols:
-                d.dim_param = name
-
-
-def convert_weights_fp16(path: Path, min_elements: int = 16) -> int:
-    """Store float32 initializers as float16 followed by a Cast to float32; returns how many were converted.
-
-    Initializers outside float16's finite range (or smaller than `min_elements`) stay float32.
-    """
-    model = onnx.load(str(path))
-    graph = model.graph
-    keep, casts, converted = [], [], 0
-    for init in graph.initializer:
-        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
-            keep.append(init)
-            continue
-        arr = numpy_helper.to_array(init)
-        if not np.all(np.abs(arr) < 65000):
-            keep.append(init)
-            continue
-        half = numpy_helper.from_array(arr.astype(np.float16), name=f"{init.name}__fp16")
-        keep.append(half)
-        casts.append(onnx.helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
-                                           name=f"{init.name}__cast"))
-        converted += 1
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    nodes = casts + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return converted
-
-
-def base_adapter_values(G: TriPlaneGenerator, inputs: list[AdapterInput]) -> dict[str, np.ndarray]:
-    """The base model's value of every keep-LoRA input, by input name: the base tensor for a personal full tensor,
-    zeros for LoRA A and B (B @ A = 0). The base values file and the graphs' input defaults both hold these."""
-    base = dict(G.named_parameters())
-    return {i.input_name: base[i.target_key].detach().float().numpy().reshape(i.shape) if i.role == "full"
-            else np.zeros(i.shape, np.float32) for i in inputs}
-
-
-def add_input_defaults(path: Path, values: dict[str, np.ndarray]) -> None:
-    """Give graph inputs default values: an initializer named like a graph input is an overridable default (ONNX
-    IR >= 4), so the graph runs without a feed for it and onnxruntime's LoRA adapters (RunOptions) can replace it."""
-    if not values:
-        return
-    model = onnx.load(str(path))
-    spec = {i.name: i.type.tensor_type for i in model.graph.input}
-    for name, value in values.items():
-        if name not in spec:
-            raise ExportError(f"{path.name}: no graph input {name!r} to give a default value")
-        t = spec[name]
-        shape = [d.dim_value for d in t.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
-        model.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype).reshape(shape), name))
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
-def without_input_defaults(src: Path, dst: Path) -> bool:
-    """Write to `dst` a copy of graph `src` without the default values of its inputs (initializers named like a
-    graph input), so TensorRT's ONNX parser keeps those inputs as engine inputs instead of weights; False (nothing
-    written) when `src` has none."""
-    model = onnx.load(str(src))
-    inputs = {i.name for i in model.graph.input}
-    kept = [t for t in model.graph.initializer if t.name not in inputs]
-    if len(kept) == len(model.graph.initializer):
-        return False
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    onnx.save(model, str(dst))
-    return True
-
-
-def _mixed_example(n: int, tensors: list[torch.Tensor], *batch: torch.Tensor) -> list:
-    """Examples of a static mixed batch n: the batch tensors cycled to n samples, each adapter tensor given a
-    leading per-sample axis n."""
-    idx = torch.arange(n) % batch[0].shape[0]
-    return [t[idx] for t in batch] + [[t.detach().unsqueeze(0).expand(n, *t.shape).contiguous() for t in tensors]]
-
-
-def _ort_session(path: Path):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = torch.get_num_threads()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _max_diff(a: np.ndarray, b: torch.Tensor) -> float:
-    return float(np.abs(a.astype(np.float32) - b.detach().float().numpy()).max())
-
-
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__}
     for mod in ("onnxruntime", "onnxscript"):
@@ -287,18 +91,6 @@ def _versions() -> dict[str, str]:
         except ImportError:
             out[mod] = "not installed"
     return out
-
-
-def _verification_adapter(adapter: PersonAdapter, seed: int) -> PersonAdapter:
-    """A copy of `adapter` whose LoRA B and full tensors are perturbed, so verification exercises every input."""
-    ad = copy.deepcopy(adapter)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for pair in ad.lora.values():
-            pair.lora_B.add_(torch.randn(pair.lora_B.shape, generator=g) * 0.02)
-        for p in ad.full.values():
-            p.add_(torch.randn(p.shape, generator=g) * 0.01)
-    return ad
 
 
 @contextlib.contextmanager
@@ -351,38 +143,6 @@ class ExportFiles:
 
 
 @dataclass
-class Example:
-    """The example batch the graphs are traced from and verified on: z and cameras c, eager PyTorch's W+ latents
-    and tri-planes of them, and (when verifying) its images, rendered with the verification adapter attached."""
-
-    z: torch.Tensor
-    c: torch.Tensor
-    ws: torch.Tensor
-    planes: torch.Tensor
-    reference: dict[str, torch.Tensor] | None
-
-    @classmethod
-    def make(cls, G: TriPlaneGenerator, opts: ExportOptions, adapter: PersonAdapter | None) -> Example:
-        """opts.example_batch samples of seed opts.seed at a spread of views; `adapter` is attached (not merged)
-        while eager PyTorch runs."""
-        gen = torch.Generator().manual_seed(opts.seed)
-        b = opts.example_batch
-        z = torch.randn(b, G.z_dim, generator=gen)
-        c = camera_batch(G, [(0.3 * ((i % 3) - 1) + 0.05 * i, 0.1 * ((i % 2) * 2 - 1)) for i in range(b)])
-        handle = attach(G, adapter) if adapter is not None else None
-        try:
-            with torch.no_grad():
-                ws = G.mapping(z, c, truncation_psi=EXAMPLE_PSI)
-                planes = G.planes(ws, noise_mode="const", fused_modconv=False)
-                ref = G.render_planes(planes, ws, c, sampling="deterministic", fused_modconv=False) \
-                    if opts.verify else None
-        finally:
-            if handle is not None:
-                handle.detach()
-        return cls(z, c, ws, planes, ref)
-
-
-@dataclass
 class ExportJob:
     """One export: the generator, the options, the adapter as the mode uses it and the example batch. `prepare`
     does everything that can fail before a file exists; `write` runs the steps that fill the export directory:
@@ -431,7 +191,7 @@ class ExportJob:
             adapter = PersonAdapter.create(G, opts.policy or AdapterPolicy())
         person = _merged_person(opts, adapter_path) if opts.mode == "merge" else None
         inputs = adapter_inputs_for(adapter) if opts.mode == "keep" else []
-        verify_adapter = _verification_adapter(adapter, opts.seed) if opts.mode == "keep" and adapter_path is None \
+        verify_adapter = verification_adapter(adapter, opts.seed) if opts.mode == "keep" and adapter_path is None \
             else adapter
         return cls(G=G, opts=opts, source=source or {}, fingerprint=fingerprint, adapter_path=adapter_path,
                    adapter=adapter, anchors=anchors, meta=meta, person=person, inputs=inputs,
@@ -512,7 +272,7 @@ class ExportJob:
                                         external_data=False, optimize=True)
             program.save(str(path), external_data=False)
         model = onnx.load(str(path), load_external_data=False)
-        _name_batch_axis(model)
+        name_batch_axis(model)
         onnx.save(model, str(path))
         got = {o.domain: o.version for o in model.opset_import}.get("", None)
         if got != self.opts.opset:
@@ -531,13 +291,13 @@ class ExportJob:
 
     def _example_args(self, graph: str, mixed_batch: int = 0) -> tuple:
         """The example inputs `graph` is traced from: its own inputs, then its keep-LoRA tensors; with
-        `mixed_batch` N, cycled to N samples with a per-sample axis on the adapter tensors (_mixed_example)."""
+        `mixed_batch` N, cycled to N samples with a per-sample axis on the adapter tensors (mixed_example)."""
         ex = self.example
         if graph == "mapping":
             return ex.z, ex.c, torch.tensor([EXAMPLE_PSI])
         batch = (ex.ws,) if graph == "synthesis" else (ex.planes.to(self.planes_dtype), ex.ws, ex.c)
         if mixed_batch:
-            return tuple(_mixed_example(mixed_batch, self.tensors(graph), *batch))
+            return tuple(mixed_example(mixed_batch, self.tensors(graph), *batch))
         return (*batch, self.tensors(graph))
 
     def convert_fp16(self, files: ExportFiles) -> dict[str, Any]:
@@ -555,54 +315,13 @@ class ExportJob:
             add_input_defaults(files.graphs[g], self.base_feeds(g))
 
     def verify(self, files: ExportFiles) -> dict[str, Any]:
-        """Run the graphs with onnxruntime on the example batch and compare with eager PyTorch (and the mixed
-        graphs with the served ones); an fp32 export beyond FP32_TOLERANCE is refused."""
-        ex = self.example
-
-        def run(graph: str, **feeds: np.ndarray) -> list[np.ndarray]:
-            return _ort_session(files.graphs[graph]).run(None, {**feeds, **self.feeds(graph)})
-        ws_o = run("mapping", z=ex.z.numpy(), c=ex.c.numpy(), truncation_psi=np.array([EXAMPLE_PSI], np.float32))[0]
-        planes_o = run("synthesis", ws=ex.ws.numpy())[0]
-        image, image_raw, depth = run("render", planes=planes_o, ws=ex.ws.numpy(), c=ex.c.numpy())
-        ref = ex.reference
-        diffs = {"ws": _max_diff(ws_o, ex.ws), "planes": _max_diff(planes_o, ex.planes),
-                 "image": _max_diff(image, ref["image"]), "image_raw": _max_diff(image_raw, ref["image_raw"]),
-                 "depth": _max_diff(depth, ref["image_depth"])}
-        tol = FP16_TOLERANCE if self.opts.fp16 else FP32_TOLERANCE
-        passed = all(v <= tol for v in diffs.values())
-        if not passed and not self.opts.fp16:
-            raise ExportError(f"onnxruntime differs from eager PyTorch by more than {tol}: {diffs}")
-        verification = {"batch": int(ex.z.shape[0]), "reference": "eager PyTorch (adapter attached, not merged)",
-                        "max_abs_diff": diffs, "tolerance": tol, "passed": passed}
+        """The manifest's 'verification' (export.verification): onnxruntime vs eager PyTorch on the example batch,
+        and the mixed graphs vs the served ones; an fp32 export beyond FP32_TOLERANCE is refused."""
+        verification = verify_graphs(files.graphs, self.example, self.feeds, self.opts.fp16)
         if files.mixed:
-            verification["mixed_batch_max_abs_diff"] = self._verify_mixed(files)
+            verification["mixed_batch_max_abs_diff"] = verify_mixed(files.graphs, files.mixed, self.opts.mixed_batch,
+                                                                    self.example, self.feeds, self.base_feeds)
         return verification
-
-    def _verify_mixed(self, files: ExportFiles) -> float:
-        """Max abs difference between the mixed graphs (sample k: the verification adapter for odd k, the base
-        model for even k) and each sample run alone through the dynamic-batch graphs."""
-        n = self.opts.mixed_batch
-        idx = np.arange(n) % self.example.ws.shape[0]
-        ws_n, c_n = self.example.ws.numpy()[idx], self.example.c.numpy()[idx]
-
-        def person(k: int, graph: str) -> dict[str, np.ndarray]:
-            return self.feeds(graph) if k % 2 else self.base_feeds(graph)
-
-        def stacked(graph: str) -> dict[str, np.ndarray]:
-            samples = [person(k, graph) for k in range(n)]
-            return {i.input_name: np.stack([s[i.input_name] for s in samples]) for i in self.graph_inputs(graph)}
-        syn, ren = _ort_session(files.graphs["synthesis"]), _ort_session(files.graphs["render"])
-        planes = _ort_session(files.mixed["synthesis"]).run(None, {"ws": ws_n, **stacked("synthesis")})[0]
-        outs = [planes, *_ort_session(files.mixed["render"]).run(None, {"planes": planes, "ws": ws_n, "c": c_n,
-                                                                        **stacked("render")})]
-        worst = 0.0
-        for k in range(n):
-            p1 = syn.run(None, {"ws": ws_n[k:k + 1], **person(k, "synthesis")})[0]
-            one = [p1, *ren.run(None, {"planes": p1, "ws": ws_n[k:k + 1], "c": c_n[k:k + 1],
-                                       **person(k, "render")})]
-            worst = max(worst, *(float(np.abs(a[0].astype(np.float32) - b[k].astype(np.float32)).max())
-                                 for a, b in zip(one, outs)))
-        return worst
 
     def manifest(self, files: ExportFiles, verification: dict[str, Any] | None,
                  mixed_precision: dict[str, Any] | None) -> dict[str, Any]:

@@ -233,7 +233,7 @@ def to_mixed_precision(model: onnx.ModelProto, policy: MixedPrecisionPolicy | No
     """An fp32 exported graph -> (the mixed-precision graph, a report). `model` is not modified.
 
     Raises Fp16GraphError for a graph whose weights are already stored as fp16 (convert before
-    `export.exporter.convert_weights_fp16`, not after) or that has no fp16-eligible node."""
+    `export.graph_edits.convert_weights_fp16`, not after) or that has no fp16-eligible node."""
     try:
         from onnxconverter_common import float16
     except ImportError as e:

@@ -62,7 +62,8 @@ class TinyExports:
         self.root, self.G = session_root(tmp_path_factory), G
 
     def __getitem__(self, key: str) -> Path:
-        from export.exporter import ExportOptions, export_generator
+        from export.exporter import export_generator
+        from export.options import ExportOptions
         people = people_dir(self.root, self.G)
         makers = {
             "merged_alice": lambda p: export_generator(self.G, p, people / "alice.safetensors",
@@ -171,7 +172,8 @@ def test_renderer_formulations_equal_the_official_ops():
 def test_graph_wrappers_run_G_as_it_is_and_leave_it_unchanged(G, tmp_path):
     """Keep-LoRA wrappers bind their inputs into an attached adapter (= the eager adapter's render); the merge made
     for tracing is undone bit for bit, and no module of G is replaced."""
-    from export.exporter import _graph_state, adapter_inputs_for
+    from export.adapter_inputs import adapter_inputs_for
+    from export.exporter import _graph_state
     from export.onnx_graphs import RenderGraph, SynthesisGraph
     from generator.adapter_file import load_adapter
     from generator.lora import attachment_of
@@ -203,7 +205,7 @@ def test_graph_wrappers_run_G_as_it_is_and_leave_it_unchanged(G, tmp_path):
 
 
 def test_adapter_input_names_are_file_names_and_sanitised(G):
-    from export.exporter import adapter_inputs_for, sanitize_names
+    from export.adapter_inputs import adapter_inputs_for, sanitize_names
     from generator.lora import PersonAdapter
     ad = PersonAdapter.create(G)
     inputs = adapter_inputs_for(ad)
@@ -216,7 +218,8 @@ def test_adapter_input_names_are_file_names_and_sanitised(G):
 
 
 def test_keep_lora_refuses_a_mapping_policy(G, tmp_path):
-    from export.exporter import ExportError, ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportError, ExportOptions
     from generator.lora import AdapterPolicy
     policy = AdapterPolicy(parts=("synthesis", "superresolution", "mapping"))
     with pytest.raises(ExportError, match="mapping network"):
@@ -225,7 +228,8 @@ def test_keep_lora_refuses_a_mapping_policy(G, tmp_path):
 
 
 def test_option_errors_and_atomicity(G, tmp_path):
-    from export.exporter import ExportError, ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportError, ExportOptions
     from generator.model_dir import build_generator
     with pytest.raises(ExportError, match="--merge-lora needs --adapter"):
         export_generator(G, tmp_path / "a", None, ExportOptions(mode="merge"))
@@ -244,7 +248,8 @@ def test_option_errors_and_atomicity(G, tmp_path):
 
 
 def test_trt_flag_fails_clearly_without_tensorrt(G, tmp_path, monkeypatch):
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(RuntimeError) as info:
         export_generator(G, tmp_path / "t", None, ExportOptions(trt=True))
@@ -271,7 +276,8 @@ def test_an_opaque_head_exports_without_nan(tmp_path):
     graph then took log(0) and onnxruntime rendered NaN colours. Here the decoder's density is pushed up until
     every interval past the surface is opaque, and the export's own eager-vs-onnxruntime check must pass."""
     import copy
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     from generator.rendering import march_weights
     from generator.views import camera_batch
     G = copy.deepcopy(tiny_generator())
@@ -407,7 +413,8 @@ def test_build_engine_cli_reports_then_needs_tensorrt(exports):
 
 @pytest.fixture(scope="module")
 def official_exports(tmp_path_factory, official_generator):
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     root = session_root(tmp_path_factory)
     G = official_generator
     person = root / "official-people" / "carol.safetensors"

@@ -14,7 +14,9 @@ import torch
 pytest.importorskip("onnxconverter_common")
 ort = pytest.importorskip("onnxruntime")
 
-from export.exporter import ExportOptions, convert_weights_fp16, export_generator  # noqa: E402
+from export.exporter import export_generator  # noqa: E402
+from export.graph_edits import convert_weights_fp16  # noqa: E402
+from export.options import ExportOptions  # noqa: E402
 from export.fp16_graph import (FP16_COMPUTE_GRAPHS, Fp16GraphError, convert_export_graphs,  # noqa: E402
                                to_mixed_precision)
 from formats.export_manifest import GRAPH_FILES  # noqa: E402

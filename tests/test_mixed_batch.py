@@ -20,7 +20,8 @@ N = 4
 
 @pytest.fixture(scope="module")
 def mixed_export(tmp_path_factory, G, exports):
-    from export.exporter import ExportOptions, export_generator
+    from export.exporter import export_generator
+    from export.options import ExportOptions
     people = exports["people"]
     return cached_export(session_root(tmp_path_factory), f"tiny-keep-mixed{N}", lambda p: export_generator(
         G, p, people / "alice.safetensors", ExportOptions(mode="keep", mixed_batch=N)))
@@ -94,7 +95,7 @@ def test_render_batch_without_mixed_graphs_runs_one_batch_per_person(exports, tm
 
 
 def test_mixed_batch_option_is_checked():
-    from export.exporter import ExportError, ExportOptions
+    from export.options import ExportError, ExportOptions
     for bad in (ExportOptions(mode="base", mixed_batch=4), ExportOptions(mode="keep", mixed_batch=1),
                 ExportOptions(mode="keep", mixed_batch=4, fp16=True)):
         with pytest.raises(ExportError, match="mixed_batch"):

@@ -108,7 +108,7 @@ def test_a_replaced_adapter_file_never_runs_with_stale_native_values(rt, exports
 def as_format_1(src: Path, dst: Path) -> Path:
     """A copy of a format-2 keep-LoRA export as format 1 wrote it: no input defaults in the graphs, no
     `default` marks, no `defaults_in_graph` / `mixed_batch`."""
-    from export.exporter import without_input_defaults  # also what TensorRT engines are built from
+    from export.graph_edits import without_input_defaults  # also what TensorRT engines are built from
     shutil.copytree(src, dst)
     m = json.loads((dst / "manifest.json").read_text())
     for g in ("synthesis", "render"):
