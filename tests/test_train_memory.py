@@ -217,3 +217,21 @@ def test_auto_checkpointing_on_a_cpu_follows_the_available_memory(monkeypatch):
     assert tight.checkpointing and tight.peak() < roomy.peak() and "over half" in tight.why
     explicit = memory_plan.choose_plan(G, TrainConfig(checkpointing="off"), lp, identity, 4, "cpu")
     assert not explicit.checkpointing and explicit.why == ""
+
+
+def test_compile_option_compiles_the_ray_march_and_super_resolution_and_undoes_it(tmp_path, monkeypatch):
+    """The wiring of TrainConfig.compile (the compiler itself is exercised by the inference tests): the step's
+    chunk function and super-resolution go through torch.compile while training, and are restored after."""
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append((getattr(fn, "__name__", type(fn).__name__), kwargs))
+        return fn
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    trainer = _trainer("fp32", tmp_path, iterations=1)
+    trainer.config.compile = True
+    G = trainer.G
+    trainer.run()
+    assert [name for name, _ in compiled] == ["render_rays", "forward"]
+    assert all(kw == {"dynamic": False} for _, kw in compiled)
+    assert G.renderer.chunk_fn == G.renderer.render_rays and "forward" not in G.superresolution.__dict__
