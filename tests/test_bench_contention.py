@@ -1,11 +1,14 @@
-"""bench/contention.py: the load generator burns CPU, the sides run interleaved in worker processes, the report
-has its structure (tiny preset, one repetition, on the session's cached tiny export from tests/test_export.py)."""
+"""bench/contention.py (with bench/contention_workers.py and bench/cpu_signals.py): the load generator burns CPU,
+the sides run interleaved in worker processes, the report has its structure (tiny preset, one repetition, on the
+session's cached tiny export from tests/test_export.py)."""
 import json
 import time
 
 import pytest
 
-from bench.contention import LoadGenerator, markdown, others_over, run, share_threads, verdict
+from bench.contention import markdown, run, verdict
+from bench.contention_workers import LoadGenerator
+from bench.cpu_signals import others_over, share_threads
 from tests.test_export import G, exports  # noqa: F401 - fixtures (the session's tiny exports)
 
 
