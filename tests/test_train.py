@@ -340,7 +340,8 @@ def test_cli_out_of_memory_names_the_batch_and_the_fix(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["train", "--preset", "tiny", "--data", str(SAMPLES), "--out", str(out),
                                       "--no-sym", "--batch", "4", "--checkpoint-dir", str(tmp_path / "ck")])
     assert result.exit_code == 2, result.output
-    assert "out of CPU memory with batch 4" in result.output and "--batch 1" in result.output
+    assert "out of CPU memory with batch 4" in result.output and "a smaller --batch" in result.output
+    assert "--checkpointing on" in result.output and "--precision bf16" in result.output  # the switches that fit
     assert "Tried to allocate 2.00 GiB" in result.output and "same command resumes" in result.output
     assert not out.exists()
 
