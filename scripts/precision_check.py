@@ -60,9 +60,10 @@ def run(work: Path, iterations: int, inversion_steps: int, report) -> dict:
     G = load_model_dir(REPO / "models" / "heads")
     identity = load_heads_identity()
     results = json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
-    for person in people(work):
-        info = json.loads((person / "truth.json").read_text())
-        for name, (precision, checkpointing) in VARIANTS.items():
+    folders = people(work)
+    for name, (precision, checkpointing) in VARIANTS.items():  # every person's fp32 runs before any bf16 run
+        for person in folders:
+            info = json.loads((person / "truth.json").read_text())
             key = f"{info['seed']}/{name}"
             if key in results:
                 continue
