@@ -45,7 +45,7 @@ def section_lora_train(cfg, device: torch.device) -> dict:
                 **_lora_step(G, cfg, batch, device, p, c)})
     for budget in BUDGETS_GIB if device.type == "cuda" else ():  # a card's budget means nothing on a CPU dry run
         for precision in ("fp32", "bf16"):
-            batch = _plan(G, cfg, 1, device, precision, "on").largest_batch(budget * 2 ** 30, limit=64)
+            batch = _plan(G, 1, device, precision, "on").largest_batch(budget * 2 ** 30, limit=64)
             if batch:
                 guarded(rows, f"fits_{budget}gib", precision, batch, lambda b=batch, p=precision, g=budget: {
                     "op": f"fits_{g}gib", "dtype": p, "checkpointing": "on", "batch": b,
@@ -56,13 +56,15 @@ def section_lora_train(cfg, device: torch.device) -> dict:
                     "plan_gib: train/memory_plan.py's estimate of the same step before it ran"}
 
 
-def _plan(G, cfg, batch: int, device: torch.device, precision: str, checkpointing: str):
+def _plan(G, batch: int, device: torch.device, precision: str, checkpointing: str, lp=None):
+    """The memory plan of a step (the plan reads only module shapes: any LPIPS of the right net will do)."""
     from perception.identity import IdentityEncoder
     from train.config import TrainConfig
     from train.memory_plan import plan_memory
-    with tempfile.TemporaryDirectory() as tmp:
-        lp = _random_lpips(TrainConfig().lpips_net, Path(tmp))
     config = TrainConfig(batch=batch, precision=precision, checkpointing=checkpointing)
+    if lp is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            lp = _random_lpips(config.lpips_net, Path(tmp))
     return plan_memory(G, config, lp, IdentityEncoder.random(), max(batch, 4), device, checkpointing == "on")
 
 
@@ -84,9 +86,9 @@ def _lora_step(G, cfg, batch: int, device: torch.device, precision: str = "fp32"
     steps = cfg.train_steps if steps is None else steps
     config = TrainConfig(batch=batch, iterations=cfg.train_warmup + steps, checkpoint_every=10**6,
                          precision=precision, checkpointing=checkpointing)
-    plan_gib = round(_plan(G, cfg, batch, device, precision, checkpointing).peak() / 2**30, 3)
     with tempfile.TemporaryDirectory() as tmp:
         lp = _random_lpips(config.lpips_net, Path(tmp))
+        plan_gib = round(_plan(G, batch, device, precision, checkpointing, lp).peak() / 2**30, 3)
         trainer = Trainer(G, data, anchors, config, identity=IdentityEncoder.random(), lpips=lp)
         if device.type == "cuda":
             torch.cuda.empty_cache()

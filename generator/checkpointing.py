@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from generator.ops import exporting_or_compiling
+
 
 class Checkpointable:
     """A module whose regions `checkpointed` may recompute; `gradient_checkpointing` is set by
@@ -31,7 +33,7 @@ class Checkpointable:
         """fn(*args, **kwargs), recomputed during backward when checkpointing is on and autograd records.
 
         Exports and torch.compile tracing take the plain call (nothing is recorded for backward there)."""
-        if not (self.gradient_checkpointing and torch.is_grad_enabled()) or _tracing():
+        if not (self.gradient_checkpointing and torch.is_grad_enabled()) or exporting_or_compiling():
             return fn(*args, **kwargs)
         return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=preserve_rng, **kwargs)
 
@@ -49,7 +51,3 @@ def set_gradient_checkpointing(module: torch.nn.Module, enabled: bool) -> list[s
 def gradient_checkpointing_of(module: torch.nn.Module) -> bool:
     """True when any `Checkpointable` submodule checkpoints."""
     return any(isinstance(m, Checkpointable) and m.gradient_checkpointing for m in module.modules())
-
-
-def _tracing() -> bool:
-    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()

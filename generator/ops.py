@@ -71,3 +71,9 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain:
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) over dim 1."""
     return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+def exporting_or_compiling() -> bool:
+    """True while the generator is traced into a graph (ONNX export, torch.compile): eager-only fast paths and
+    training-only recomputation step aside there."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from generator.checkpointing import Checkpointable
 from generator.config import RenderingConfig
 from generator.layers import FullyConnectedLayer
+from generator.ops import exporting_or_compiling
 
 SAMPLING_MODES = ("deterministic", "stochastic")
 
@@ -95,7 +96,7 @@ def plane_features(planes: torch.Tensor, points: torch.Tensor, box_warp: float) 
     and 289 ms with the gather; bench/gpu_check.py's plane_lookup section, docs/gpu/), ONNX has GridSample but no
     weighted EmbeddingBag, and TensorRT runs GridSample natively.
     """
-    if planes.device.type == "cpu" and not _exporting_or_compiling():
+    if planes.device.type == "cpu" and not exporting_or_compiling():
         return gather_plane_mean(planes, points, box_warp)
     return grid_plane_mean(planes, points, box_warp)
 
@@ -149,7 +150,7 @@ class Softplus(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _exporting_or_compiling():
+        if exporting_or_compiling():
             return torch.relu(x) + torch.log(1 + torch.exp(-torch.abs(x)))
         return F.softplus(x)
 
@@ -289,16 +290,12 @@ class RayNoise:
         return RayNoise(cut(self.jitter), cut(self.coarse_noise), cut(self.u), cut(self.fine_noise))
 
 
-def _exporting_or_compiling() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
 class ImportanceRenderer(nn.Module, Checkpointable):
     """Coarse pass, importance sampling, fine pass over the union of samples sorted by depth; rays in chunks.
 
     `ray_chunk` rays are rendered at a time (None or 0: all at once; exports and torch.compile always take all).
-    `chunk_fn` is the per-chunk function (`TriPlaneGenerator.compile_for_inference` and training's `compile` option
-    replace it with a torch.compile'd one).
+    `chunk_fn` is the per-chunk function (`TriPlaneGenerator.compile_renderer`, for `render --compile` and
+    training's `compile` option, replaces it with a torch.compile'd one).
     With gradient checkpointing a chunk keeps only its results for backward (generator/checkpointing.py).
     """
 
@@ -360,7 +357,7 @@ class ImportanceRenderer(nn.Module, Checkpointable):
         noise = RayNoise.draw(n, m, self.cfg, sampling, origins.device, origins.dtype)
         planes = flat_planes(planes)
         chunk = self.ray_chunk or m
-        if chunk >= m or _exporting_or_compiling():
+        if chunk >= m or exporting_or_compiling():
             rgb, depth, weight_total, fine, lo, hi = self.render_rays(planes, decoder, origins, dirs, sampling, noise)
         else:
             # random numbers are drawn up front (RayNoise), so a recomputed chunk needs no RNG state

@@ -10,6 +10,8 @@ stochastic behaviour is `noise_mode='random', sampling='stochastic'`.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
@@ -63,16 +65,31 @@ class TriPlaneGenerator(nn.Module):
         # img.shape[0], not len(img): len() returns a plain int, which would fix the batch of an ONNX export
         return img.view(img.shape[0], 3, self.cfg.plane_features, img.shape[-2], img.shape[-1])
 
-    def compile_for_inference(self) -> "TriPlaneGenerator":
-        """torch.compile (inductor) the per-chunk renderer and the super-resolution network; off by default.
+    def compile_renderer(self) -> Callable[[], None]:
+        """torch.compile (inductor) the per-chunk renderer and the super-resolution network of this instance (its
+        `renderer.chunk_fn` and `superresolution.forward`); returns the function that restores the eager ones.
 
         The first call compiles: ~1-2 min on 2 cores for ffhq512-128 (tiny: ~30 s), again after a change of
         shapes; compiled kernels are cached in $TORCHINDUCTOR_CACHE_DIR (default /tmp/torchinductor_$USER), so a
-        later process with the same shapes starts in seconds. Needs a C++ compiler. For inference only: training
-        keeps the eager modules (this changes `renderer.chunk_fn` and `superresolution.forward` of this instance).
+        later process with the same shapes starts in seconds. Needs a C++ compiler. Used by `render --compile`
+        (`compile_for_inference`) and by training's `compile` option, which undoes it after the run.
         """
-        self.renderer.chunk_fn = torch.compile(self.renderer.render_rays, dynamic=False)
-        self.superresolution.forward = torch.compile(self.superresolution.forward, dynamic=False)
+        renderer, sr = self.renderer, self.superresolution
+        chunk_fn, own_forward = renderer.chunk_fn, sr.__dict__.get("forward")
+        renderer.chunk_fn = torch.compile(renderer.render_rays, dynamic=False)
+        sr.forward = torch.compile(sr.forward, dynamic=False)
+
+        def undo() -> None:
+            renderer.chunk_fn = chunk_fn
+            if own_forward is None:
+                del sr.forward
+            else:
+                sr.forward = own_forward
+        return undo
+
+    def compile_for_inference(self) -> "TriPlaneGenerator":
+        """`compile_renderer` for good (off by default)."""
+        self.compile_renderer()
         return self
 
     def render_planes(self, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor,

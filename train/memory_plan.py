@@ -148,10 +148,10 @@ def choose_plan(G: torch.nn.Module, config, lp: torch.nn.Module, identity: torch
     than half of the memory available now (it costs one more forward of the recomputed regions)."""
     device = torch.device(device)
     capacity = device_capacity(device)
-    if config.checkpointing != "auto":
-        return plan_memory(G, config, lp, identity, photos, device, config.checkpointing == "on", capacity)
-    if device.type == "cuda":
-        return replace(plan_memory(G, config, lp, identity, photos, device, True, capacity), why="on for CUDA")
+    if config.checkpointing != "auto" or device.type == "cuda":
+        plan = plan_memory(G, config, lp, identity, photos, device,
+                           resolve_checkpointing(config.checkpointing, device), capacity)
+        return replace(plan, why="on for CUDA") if config.checkpointing == "auto" else plan
     without = plan_memory(G, config, lp, identity, photos, device, False, capacity)
     available = available_memory()
     if available is None or without.peak() <= available / 2:
@@ -160,6 +160,11 @@ def choose_plan(G: torch.nn.Module, config, lp: torch.nn.Module, identity: torch
     return replace(plan_memory(G, config, lp, identity, photos, device, True, capacity),
                    why=f"{without.peak() / GIB:.1f} GiB without it is over half of the {available / GIB:.1f} GiB "
                        "available")
+
+
+def resolve_checkpointing(setting: str, device: torch.device) -> bool:
+    """TrainConfig.checkpointing without a plan: 'auto' is on for CUDA (memory decides the batch), off elsewhere."""
+    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
 
 
 def available_memory() -> int | None:

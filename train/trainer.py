@@ -42,7 +42,7 @@ from perception.lpips import LPIPS
 from train.checkpoint import CHECKPOINT_FILE, CheckpointError, RngStates, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.data import TrainingSet, load_training_set, one_sided_warning
-from train.memory_plan import MemoryPlan, choose_plan
+from train.memory_plan import MemoryPlan, choose_plan, resolve_checkpointing
 from train.projector import ESTIMATE_AFTER, duration
 from train.losses import (
     orbit_symmetric_cameras,
@@ -338,7 +338,7 @@ class Trainer:
         attach(G, self.adapter)
         was_checkpointing = gradient_checkpointing_of(G)
         set_gradient_checkpointing(G, self.checkpointing)
-        compiled = _compile_step(G) if self.config.compile else None
+        compiled = G.compile_renderer() if self.config.compile else None
         try:
             with _global_rng_scope():
                 self.rng.install(self.sampler)
@@ -434,32 +434,11 @@ def memory_advice(plan: MemoryPlan) -> str:
     return "try " + ", ".join(tips)
 
 
-def resolve_checkpointing(setting: str, device: torch.device) -> bool:
-    """TrainConfig.checkpointing on a device: 'auto' is on for CUDA (memory decides the batch), off elsewhere."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
-
-
 def _autocast(precision: str, device: str):
     """Autocast at a reduced training precision; nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _compile_step(G: torch.nn.Module) -> Callable[[], None]:
-    """torch.compile the ray-march chunk and the super-resolution of G for training; returns the undo."""
-    renderer, sr = G.renderer, G.superresolution
-    chunk_fn, own_forward = renderer.chunk_fn, sr.__dict__.get("forward")
-    renderer.chunk_fn = torch.compile(renderer.render_rays, dynamic=False)
-    sr.forward = torch.compile(sr.forward, dynamic=False)
-
-    def undo() -> None:
-        renderer.chunk_fn = chunk_fn
-        if own_forward is None:
-            del sr.forward
-        else:
-            sr.forward = own_forward
-    return undo
 
 
 @contextlib.contextmanager
