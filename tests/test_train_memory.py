@@ -235,3 +235,28 @@ def test_compile_option_compiles_the_ray_march_and_super_resolution_and_undoes_i
     assert [name for name, _ in compiled] == ["render_rays", "forward"]
     assert all(kw == {"dynamic": False} for _, kw in compiled)
     assert G.renderer.chunk_fn == G.renderer.render_rays and "forward" not in G.superresolution.__dict__
+
+
+def test_checkpoint_written_before_the_precision_fields_resumes_as_fp32(tmp_path):
+    """Checkpoints from before issue 29 have no 'precision' in their config: they trained in fp32, so they resume
+    under fp32 and are refused under bf16 with the setting named."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from train.checkpoint import CHECKPOINT_FILE, META_KEY, CheckpointError
+    _trainer("fp32", tmp_path, iterations=4).run(stop_at=2)
+    path = tmp_path / "run_fp32" / CHECKPOINT_FILE
+    with safe_open(str(path), framework="pt") as f:
+        record = json.loads(f.metadata()[META_KEY])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert "checkpointing" not in record["config"] and "compile" not in record["config"]  # never a run's identity
+    del record["config"]["precision"]
+    save_file(tensors, str(path), metadata={META_KEY: json.dumps(record)})
+    resumed = _trainer("fp32", tmp_path, iterations=4)
+    assert resumed.resumed_from == 2
+    (tmp_path / "run_bf16").mkdir()
+    (tmp_path / "run_bf16" / CHECKPOINT_FILE).write_bytes(path.read_bytes())
+    with pytest.raises(CheckpointError, match="precision 'fp32' -> 'bf16'"):
+        _trainer("bf16", tmp_path, iterations=4)

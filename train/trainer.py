@@ -200,8 +200,6 @@ class Trainer:
         saved = dict(ck.meta.get("config", {}))
         saved.setdefault("lora_fc_after_gain", False)  # checkpoints of format 1 trained with adapter format 1's rule
         saved.setdefault("precision", "fp32")  # checkpoints written before mixed precision trained in fp32
-        for key in ("checkpointing", "compile"):  # exact switches, never part of a run's identity
-            saved.pop(key, None)
         old, new = _flatten(saved), _flatten(expected["config"])
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
