@@ -95,6 +95,11 @@ def field_default(config: str, name: str) -> Any:
     return _constant(default, config.split(":")[0])
 
 
+def module_constant(module: str, name: str) -> Any:
+    """The value of the module-level constant `name` of `module`, read from its source (no import)."""
+    return _constant(ast.Name(id=name), module)
+
+
 def field_help(config: str, name: str) -> str:
     """The docstring of field `name` of `config` on one line ('' when it has none)."""
     return _field(config, name)[1]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from evaluation.experiments import ROWS, ExperimentConfig, train_row
-from evaluation.verification import Threshold, calibrate, enrolment_photo, verifies
+from evaluation.verification import Threshold, cached_threshold, enrolment_photo, verifies
 from formats.atomic import write_text
 from formats.cameras import lookat_label
 from headworld.params import HELDOUT_SEEDS
@@ -176,19 +176,6 @@ def run_person(G, seed: int, work: Path, cfg: SymmetryConfig, identity, threshol
     return result
 
 
-def load_threshold(work: Path, identity, cfg: SymmetryConfig, log) -> Threshold:
-    """The verification threshold at cfg.far (calibrated once, kept in WORK/threshold.json)."""
-    path = work / "threshold.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if (saved["far"], saved["people"]) == (cfg.far, cfg.calibration_people):
-            return Threshold(**saved)
-    log(f"calibrating the verification threshold at FAR {cfg.far:g}")
-    threshold = calibrate(identity, far=cfg.far, people=cfg.calibration_people)
-    write_text(path, json.dumps(threshold.to_dict()) + "\n")
-    return threshold
-
-
 def run(G, work: Path, cfg: SymmetryConfig, worker: tuple[int, int] = (0, 1), identity=None,
         log: Callable[[str], None] = print) -> dict:
     """This worker's share of the people (index i of n takes people i, i+n, ...); returns the results so far."""
@@ -198,7 +185,7 @@ def run(G, work: Path, cfg: SymmetryConfig, worker: tuple[int, int] = (0, 1), id
     work = Path(work)
     (work / "results").mkdir(parents=True, exist_ok=True)
     identity = identity or load_heads_identity()
-    threshold = load_threshold(work, identity, cfg, log)
+    threshold = cached_threshold(work / "threshold.json", identity, cfg.far, cfg.calibration_people, log)
     lpips = LPIPS("alex")
     index, count = worker
     for seed in cfg.person_seeds()[index::count]:

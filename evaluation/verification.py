@@ -9,7 +9,9 @@ above that threshold. Unlike LPIPS against the truth, this asks the question use
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -106,6 +108,23 @@ def calibrate(encoder, far: float = 1e-2, first_seed: int = CALIBRATION_FIRST_SE
     genuine, impostor = pair_scores(embeddings, data["person"].numpy())
     return Threshold(far=far, value=threshold_at_far(impostor, far), tar=tar_at_far(genuine, impostor, far),
                      people=people, impostor_pairs=len(impostor))
+
+
+def cached_threshold(path: Path, encoder, far: float = 1e-2, people: int = CALIBRATION_PEOPLE,
+                     log=print) -> Threshold:
+    """The threshold at `far` from `people` calibration people, calibrated once and kept in the JSON file `path`
+    (recalibrated when the file was made with another far or number of people)."""
+    from formats.atomic import write_text
+    path = Path(path)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if (saved["far"], saved["people"]) == (far, people):
+            return Threshold(**saved)
+    log(f"calibrating the verification threshold at FAR {far:g} on {people} people")
+    threshold = calibrate(encoder, far=far, people=people)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(threshold.to_dict()) + "\n")
+    return threshold
 
 
 def enrolment_photo(seed: int, resolution: int = 128) -> torch.Tensor:

@@ -2,16 +2,19 @@
 
     python scripts/heads_figures.py person                    # (re)write samples/heads_person{,_novel}/
     python scripts/heads_figures.py all [--out docs/heads]     # every figure + numbers.json (~30 min on 2 cores)
-    python scripts/heads_figures.py world|samples|prior|personalize|identity   # one part
+    python scripts/heads_figures.py world|samples|fit|prior|personalize|identity   # one part
     python scripts/heads_figures.py compare --adapter A --png P  # an adapter's novel views next to the truth
 
 Every number is measured against the head world's ground truth: true renders of the same person, appearance
 and camera. Held-out people come from headworld.params.HELDOUT_SEEDS (never seen by pretraining or the identity
-network). `prior`: W inversion (train.projector) of one frontal photo per person, then LPIPS (AlexNet) at the
-input pose, LPIPS and PSNR at yaw +-0.35 and +-0.6, and the raw depth's mean absolute error inside the head
-(pixels fully covered by it). `personalize`: the demo person's 10 photos -> W anchors + LoRA with the symmetry
-loss (train.trainer.personalize, the identity network of perception/heads_identity.py), compared with the same
-anchors on the base model (W inversion) on the true views at NOVEL_POSES.
+network). `prior`: inversion (train.projector) of one frontal photo per person, in z (the head world's setting,
+`projector_config`) and in w (the official projectors'), then LPIPS (AlexNet) at the input pose, LPIPS and PSNR
+at yaw +-0.35 and +-0.6, and the raw depth's mean absolute error inside the head (pixels fully covered by it).
+`fit`: training and held-out people rendered from their true latents (no inversion), to tell underfitting from
+memorization. `personalize`: the demo person's 10 photos -> anchors (z inversion) + LoRA with the symmetry loss
+(train.trainer.personalize, the identity network of perception/heads_identity.py), compared with the same anchors
+on the base model on the true views at NOVEL_POSES, in LPIPS and in the fraction of views
+that verify as the person (evaluation.verification, FAR 1e-2).
 """
 from __future__ import annotations
 
@@ -104,11 +107,21 @@ def cmd_samples(out: Path, model: Path) -> None:
     save_png(grid([to_uint8(o["image"]) for o in outs], 5), out / "samples.png")
 
 
-def _invert(G, images, cams, steps: int):
-    from train.config import ProjectorConfig
+INVERSION_SPACES = ("z", "w")
+"""How the figures invert photos (projector_config): z, the head world's setting, and w, the official projectors'."""
+
+
+def projector_config(space: str, steps: int):
+    """The inversion of the figures and of scripts/demo.sh: in z, Z_SPACE_LR and LPIPS + pixel MSE (weight 1); in
+    w, the official projectors' LPIPS-only W inversion."""
+    from train.config import Z_SPACE_LR, ProjectorConfig
+    extra = {"space": "z", "lr": Z_SPACE_LR, "pixel_weight": 1.0} if space == "z" else {}
+    return dataclasses.replace(ProjectorConfig(), steps=steps, **extra)
+
+
+def _invert(G, images, cams, steps: int, space: str):
     from train.projector import project_batch
-    cfg = dataclasses.replace(ProjectorConfig(), steps=steps)
-    return project_batch(G, images, cams, config=cfg, chunk=len(images))
+    return project_batch(G, images, cams, config=projector_config(space, steps), chunk=len(images))
 
 
 def cmd_prior(out: Path, model: Path, steps: int) -> None:
@@ -119,10 +132,21 @@ def cmd_prior(out: Path, model: Path, steps: int) -> None:
     truths = [truth(s, 0, poses) for s in PRIOR_PEOPLE]
     images = torch.stack([t["image"][0] for t in truths])
     cams = torch.from_numpy(np.stack([lookat_label(0.0, 0.0)] * len(PRIOR_PEOPLE)))
-    t0 = time.time()
-    ws = _invert(G, images, cams, steps)
-    seconds = time.time() - t0
-    per_yaw = {y: {"lpips": [], "psnr": [], "depth_mae": []} for y in PRIOR_YAWS}
+    results = {}
+    for space in INVERSION_SPACES:
+        t0 = time.time()
+        ws = _invert(G, images, cams, steps, space)
+        seconds = time.time() - t0
+        per_yaw, tiles = _score_inversions(G, ws, truths, poses, lp)
+        save_png(grid(tiles, len(poses)), out / ("prior_inversion.png" if space == "z" else "prior_inversion_w.png"))
+        results[space] = {"inversion_seconds": round(seconds, 1), "per_yaw": per_yaw}
+    _update_numbers(out, "prior", {"people": list(PRIOR_PEOPLE), "projector_steps": steps, **results})
+
+
+def _score_inversions(G, ws, truths, poses, lp) -> tuple[dict, list]:
+    """LPIPS, PSNR and depth error of each inverted latent against its person's truth at `poses` (per yaw), and
+    the picture's tiles (truth row, then the latent's row, per person)."""
+    per_yaw = {y: {"lpips": [], "psnr": [], "depth_mae": []} for y, _ in poses}
     tiles = []
     with torch.no_grad():
         for i, t in enumerate(truths):
@@ -133,50 +157,86 @@ def cmd_prior(out: Path, model: Path, steps: int) -> None:
             d = lp(o["image"].clamp(-1, 1), t["image"])
             p = psnr(o["image"], t["image"])
             e = depth_error(o["image_depth"], t["depth"], t["mask"])
-            for j, y in enumerate(PRIOR_YAWS):
+            for j, (y, _) in enumerate(poses):
                 per_yaw[y]["lpips"].append(float(d[j]))
                 per_yaw[y]["psnr"].append(float(p[j]))
                 per_yaw[y]["depth_mae"].append(float(e[j]))
             tiles += [to_uint8(x) for x in t["image"]] + [to_uint8(x) for x in o["image"]]
-    save_png(grid(tiles, len(poses)), out / "prior_inversion.png")
     summary = {f"yaw {y:+.2f}": {k: round(float(np.mean(v)), 4) for k, v in m.items()} for y, m in per_yaw.items()}
-    _update_numbers(out, "prior", {"people": list(PRIOR_PEOPLE), "projector_steps": steps,
-                                   "inversion_seconds": round(seconds, 1), "per_yaw": summary})
+    return summary, tiles
+
+
+FIT_TRAIN_PEOPLE = tuple(range(0, 4096, 512))
+"""Training people of the fit check: 8 of the 4,096 pretraining people (seeds 0-4,095, every stage saw 0-1,023)."""
+FIT_HELDOUT_PEOPLE = tuple(range(HELDOUT_SEEDS.start + 1, HELDOUT_SEEDS.start + 9))
+FIT_POSES = ((0.0, 0.0), (-0.35, 0.0), (0.35, 0.0), (0.6, 0.1))
+
+
+@torch.no_grad()
+def cmd_fit(out: Path, model: Path) -> None:
+    """Underfitting or overfitting? Each person rendered from the latent of their true parameters (no inversion)
+    against the truth, for training people and held-out people: equal errors mean the prior generalizes and its
+    error is its fit; a lower error on training people means it memorized them."""
+    from generator.model_dir import load_model_dir
+    from headworld.latent import N_PARAMS, params_to_z
+    G = load_model_dir(model)
+    lp = _lpips()
+    c = torch.from_numpy(np.stack([lookat_label(y, p) for y, p in FIT_POSES]))
+    groups = {}
+    for name, seeds in (("training", FIT_TRAIN_PEOPLE), ("held_out", FIT_HELDOUT_PEOPLE)):
+        scores = []
+        for seed in seeds:
+            t = truth(seed, 0, FIT_POSES)
+            u = torch.tensor([list(Identity.from_seed(seed).values) + list(Appearance.from_seed(seed, 0).values)],
+                             dtype=torch.float32)
+            filler = torch.randn(1, G.z_dim - N_PARAMS, generator=torch.Generator().manual_seed(seed))
+            ws = G.mapping(params_to_z(u, G.z_dim, filler).expand(len(FIT_POSES), -1), c)
+            scores += lp(G.synthesis(ws, c)["image"].clamp(-1, 1), t["image"]).tolist()
+        groups[name] = {"people": len(seeds), "lpips": round(float(np.mean(scores)), 4),
+                        "lpips_se": round(float(np.std(scores, ddof=1) / np.sqrt(len(scores))), 4)}
+    _update_numbers(out, "fit", {"poses": FIT_POSES, **groups})
 
 
 def cmd_personalize(out: Path, model: Path, person: Path, iterations: int, steps: int, work: Path) -> None:
+    from evaluation.verification import cached_threshold
     from generator.adapter_file import load_adapter
     from generator.model_dir import load_model_dir
     from perception.heads_identity import load_heads_identity
-    from train.config import ProjectorConfig, TrainConfig
+    from train.config import TrainConfig
     from train.trainer import personalize
     G = load_model_dir(model)
-    cfg = dataclasses.replace(TrainConfig(), iterations=iterations,
-                              projector=dataclasses.replace(ProjectorConfig(), steps=steps))
+    cfg = dataclasses.replace(TrainConfig(), iterations=iterations, projector=projector_config("z", steps))
     t0 = time.time()
     result = personalize(G, person, work / "person.safetensors", cfg, identity=load_heads_identity(),
                          identity_name="heads-identity", preview=False, inversion_batch=10)
     seconds = time.time() - t0
     adapter, anchors, _ = load_adapter(result.adapter_path, G)
-    res = compare_views(G, adapter, anchors, json.loads((person / "truth.json").read_text()))
+    identity = load_heads_identity()
+    verify = (identity, cached_threshold(work / "threshold.json", identity))
+    res = compare_views(G, adapter, anchors, json.loads((person / "truth.json").read_text()), verify=verify)
     save_png(res.pop("picture"), out / "personalization.png")
-    _update_numbers(out, "personalization", {"iterations": iterations, "projector_steps": steps,
+    _update_numbers(out, "personalization", {"iterations": iterations, "projector_steps": steps, "inversion": "z",
                                              "seconds": round(seconds, 1), **res})
 
 
-def compare_views(G, adapter, anchors, info: dict, poses=NOVEL_POSES) -> dict:
+def compare_views(G, adapter, anchors, info: dict, poses=NOVEL_POSES, verify=None) -> dict:
     """LPIPS/PSNR against the truth of every anchor at `poses`, base model (W inversion) vs personalized.
 
     Anchor k is photo k of the person in `info` (a truth.json); its truth at a pose is the world render of the
     same person under photo k's appearance. The picture shows anchor 0: truth, W inversion, personalized, then
-    their depth maps (true depth, then the two models' raw depth).
+    their depth maps (true depth, then the two models' raw depth). `verify` = (identity network, Threshold) adds
+    the fraction of views that verify as the person against an enrolment photo (evaluation.verification), for
+    the true views too (the ceiling the identity network allows).
     """
+    from evaluation.verification import enrolment_photo, verifies
     from generator.lora import attach, detach
     lp = _lpips()
     poses = list(poses)
     c = torch.from_numpy(np.stack([lookat_label(y, p) for y, p in poses]))
     scores = {"w_inversion": [], "personalized": []}
     psnrs = {"w_inversion": [], "personalized": []}
+    verified = {"truth": [], "w_inversion": [], "personalized": []}
+    enrol = enrolment_photo(info["seed"]) if verify else None
     rows = []
     with torch.no_grad():
         for k, view in enumerate(info["views"]):
@@ -192,6 +252,10 @@ def compare_views(G, adapter, anchors, info: dict, poses=NOVEL_POSES) -> dict:
             for name, o in (("w_inversion", base), ("personalized", pers)):
                 scores[name] += lp(o["image"].clamp(-1, 1), t["image"]).tolist()
                 psnrs[name] += psnr(o["image"], t["image"]).tolist()
+            if verify:
+                for name, image in (("truth", t["image"]), ("w_inversion", base["image"]),
+                                    ("personalized", pers["image"])):
+                    verified[name] += verifies(verify[0], image, enrol, verify[1]).tolist()
             if k == 0:
                 rows = ([to_uint8(x) for x in t["image"]] + [to_uint8(x) for x in base["image"]]
                         + [to_uint8(x) for x in pers["image"]] + [depth_to_uint8(d) for d in t["depth"]]
@@ -202,6 +266,8 @@ def compare_views(G, adapter, anchors, info: dict, poses=NOVEL_POSES) -> dict:
             "lpips_reduction": round(1 - pers_l / base_l, 4),
             "psnr_w_inversion": round(float(np.mean(psnrs["w_inversion"])), 2),
             "psnr_personalized": round(float(np.mean(psnrs["personalized"])), 2),
+            **({"verified": {k: round(float(np.mean(v)), 4) for k, v in verified.items()},
+                "verification_threshold": verify[1].to_dict()} if verify else {}),
             "picture": grid(rows, len(poses))}
 
 
@@ -223,8 +289,8 @@ def cmd_identity(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("person", "all", "world", "samples", "prior", "personalize", "identity",
-                                         "compare"))
+    parser.add_argument("part", choices=("person", "all", "world", "samples", "fit", "prior", "personalize",
+                                         "identity", "compare"))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "heads")
     parser.add_argument("--model", type=Path, default=REPO / "models" / "heads")
     parser.add_argument("--person", type=Path, default=REPO / "samples" / "heads_person")
@@ -245,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         cmd_compare(args.model, args.person, args.adapter, args.png)
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    parts = ("world", "samples", "identity", "prior", "personalize") if args.part == "all" else (args.part,)
+    parts = ("world", "samples", "identity", "fit", "prior", "personalize") if args.part == "all" else (args.part,)
     for part in parts:
         t0 = time.time()
         if part == "world":
@@ -254,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
             cmd_samples(args.out, args.model)
         elif part == "identity":
             cmd_identity(args.out)
+        elif part == "fit":
+            cmd_fit(args.out, args.model)
         elif part == "prior":
             cmd_prior(args.out, args.model, args.projector_steps)
         else:

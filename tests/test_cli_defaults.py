@@ -35,7 +35,8 @@ CONFIGS = {**{command: (TrainConfig, ProjectorConfig) for command in TRAIN_COMMA
 
 RENAMED = {**{(command, option): (ProjectorConfig, name) for command in TRAIN_COMMANDS
               for option, name in (("inversion_steps", "steps"), ("inversion_lr", "lr"),
-                                   ("projector_noise", "optimize_noise"))},
+                                   ("projector_noise", "optimize_noise"), ("inversion_space", "space"),
+                                   ("inversion_pixel_weight", "pixel_weight"))},
            ("adapters", "decoder"): (AdapterPolicy, "train_decoder"),
            ("adapters", "biases"): (AdapterPolicy, "train_biases")}
 """Options that set a field of another name: (command, option) -> (config, field)."""
@@ -43,6 +44,7 @@ RENAMED = {**{(command, option): (ProjectorConfig, name) for command in TRAIN_CO
 NOT_THE_FIELD = {
     **{(command, name): None for command in TRAIN_COMMANDS for name in RECIPE_FIELDS},  # the recipe's value
     **{(command, "inversion_steps"): None for command in TRAIN_COMMANDS},  # the field's, or DEMO_SCALE's (--preset)
+    **{(command, "inversion_lr"): None for command in TRAIN_COMMANDS},  # the field's in w, Z_SPACE_LR in z
     **{("eval", name): None for name in ("pairs", "views", "weights", "latent_steps", "tune_steps",
                                          "anchor_steps")},  # the field's, or QUICK's with --quick
     **{("eval", name): None for name in ("inversion_yaws", "inversion_pitches")},  # text; None: as above

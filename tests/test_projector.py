@@ -190,3 +190,30 @@ def test_projector_optimises_noise_maps_without_touching_G(tiny, targets, vgg, t
     monkeypatch.undo()
     single = project_w(G, images[1], cams[1], steps=4, seed=0, config=cfg, lpips=vgg)
     _assert_same_trajectory(single[None], with_noise[1:], cfg)
+
+
+def test_z_space_inversion_moves_along_the_mapping_toward_the_photo(tiny, targets, vgg):
+    """In z the anchor is mapping(z, c) of the optimised z: it gets closer to the photo than the seeded start."""
+    images, cams, _ = targets
+    cfg = ProjectorConfig(steps=30, space="z", lr=0.1, pixel_weight=1.0)
+    w = project_batch(tiny, images, cams, cfg, seed=0, lpips=vgg)
+    assert w.shape == (2, tiny.w_dim) and torch.isfinite(w).all()
+    z0 = torch.randn(tiny.z_dim, generator=torch.Generator().manual_seed(0))
+    z0 = (z0 * tiny.z_dim ** 0.5 / z0.norm()).expand(2, -1)
+    with torch.no_grad():
+        start = tiny.synthesis(tiny.mapping(z0, cams), cams)["image"]
+        end = tiny.synthesis(w[:, None].expand(-1, tiny.num_ws, -1), cams)["image"]
+    assert (vgg(end, images).flatten() < vgg(start, images).flatten()).all()
+
+
+def test_new_projector_fields_are_checked_and_leave_old_cache_keys_alone():
+    with pytest.raises(ValueError, match="space"):
+        ProjectorConfig(space="x").validate()
+    with pytest.raises(ValueError, match="w_plus"):
+        ProjectorConfig(space="z", w_plus=True).validate()
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="pixel_weight"):
+            ProjectorConfig(pixel_weight=bad).validate()
+    # the official settings serialise as before these fields existed (cached inversions stay valid)
+    assert "space" not in ProjectorConfig().to_dict() and "pixel_weight" not in ProjectorConfig().to_dict()
+    assert ProjectorConfig(space="z", pixel_weight=1.0).to_dict()["space"] == "z"

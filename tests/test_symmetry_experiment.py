@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from evaluation.symmetry_experiment import REGIONS, SET_KINDS, SymmetryConfig, paired, reference_poses
-from evaluation.verification import pair_scores, roc_auc, tar_at_far, threshold_at_far
+from evaluation.verification import cached_threshold, pair_scores, roc_auc, tar_at_far, threshold_at_far
 from tests.conftest import REPO
 
 
@@ -59,6 +59,28 @@ def test_thresholds_at_a_false_accept_rate():
 
 
 @pytest.mark.slow
+class _CountingEncoder:
+    """Embeds an image as its mean colour (unit length) and counts the images it saw."""
+
+    def __init__(self):
+        self.images = 0
+
+    def embed(self, images):
+        self.images += len(images)
+        e = images.mean((2, 3)).double().numpy() + 1.5
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def test_threshold_is_calibrated_once_and_again_for_another_far(tmp_path):
+    enc, path = _CountingEncoder(), tmp_path / "t" / "threshold.json"
+    first = cached_threshold(path, enc, far=0.1, people=3, log=lambda m: None)
+    assert enc.images == 3 * 4 and json.loads(path.read_text())["value"] == first.value
+    assert first.impostor_pairs == 12 * 11 // 2 - 3 * 6 and first.people == 3  # all pairs - genuine pairs
+    assert cached_threshold(path, enc, far=0.1, people=3, log=lambda m: None) == first and enc.images == 12
+    other = cached_threshold(path, enc, far=0.2, people=3, log=lambda m: None)
+    assert enc.images == 24 and other.far == 0.2 and other.value <= first.value
+
+
 def test_smoke_run_through_the_script_fills_every_region_and_resumes(tmp_path):
     args = [sys.executable, str(REPO / "scripts" / "experiments.py"), "symmetry", "--smoke", "--work",
             str(tmp_path / "work"), "--docs", str(tmp_path / "docs"), "--threads", "2"]

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from cli_defaults import field_default, field_option
+from cli_defaults import field_default, field_option, module_constant
 from cli_options import (ALPHA_RANGE, RANK_RANGE, SEED_RANGE, ModelDir, PresetName, check_limit, one_model_source,
                          up_to)
 
@@ -112,8 +112,19 @@ def train(
     inversion_steps: Optional[int] = typer.Option(None, **up_to("max_steps"),
                                                   help=f"W-inversion steps per photo (default "
                                                        f"{field_default(PROJECTOR, 'steps')}; 100 with --preset)."),
-    inversion_lr: float = field_option(PROJECTOR, "lr", min=1e-6, max=1.0,
-                                       help="Peak learning rate of the W inversion."),
+    inversion_lr: Optional[float] = typer.Option(None, min=1e-6, max=1.0,
+                                                 help=f"Peak learning rate of the inversion (default "
+                                                      f"{field_default(PROJECTOR, 'lr')} in w, EG3D-projector's; "
+                                                      f"{module_constant('train.config', 'Z_SPACE_LR')} in z)."),
+    inversion_space: str = field_option(PROJECTOR, "space", help="Where the inversion searches: w (both official "
+                                        "projectors) | z (the mapping's input, so every candidate is a w the "
+                                        "mapping makes: for generators trained without an adversary, whose W "
+                                        "off the mapping renders blur, such as models/heads). Anchors are w "
+                                        "either way."),
+    inversion_pixel_weight: float = field_option(PROJECTOR, "pixel_weight", min=0.0, max=1e4,
+                                                 help="Weight of a pixel MSE next to the inversion's LPIPS (0: "
+                                                      "LPIPS alone, as the official projectors; LPIPS barely sees "
+                                                      "colour: models/heads wants 1)."),
     inversion_batch: int = typer.Option(4, **up_to("max_batch"),
                                         help="Photos inverted together (memory: ~2-3 GB each at 512x512)."),
     w_plus: bool = field_option(PROJECTOR, "w_plus", help="Invert to W+ (one w per layer) instead of W."),
@@ -147,7 +158,7 @@ def train(
 
     from generator.model_dir import build_generator
     from train.config import DEMO_SCALE, QUICK, ProjectorConfig, TrainConfig, config_from_recipe, describe_recipe
-    from train.config import iterations_for_kimg
+    from train.config import Z_SPACE_LR, iterations_for_kimg
     from train.trainer import identity_network_help, personalize
 
     one_model_source(model, preset)
@@ -178,6 +189,8 @@ def train(
             typer.echo(f"--preset {preset} has random weights (demo/smoke test): using demo-scale "
                        f"{' '.join(applied)} (pass them to change)")
     inversion_steps = defaults.projector.steps if inversion_steps is None else inversion_steps
+    if inversion_lr is None:
+        inversion_lr = Z_SPACE_LR if inversion_space == "z" else defaults.projector.lr
     explicit = {"alpha": alpha, "iterations": iterations, "batch": batch, "train_decoder": train_decoder,
                 "sym_weight": sym_weight, "sym_every": sym_every, "sym_poses": sym_poses, "sym_step": sym_step}
     try:
@@ -186,7 +199,8 @@ def train(
             stochastic_render=stochastic_render, seed=seed, checkpoint_every=checkpoint_every,
             precision=precision, checkpointing=checkpointing, compile=compile_step,
             projector=ProjectorConfig(steps=inversion_steps, lr=inversion_lr, w_plus=w_plus,
-                                      optimize_noise=projector_noise))
+                                      optimize_noise=projector_noise, space=inversion_space,
+                                      pixel_weight=inversion_pixel_weight))
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     typer.echo(describe_recipe(config))

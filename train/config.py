@@ -63,6 +63,15 @@ class ProjectorConfig:
     """Side length at which LPIPS (VGG16) compares images (area downsampling). None = auto: 256 for outputs
     larger than 256 (the official projectors downsample 512 -> 256), otherwise half the output size (keeps
     that 2x ratio for small test generators such as the `tiny` preset, 128 -> 64, and is 4x cheaper)."""
+    space: str = "w"
+    """Where the inversion searches. 'w' (both official projectors): w itself, from w_avg. 'z': the mapping
+    network's input, from a seeded random z, so every candidate is a w the mapping produces (anchors are still
+    w = mapping(z, c)). For generators trained without an adversary, whose W space is untrained off the mapping's
+    image (the head world's `heads`), 'w' steps off it into blur; 'z' stays on it. Not combinable with w_plus."""
+    pixel_weight: float = 0.0
+    """Weight of the mean squared pixel error (images in [-1, 1], at the LPIPS resolution) added to LPIPS. Both
+    official projectors use LPIPS alone (0). LPIPS normalises each feature channel and barely sees colour: on the
+    head world an LPIPS-only inversion keeps w_avg's skin and hair colour for every person (docs/HEADS.md)."""
     w_plus: bool = False
     """Optimise one w per synthesis layer (W+, [num_ws, w_dim]) instead of one w broadcast to all (W)."""
     optimize_noise: bool = True
@@ -101,6 +110,12 @@ class ProjectorConfig:
             raise ValueError(f"projector w_avg_samples={self.w_avg_samples}: must be >= 2")
         if self.lpips_resolution is not None and self.lpips_resolution < 32:
             raise ValueError(f"projector lpips_resolution={self.lpips_resolution}: must be >= 32 (VGG16 pools 4x)")
+        if self.space not in ("w", "z"):
+            raise ValueError(f"projector space={self.space!r}: must be 'w' or 'z'")
+        if self.space == "z" and self.w_plus:
+            raise ValueError("projector space='z' with w_plus: a z maps to one w for every layer; use one of them")
+        if not (math.isfinite(self.pixel_weight) and 0 <= self.pixel_weight <= 1e4):
+            raise ValueError(f"projector pixel_weight={self.pixel_weight}: must be a finite number in [0, 1e4]")
         if self.regularize_noise_weight < 0:
             raise ValueError(f"projector regularize_noise_weight={self.regularize_noise_weight}: must be >= 0")
         return self
@@ -108,7 +123,15 @@ class ProjectorConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        for name, official in (("pixel_weight", 0.0), ("space", "w")):
+            if d[name] == official:
+                del d[name]  # the official projectors' setting, as before the field existed: cache keys stay valid
         return d
+
+
+Z_SPACE_LR = 0.1
+"""Default peak learning rate of an inversion in z (`--inversion-space z`): z lives on a sphere of radius
+sqrt(z_dim), so it travels ~10x further than w does at EG3D-projector's 0.01 (StyleGAN2-ADA's projector value)."""
 
 
 @dataclass

@@ -4,7 +4,8 @@ Per photo (x, c): start at w_avg, the mean of `w_avg_samples` mapping outputs co
 camera c (as EG3D-projector does); optimise one w (broadcast to every synthesis layer; `w_plus` optimises
 one per layer) with Adam under the projectors' schedule (linear ramp-up, cosine ramp-down, Gaussian noise on
 w that decays over the first 75%); the loss is LPIPS (VGG16) between G.synthesis(w, c)['image'] and x, both
-area-downsampled to 256 (official) - see `ProjectorConfig.lpips_size`. With `optimize_noise` (default, as both
+area-downsampled to 256 (official) - see `ProjectorConfig.lpips_size` - plus, with `pixel_weight` > 0, their mean
+squared difference at that size (not in the official projectors; LPIPS alone barely sees colour). With `optimize_noise` (default, as both
 projectors) the backbone's noise maps are optimised too, one set per photo, under the StyleGAN2 noise
 regulariser; they are swapped into G only for the run (`_noise_maps_swapped`, G's own buffers are restored)
 and discarded afterwards, as the projectors discard them: an anchor is fully described by w and renders with
@@ -268,27 +269,32 @@ def _optimise(G, images, cameras, config: ProjectorConfig, seed: int, lpips: LPI
     was_training = G.training
     G.eval()
     try:
-        stats: dict[bytes, tuple[torch.Tensor, float]] = {}
-        starts, stds = [], []
-        for c in cameras:
-            k = c.cpu().numpy().tobytes()
-            if k not in stats:
-                stats[k] = w_stats(G, c, config.w_avg_samples, config.w_avg_seed)
-            starts.append(stats[k][0])
-            stds.append(stats[k][1])
-        w_start = torch.stack(starts).to(device)
-        w_std = torch.tensor(stds, device=device)
-        if config.w_plus:
-            w_start = w_start[:, None, :].repeat(1, G.num_ws, 1)
-        w_opt = w_start.clone().requires_grad_(True)
         gens = [torch.Generator().manual_seed(int(seed)) for _ in range(n)]
+        w_std = None
+        if config.space == "z":  # a random point of the sphere |z| = sqrt(z_dim), where normalized z lives
+            z = torch.stack([torch.randn(G.z_dim, generator=g) for g in gens])
+            latent = (z * (G.z_dim ** 0.5) / z.norm(dim=1, keepdim=True)).to(device).requires_grad_(True)
+        else:
+            stats: dict[bytes, tuple[torch.Tensor, float]] = {}
+            starts, stds = [], []
+            for c in cameras:
+                k = c.cpu().numpy().tobytes()
+                if k not in stats:
+                    stats[k] = w_stats(G, c, config.w_avg_samples, config.w_avg_seed)
+                starts.append(stats[k][0])
+                stds.append(stats[k][1])
+            w_start = torch.stack(starts).to(device)
+            w_std = torch.tensor(stds, device=device)
+            if config.w_plus:
+                w_start = w_start[:, None, :].repeat(1, G.num_ws, 1)
+            latent = w_start.clone().requires_grad_(True)
         layers = noise_layers(G) if config.optimize_noise else []
         maps = [torch.stack([torch.randn((1,) + tuple(layer.noise_const.shape), generator=g) for g in gens])
                 .to(device).requires_grad_(True) for layer in layers]
-        opt = torch.optim.Adam([w_opt] + maps, lr=config.lr, betas=tuple(config.betas))
+        opt = torch.optim.Adam([latent] + maps, lr=config.lr, betas=tuple(config.betas))
         with torch.no_grad():
-            target_feats = lpips_features(lp, _downsample(images, size))
-        noise_shape = tuple(w_opt.shape[1:])
+            target_small = _downsample(images, size)
+            target_feats = lpips_features(lp, target_small)
         dist = None
         bar = tqdm(range(config.steps), desc=desc, unit="step", disable=not progress, leave=False,
                    dynamic_ncols=True)
@@ -297,22 +303,21 @@ def _optimise(G, images, cameras, config: ProjectorConfig, seed: int, lpips: LPI
             t0 = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(step)
-            factor = config.noise_factor_at(step)
-            noise = torch.stack([torch.randn(noise_shape, generator=g) for g in gens]).to(device)
-            scale = (w_std * factor).reshape((n,) + (1,) * len(noise_shape))
-            w = w_opt + noise * scale
-            ws = w if config.w_plus else w[:, None, :].expand(-1, G.num_ws, -1)
+            ws = _latent_ws(G, latent, cameras, config, step, w_std, gens)
             with _noise_maps_swapped(layers, maps):
                 synth = G.synthesis(ws, cameras, noise_mode="const")["image"]
-            dist = lpips_distance(lp, lpips_features(lp, _downsample(synth, size)), target_feats)
+            synth_small = _downsample(synth, size)
+            dist = lpips_distance(lp, lpips_features(lp, synth_small), target_feats)
             loss = dist.sum()
+            if config.pixel_weight:
+                loss = loss + config.pixel_weight * (synth_small - target_small).square().mean((1, 2, 3)).sum()
             if maps:
                 loss = loss + config.regularize_noise_weight * noise_regularization(maps).sum()
-            grads = torch.autograd.grad(loss, [w_opt] + maps)
-            for tensor, grad in zip([w_opt] + maps, grads):
+            grads = torch.autograd.grad(loss, [latent] + maps)
+            for tensor, grad in zip([latent] + maps, grads):
                 tensor.grad = grad
             opt.step()
-            for tensor in [w_opt] + maps:
+            for tensor in [latent] + maps:
                 tensor.grad = None
             if maps:
                 _normalize_noise(maps)
@@ -322,6 +327,21 @@ def _optimise(G, images, cameras, config: ProjectorConfig, seed: int, lpips: LPI
             if estimate is not None and len(seconds) == ESTIMATE_AFTER:
                 estimate(statistics.median(seconds))
         bar.close()
+        if config.space == "z":
+            with torch.no_grad():
+                latent = G.mapping(latent, cameras)[:, 0]
     finally:
         G.train(was_training)
-    return w_opt.detach().cpu(), [float(d) for d in dist.detach().cpu()]
+    return latent.detach().cpu(), [float(d) for d in dist.detach().cpu()]
+
+
+def _latent_ws(G, latent: torch.Tensor, cameras: torch.Tensor, config: ProjectorConfig, step: int,
+               w_std: torch.Tensor | None, gens: list[torch.Generator]) -> torch.Tensor:
+    """ws [n, num_ws, w_dim] of the optimised latent: mapping(z, c) in z space; in W (W+), w plus the schedule's
+    decaying Gaussian noise of scale w_std, broadcast to every layer (one per layer)."""
+    if config.space == "z":
+        return G.mapping(latent, cameras)
+    n = latent.shape[0]
+    noise = torch.stack([torch.randn(tuple(latent.shape[1:]), generator=g) for g in gens]).to(latent.device)
+    w = latent + noise * (w_std * config.noise_factor_at(step)).reshape((n,) + (1,) * (latent.ndim - 1))
+    return w if config.w_plus else w[:, None, :].expand(-1, G.num_ws, -1)
