@@ -271,13 +271,20 @@ def compare_views(G, adapter, anchors, info: dict, poses=NOVEL_POSES, verify=Non
             "picture": grid(rows, len(poses))}
 
 
-def cmd_compare(model: Path, person: Path, adapter_path: Path, out_png: Path) -> None:
-    """Novel views of an adapter next to the true views (the demo's step): picture + printed scores."""
+def cmd_compare(model: Path, person: Path, adapter_path: Path, out_png: Path, verify_in: Path | None) -> None:
+    """Novel views of an adapter next to the true views (the demo's step): picture + printed scores; with
+    `verify_in` (a work folder) also the verification rates, the threshold calibrated once there."""
+    from evaluation.verification import cached_threshold
     from generator.adapter_file import load_adapter
     from generator.model_dir import load_model_dir
+    from perception.heads_identity import load_heads_identity
     G = load_model_dir(model)
     adapter, anchors, _ = load_adapter(adapter_path, G)
-    res = compare_views(G, adapter, anchors, json.loads((person / "truth.json").read_text()))
+    verify = None
+    if verify_in is not None:
+        identity = load_heads_identity()
+        verify = (identity, cached_threshold(verify_in / "threshold.json", identity))
+    res = compare_views(G, adapter, anchors, json.loads((person / "truth.json").read_text()), verify=verify)
     save_png(res.pop("picture"), out_png)
     print(json.dumps(res, indent=2))
 
@@ -301,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="personalize: the adapter, its checkpoints and inversion cache")
     parser.add_argument("--adapter", type=Path, help="compare: the person's adapter file")
     parser.add_argument("--png", type=Path, help="compare: the picture to write")
+    parser.add_argument("--verify", action="store_true",
+                        help="compare: also the fraction of views that verify as the person (threshold kept in --work)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -308,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         cmd_person(args.person)
         return
     if args.part == "compare":
-        cmd_compare(args.model, args.person, args.adapter, args.png)
+        cmd_compare(args.model, args.person, args.adapter, args.png, args.work if args.verify else None)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     parts = ("world", "samples", "identity", "fit", "prior", "personalize") if args.part == "all" else (args.part,)

@@ -120,6 +120,12 @@ class ProjectorConfig:
             raise ValueError(f"projector regularize_noise_weight={self.regularize_noise_weight}: must be >= 0")
         return self
 
+    def describe(self) -> str:
+        """'W inversion', 'W+ inversion' or 'inversion in z', for messages."""
+        if self.space == "z":
+            return "inversion in z"
+        return "W+ inversion" if self.w_plus else "W inversion"
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)

@@ -162,11 +162,11 @@ def project_batch(G: torch.nn.Module, images: torch.Tensor, cameras: torch.Tenso
     chunk = max(1, int(chunk))
     batches = -(-len(todo) // chunk)
     if echo is not None and todo:
-        echo(f"W inversion: {len(todo)} photo(s) to invert ({n - len(todo)} cached): {config.steps} steps x "
+        echo(f"{config.describe()}: {len(todo)} photo(s) to invert ({n - len(todo)} cached): {config.steps} steps x "
              f"{batches} batch(es) of up to {chunk} (--inversion-steps sets the steps)")
 
     def estimate(step_seconds: float) -> None:
-        echo(f"W inversion: {step_seconds:.2f} s/step measured; {config.steps} steps x {batches} batch(es): about "
+        echo(f"{config.describe()}: {step_seconds:.2f} s/step measured; {config.steps} steps x {batches} batch(es): about "
              f"{duration(step_seconds * config.steps * batches)}")
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]

@@ -510,7 +510,7 @@ def personalize(G: torch.nn.Module, dataset_dir: str | Path, out: str | Path, co
     warning = one_sided_warning(data.yaws(), config.sym)
     if warning:
         echo(warning)
-    echo(f"plan: W inversion of each photo ({config.projector.steps} steps, --inversion-steps), then "
+    echo(f"plan: {config.projector.describe()} of each photo ({config.projector.steps} steps, --inversion-steps), then "
          f"{config.iterations} training steps of batch {config.batch} (--iterations); a time estimate follows "
          f"the first steps of each")
     lp = _lpips(config)
@@ -522,7 +522,7 @@ def personalize(G: torch.nn.Module, dataset_dir: str | Path, out: str | Path, co
     ws = project_batch(G, data.images, data.cameras, config.projector, seed=config.seed,
                        cache_dir=Path(inversion_cache_dir) if inversion_cache_dir is not None else ckpt / INVERSION_DIR,
                        progress=progress, chunk=inversion_batch,
-                       desc=f"W inversion of {len(data)} photo(s)", echo=echo)
+                       desc=f"{config.projector.describe()} of {len(data)} photo(s)", echo=echo)
     inversion_seconds = time.perf_counter() - t0
     trainer = Trainer(G, data, ws, config, ckpt, identity=identity, lpips=lp, progress=progress, restart=restart,
                       echo=echo, checkpointing=memory.checkpointing)
