@@ -79,7 +79,10 @@ class ExperimentConfig:
     iterations: int = 150
     """Personalization steps per model (the paper gives none; the default recipe uses 2,500)."""
     anchor_steps: int = 50
-    """W projector steps per reference photo (the anchors)."""
+    """Projector steps per reference photo (the anchors)."""
+    inversion_space: str = "z"
+    """Where the trained rows' anchors are inverted (train.config.projector_for): z, as the head-world generator
+    needs (docs/HEADS.md); w, the official projectors'. The protocol's own inversions (EvalConfig) stay W."""
     pti_latent_steps: int = 50
     """PTI stage 1 (pivot) steps per test photo (the paper's PTI: 600)."""
     pti_tune_steps: int = 30
@@ -118,7 +121,8 @@ class ExperimentConfig:
                    "must leave at least one frontal test photo"),
                   (0 <= self.size_people <= self.people, "size_people", "must be in [0, people]"),
                   (all(n >= 2 for n in self.reference_sizes), "reference_sizes", "must all be >= 2"),
-                  (self.first_person >= 1, "first_person", "must be >= 1 (offset 0 is the demo person)")]
+                  (self.first_person >= 1, "first_person", "must be >= 1 (offset 0 is the demo person)"),
+                  (self.inversion_space in ("w", "z"), "inversion_space", "must be 'w' or 'z'")]
         for ok, name, why in checks:
             if not ok:
                 raise ValueError(f"experiment {name}={getattr(self, name)!r}: {why}")
@@ -210,8 +214,8 @@ def truth_function(G, test_dir: Path, poses: tuple[tuple[float, float], ...]) ->
 
 def train_config(row: Row, cfg: ExperimentConfig):
     """The TrainConfig of a row: the paper's recipe (or the authors'), its mode and L_sym switch, our step count."""
-    from train.config import ProjectorConfig, config_from_recipe
-    projector = dataclasses.replace(ProjectorConfig(), steps=cfg.anchor_steps)
+    from train.config import config_from_recipe, projector_for
+    projector = projector_for(cfg.inversion_space, cfg.anchor_steps)
     return config_from_recipe(row.recipe, explicit={"iterations": cfg.iterations},
                               mode="lora" if row.lora else "full", sym=row.sym, seed=cfg.seed, projector=projector)
 
@@ -241,6 +245,31 @@ def models_for(G, rows: tuple[str, ...], reference: Path, work: Path, cfg: Exper
 
 
 # ------------------------------------------------------------------------------------------ the run
+
+MADE_WITH = "made_with.json"
+
+
+def claim_work(work: Path, G, config: dict) -> None:
+    """Tie WORK to one model and config: its cached models and results are reused on resume, so a WORK made with
+    other weights or settings is refused (naming what differs) instead of silently mixed into the tables. The
+    number of people may change: more people only add results."""
+    from generator.model_dir import weights_fingerprint
+    want = {"model": weights_fingerprint(G.state_dict()), "config": config}
+    path = Path(work) / MADE_WITH
+    if not path.is_file():
+        Path(work).mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(want, indent=1) + "\n")
+        return
+    have = json.loads(path.read_text())
+    if have.get("model") != want["model"]:
+        raise ValueError(f"{work}: made with model {have.get('model')}, not this one ({want['model']}); "
+                         f"use another --work or delete that folder")
+    changed = sorted(k for k in set(config) | set(have.get("config", {}))
+                     if k != "people" and config.get(k) != have.get("config", {}).get(k))
+    if changed:
+        raise ValueError(f"{work}: made with other settings ({', '.join(changed)}); use another --work or delete "
+                         f"that folder")
+
 
 def run_person(G, seed: int, index: int, work: Path, cfg: ExperimentConfig, backend, identity, log) -> dict:
     """Tables 1-4 of one person (and Figure 5's sizes when index < size_people); cached in WORK/results/."""
@@ -287,6 +316,7 @@ def run_experiment(G, work: Path, cfg: ExperimentConfig, backend=None, identity=
     cfg.validate()
     work = Path(work)
     (work / "results").mkdir(parents=True, exist_ok=True)
+    claim_work(work, G, json.loads(json.dumps(cfg.to_dict())))
     backend = backend or make_identity_backend("heads")
     identity = identity or load_heads_identity()
     t0 = time.perf_counter()

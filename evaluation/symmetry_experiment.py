@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from evaluation.experiments import ROWS, ExperimentConfig, train_row
+from evaluation.experiments import ROWS, ExperimentConfig, claim_work, train_row
 from evaluation.verification import Threshold, cached_threshold, enrolment_photo, verifies
 from formats.atomic import write_text
 from formats.cameras import lookat_label
@@ -53,7 +53,9 @@ class SymmetryConfig:
     iterations: int = 2500
     """Training steps per model: the default recipe's length (train.config.TrainConfig.iterations)."""
     anchor_steps: int = 500
-    """W projector steps per photo: the default (train.config.ProjectorConfig.steps)."""
+    """Projector steps per photo: the default (train.config.ProjectorConfig.steps)."""
+    inversion_space: str = "z"
+    """Where the anchors are inverted (train.config.projector_for): z, as the head-world generator needs."""
     far: float = 1e-2
     """False accept rate of the verification threshold."""
     calibration_people: int = 150
@@ -69,7 +71,8 @@ class SymmetryConfig:
                   (0 < self.yaw_min < self.yaw_max <= 0.8, "yaw_max", "needs 0 < yaw_min < yaw_max <= 0.8"),
                   (self.iterations >= 1 and self.anchor_steps >= 1, "iterations", "steps must be >= 1"),
                   (0 < self.far < 1, "far", "must be in (0, 1)"),
-                  (2 <= self.calibration_people <= 1000, "calibration_people", "must be in 2..1000")]
+                  (2 <= self.calibration_people <= 1000, "calibration_people", "must be in 2..1000"),
+                  (self.inversion_space in ("w", "z"), "inversion_space", "must be 'w' or 'z'")]
         for ok, name, why in checks:
             if not ok:
                 raise ValueError(f"symmetry experiment {name}={getattr(self, name)!r}: {why}")
@@ -83,7 +86,7 @@ class SymmetryConfig:
     def training(self) -> ExperimentConfig:
         """The Table 1 experiment's config with this run's length: train_row reads iterations, anchors, seed."""
         return replace(ExperimentConfig(), iterations=self.iterations, anchor_steps=self.anchor_steps,
-                       seed=self.seed)
+                       inversion_space=self.inversion_space, seed=self.seed)
 
 
 SMOKE = dict(people=2, reference_photos=3, rows=("lora", "lora_sym"), iterations=2, anchor_steps=2,
@@ -184,6 +187,7 @@ def run(G, work: Path, cfg: SymmetryConfig, worker: tuple[int, int] = (0, 1), id
     cfg.validate()
     work = Path(work)
     (work / "results").mkdir(parents=True, exist_ok=True)
+    claim_work(work, G, json.loads(json.dumps(asdict(cfg))))
     identity = identity or load_heads_identity()
     threshold = cached_threshold(work / "threshold.json", identity, cfg.far, cfg.calibration_people, log)
     lpips = LPIPS("alex")

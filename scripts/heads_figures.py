@@ -8,7 +8,7 @@
 Every number is measured against the head world's ground truth: true renders of the same person, appearance
 and camera. Held-out people come from headworld.params.HELDOUT_SEEDS (never seen by pretraining or the identity
 network). `prior`: inversion (train.projector) of one frontal photo per person, in z (the head world's setting,
-`projector_config`) and in w (the official projectors'), then LPIPS (AlexNet) at the input pose, LPIPS and PSNR
+`train.config.projector_for`) and in w (the official projectors'), then LPIPS (AlexNet) at the input pose, LPIPS and PSNR
 at yaw +-0.35 and +-0.6, and the raw depth's mean absolute error inside the head (pixels fully covered by it).
 `fit`: training and held-out people rendered from their true latents (no inversion), to tell underfitting from
 memorization. `personalize`: the demo person's 10 photos -> anchors (z inversion) + LoRA with the symmetry loss
@@ -108,20 +108,14 @@ def cmd_samples(out: Path, model: Path) -> None:
 
 
 INVERSION_SPACES = ("z", "w")
-"""How the figures invert photos (projector_config): z, the head world's setting, and w, the official projectors'."""
-
-
-def projector_config(space: str, steps: int):
-    """The inversion of the figures and of scripts/demo.sh: in z, Z_SPACE_LR and LPIPS + pixel MSE (weight 1); in
-    w, the official projectors' LPIPS-only W inversion."""
-    from train.config import Z_SPACE_LR, ProjectorConfig
-    extra = {"space": "z", "lr": Z_SPACE_LR, "pixel_weight": 1.0} if space == "z" else {}
-    return dataclasses.replace(ProjectorConfig(), steps=steps, **extra)
+"""How the figures invert photos (train.config.projector_for): z, the head world's setting, and w, the official
+projectors'. The personalization figure and scripts/demo.sh use z."""
 
 
 def _invert(G, images, cams, steps: int, space: str):
+    from train.config import projector_for
     from train.projector import project_batch
-    return project_batch(G, images, cams, config=projector_config(space, steps), chunk=len(images))
+    return project_batch(G, images, cams, config=projector_for(space, steps), chunk=len(images))
 
 
 def cmd_prior(out: Path, model: Path, steps: int) -> None:
@@ -202,10 +196,10 @@ def cmd_personalize(out: Path, model: Path, person: Path, iterations: int, steps
     from generator.adapter_file import load_adapter
     from generator.model_dir import load_model_dir
     from perception.heads_identity import load_heads_identity
-    from train.config import TrainConfig
+    from train.config import TrainConfig, projector_for
     from train.trainer import personalize
     G = load_model_dir(model)
-    cfg = dataclasses.replace(TrainConfig(), iterations=iterations, projector=projector_config("z", steps))
+    cfg = dataclasses.replace(TrainConfig(), iterations=iterations, projector=projector_for("z", steps))
     t0 = time.time()
     result = personalize(G, person, work / "person.safetensors", cfg, identity=load_heads_identity(),
                          identity_name="heads-identity", preview=False, inversion_batch=10)

@@ -54,10 +54,12 @@ def run(work: Path, iterations: int, inversion_steps: int, report) -> dict:
     from generator.adapter_file import load_adapter
     from generator.model_dir import load_model_dir
     from perception.heads_identity import load_heads_identity
-    from train.config import ProjectorConfig, TrainConfig
+    from evaluation.experiments import claim_work
+    from train.config import TrainConfig, projector_for
     from train.trainer import personalize
     figures = _figures()
     G = load_model_dir(REPO / "models" / "heads")
+    claim_work(work, G, {"iterations": iterations, "inversion_steps": inversion_steps, "inversion": "z"})
     identity = load_heads_identity()
     results = json.loads((work / "results.json").read_text()) if (work / "results.json").is_file() else {}
     folders = people(work)
@@ -69,7 +71,7 @@ def run(work: Path, iterations: int, inversion_steps: int, report) -> dict:
                 continue
             out = work / f"{info['seed']}_{precision}_{checkpointing}.safetensors"
             config = TrainConfig(iterations=iterations, precision=precision, checkpointing=checkpointing,
-                                 projector=ProjectorConfig(steps=inversion_steps))
+                                 projector=projector_for("z", inversion_steps))
             t0 = time.perf_counter()
             personalize(G, person, out, config, checkpoint_dir=work / f"{out.stem}_train", identity=identity,
                         identity_name="heads-identity", preview=False, inversion_cache_dir=work / "inversions")

@@ -99,6 +99,10 @@ def write_doc(curve: dict, command: str, doc: Path) -> Path:
     return write_text(doc, render_doc(curve, command, notes, figure.relative_to(doc.parent).as_posix()))
 
 
+INVERSION = "z"
+"""The anchors' inversion (train.config.projector_for): the head world's, as scripts/demo.sh."""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "models" / "heads")
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     from formats.atomic import write_text
     from generator.model_dir import load_model_dir
     from perception.heads_identity import load_heads_identity
-    from train.config import ProjectorConfig, TrainConfig
+    from evaluation.experiments import claim_work
+    from train.config import TrainConfig, projector_for
     from train.trainer import personalize
     torch.set_num_threads(args.threads)
     milestones = sorted(int(s) for s in args.steps.split(","))
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     G = load_model_dir(args.model)
     identity = load_heads_identity()
     args.work.mkdir(parents=True, exist_ok=True)
+    if not args.report:  # curve.json resumes: it must come from this model and inversion
+        claim_work(args.work, G, {"person": str(args.person), "inversion": INVERSION, "inversion_steps": 50})
     curve_path = args.work / "curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.is_file() else {"runs": {}}
     if args.report:
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             if steps in done:
                 continue
             cfg = dataclasses.replace(TrainConfig(), iterations=steps, lora_fc_after_gain=RULES[rule],
-                                      projector=dataclasses.replace(ProjectorConfig(), steps=50))
+                                      projector=projector_for(INVERSION, 50))
             t0 = time.time()
             result = personalize(G, args.person, run / f"person_{steps}.safetensors", cfg,
                                  checkpoint_dir=run / "checkpoint", identity=identity,

@@ -75,6 +75,21 @@ def test_config_refuses_bad_settings():
         ExperimentConfig(test_photos=2, profile_test_photos=2).validate()
     with pytest.raises(ValueError, match="first_person"):
         ExperimentConfig(first_person=0).validate()
+    with pytest.raises(ValueError, match="inversion_space"):
+        ExperimentConfig(inversion_space="x").validate()
+
+
+def test_work_folder_is_refused_for_another_model_or_other_settings(tmp_path):
+    from evaluation.experiments import MADE_WITH, claim_work
+    from generator.model_dir import build_generator
+    G, other = build_generator(preset_name="tiny", seed=0), build_generator(preset_name="tiny", seed=1)
+    claim_work(tmp_path, G, {"iterations": 150, "people": 5})
+    claim_work(tmp_path, G, {"iterations": 150, "people": 7})  # more people only add results
+    assert json.loads((tmp_path / MADE_WITH).read_text())["config"]["people"] == 5
+    with pytest.raises(ValueError, match="made with model"):
+        claim_work(tmp_path, other, {"iterations": 150, "people": 5})
+    with pytest.raises(ValueError, match=r"other settings \(iterations\)"):
+        claim_work(tmp_path, G, {"iterations": 2500, "people": 5})
 
 
 def test_reference_and_test_poses_are_ffhq_like_and_test_appearances_unseen():

@@ -217,3 +217,12 @@ def test_new_projector_fields_are_checked_and_leave_old_cache_keys_alone():
     # the official settings serialise as before these fields existed (cached inversions stay valid)
     assert "space" not in ProjectorConfig().to_dict() and "pixel_weight" not in ProjectorConfig().to_dict()
     assert ProjectorConfig(space="z", pixel_weight=1.0).to_dict()["space"] == "z"
+
+
+def test_projector_for_names_the_two_settings():
+    from train.config import Z_SPACE_LR, projector_for
+    official, heads = projector_for("w", 50), projector_for("z", 50)
+    assert official == ProjectorConfig(steps=50)
+    assert (heads.space, heads.lr, heads.pixel_weight, heads.steps) == ("z", Z_SPACE_LR, 1.0, 50)
+    with pytest.raises(ValueError, match="space"):
+        projector_for("W+", 50)

@@ -140,6 +140,16 @@ Z_SPACE_LR = 0.1
 sqrt(z_dim), so it travels ~10x further than w does at EG3D-projector's 0.01 (StyleGAN2-ADA's projector value)."""
 
 
+def projector_for(space: str, steps: int) -> ProjectorConfig:
+    """The inversion of `steps` steps per photo in `space`: 'w', the official projectors' (LPIPS alone at lr 0.01);
+    'z', the head world's (`train --inversion-space z --inversion-pixel-weight 1`: Z_SPACE_LR, LPIPS + pixel MSE
+    of weight 1, docs/HEADS.md)."""
+    if space not in ("w", "z"):
+        raise ValueError(f"inversion space {space!r}: must be 'w' or 'z'")
+    extra = {"space": "z", "lr": Z_SPACE_LR, "pixel_weight": 1.0} if space == "z" else {}
+    return dataclasses.replace(ProjectorConfig(), steps=int(steps), **extra).validate()
+
+
 @dataclass
 class TrainConfig:
     """Personalization of one person's adapter (defaults: the paper where it says, else the authors' code)."""
