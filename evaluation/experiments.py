@@ -258,6 +258,10 @@ def claim_work(work: Path, G, config: dict) -> None:
     path = Path(work) / MADE_WITH
     if not path.is_file():
         Path(work).mkdir(parents=True, exist_ok=True)
+        older = sorted(p.name for p in Path(work).iterdir() if not (p.is_dir() and not any(p.iterdir())))
+        if older:
+            raise ValueError(f"{work}: holds {', '.join(older[:3])} but no {MADE_WITH} (made by older code, with "
+                             f"unknown weights): use another --work or delete that folder")
         write_text(path, json.dumps(want, indent=1) + "\n")
         return
     have = json.loads(path.read_text())

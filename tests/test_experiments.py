@@ -90,6 +90,12 @@ def test_work_folder_is_refused_for_another_model_or_other_settings(tmp_path):
         claim_work(tmp_path, other, {"iterations": 150, "people": 5})
     with pytest.raises(ValueError, match=r"other settings \(iterations\)"):
         claim_work(tmp_path, G, {"iterations": 2500, "people": 5})
+    older = tmp_path / "older"
+    (older / "results").mkdir(parents=True)
+    claim_work(older / "fresh", G, {})  # a new folder, or one with only empty folders, is claimed
+    (older / "results" / "person_1.json").write_text("{}")
+    with pytest.raises(ValueError, match="no made_with.json"):
+        claim_work(older, G, {})
 
 
 def test_reference_and_test_poses_are_ffhq_like_and_test_appearances_unseen():
