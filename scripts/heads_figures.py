@@ -8,8 +8,9 @@
 Every number is measured against the head world's ground truth: true renders of the same person, appearance
 and camera. Held-out people come from headworld.params.HELDOUT_SEEDS (never seen by pretraining or the identity
 network). `prior`: inversion (train.projector) of one frontal photo per person, in z (the head world's setting,
-`train.config.projector_for`) and in w (the official projectors'), then LPIPS (AlexNet) at the input pose, LPIPS and PSNR
-at yaw +-0.35 and +-0.6, and the raw depth's mean absolute error inside the head (pixels fully covered by it).
+`train.config.projector_for`) and in w (the official projectors'), then LPIPS (AlexNet) at the input pose, LPIPS
+and PSNR at yaw +-0.35 and +-0.6, and the raw depth's mean absolute error inside the head (pixels fully covered
+by it).
 `fit`: training and held-out people rendered from their true latents (no inversion), to tell underfitting from
 memorization. `personalize`: the demo person's 10 photos -> anchors (z inversion) + LoRA with the symmetry loss
 (train.trainer.personalize, the identity network of perception/heads_identity.py), compared with the same anchors

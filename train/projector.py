@@ -4,12 +4,13 @@ Per photo (x, c): start at w_avg, the mean of `w_avg_samples` mapping outputs co
 camera c (as EG3D-projector does); optimise one w (broadcast to every synthesis layer; `w_plus` optimises
 one per layer) with Adam under the projectors' schedule (linear ramp-up, cosine ramp-down, Gaussian noise on
 w that decays over the first 75%); the loss is LPIPS (VGG16) between G.synthesis(w, c)['image'] and x, both
-area-downsampled to 256 (official) - see `ProjectorConfig.lpips_size` - plus, with `pixel_weight` > 0, their mean
-squared difference at that size (not in the official projectors; LPIPS alone barely sees colour). With `optimize_noise` (default, as both
-projectors) the backbone's noise maps are optimised too, one set per photo, under the StyleGAN2 noise
-regulariser; they are swapped into G only for the run (`_noise_maps_swapped`, G's own buffers are restored)
-and discarded afterwards, as the projectors discard them: an anchor is fully described by w and renders with
-G's fixed 'const' noise.
+area-downsampled to 256 (official) - see `ProjectorConfig.lpips_size` - plus, with `pixel_weight` > 0, their
+mean squared difference at that size (not in the official projectors; LPIPS alone barely sees colour). With
+`space='z'` the optimised variable is the mapping's input z instead (no w noise), and the result is
+w = mapping(z, c). With `optimize_noise` (default, as both projectors) the backbone's noise maps are optimised
+too, one set per photo, under the StyleGAN2 noise regulariser; they are swapped into G only for the run
+(`_noise_maps_swapped`, G's own buffers are restored) and discarded afterwards, as the projectors discard them:
+an anchor is fully described by w and renders with G's fixed 'const' noise.
 
 Several photos are inverted in one batch: the loss is a sum of per-photo terms and Adam is element-wise, so
 each w follows its own trajectory, with its own noise stream seeded by `seed` (the same as inverting it
@@ -162,12 +163,12 @@ def project_batch(G: torch.nn.Module, images: torch.Tensor, cameras: torch.Tenso
     chunk = max(1, int(chunk))
     batches = -(-len(todo) // chunk)
     if echo is not None and todo:
-        echo(f"{config.describe()}: {len(todo)} photo(s) to invert ({n - len(todo)} cached): {config.steps} steps x "
-             f"{batches} batch(es) of up to {chunk} (--inversion-steps sets the steps)")
+        echo(f"{config.describe()}: {len(todo)} photo(s) to invert ({n - len(todo)} cached): {config.steps} "
+             f"steps x {batches} batch(es) of up to {chunk} (--inversion-steps sets the steps)")
 
     def estimate(step_seconds: float) -> None:
-        echo(f"{config.describe()}: {step_seconds:.2f} s/step measured; {config.steps} steps x {batches} batch(es): about "
-             f"{duration(step_seconds * config.steps * batches)}")
+        echo(f"{config.describe()}: {step_seconds:.2f} s/step measured; {config.steps} steps x {batches} "
+             f"batch(es): about {duration(step_seconds * config.steps * batches)}")
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         label = desc if len(todo) <= chunk else f"{desc} [{start + 1}-{start + len(part)} of {len(todo)}]"
