@@ -258,7 +258,8 @@ def claim_work(work: Path, G, config: dict) -> None:
     path = Path(work) / MADE_WITH
     if not path.is_file():
         Path(work).mkdir(parents=True, exist_ok=True)
-        older = sorted(p.name for p in Path(work).iterdir() if not (p.is_dir() and not any(p.iterdir())))
+        older = sorted(str(p.relative_to(work)) for p in Path(work).rglob("*")
+                       if p.is_file() and p.suffix in (".json", ".safetensors"))  # what a resumed run reuses
         if older:
             raise ValueError(f"{work}: holds {', '.join(older[:3])} but no {MADE_WITH} (made by older code, with "
                              f"unknown weights): use another --work or delete that folder")

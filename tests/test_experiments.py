@@ -90,12 +90,15 @@ def test_work_folder_is_refused_for_another_model_or_other_settings(tmp_path):
         claim_work(tmp_path, other, {"iterations": 150, "people": 5})
     with pytest.raises(ValueError, match=r"other settings \(iterations\)"):
         claim_work(tmp_path, G, {"iterations": 2500, "people": 5})
-    older = tmp_path / "older"
+    older, logs = tmp_path / "older", tmp_path / "logs"
     (older / "results").mkdir(parents=True)
-    claim_work(older / "fresh", G, {})  # a new folder, or one with only empty folders, is claimed
     (older / "results" / "person_1.json").write_text("{}")
-    with pytest.raises(ValueError, match="no made_with.json"):
+    with pytest.raises(ValueError, match="results/person_1.json but no made_with.json"):
         claim_work(older, G, {})
+    (logs / "results").mkdir(parents=True)
+    (logs / "worker0.out").write_text("a log is not a result")
+    claim_work(logs, G, {})  # nothing a resumed run would reuse: claimed
+    assert (logs / MADE_WITH).is_file()
 
 
 def test_reference_and_test_poses_are_ffhq_like_and_test_appearances_unseen():
