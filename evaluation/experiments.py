@@ -254,6 +254,7 @@ def claim_work(work: Path, G, config: dict) -> None:
     other weights or settings is refused (naming what differs) instead of silently mixed into the tables. The
     number of people may change: more people only add results."""
     from generator.model_dir import weights_fingerprint
+    config = json.loads(json.dumps(config))  # as the file will hold it (tuples become lists)
     want = {"model": weights_fingerprint(G.state_dict()), "config": config}
     path = Path(work) / MADE_WITH
     if not path.is_file():
@@ -321,7 +322,7 @@ def run_experiment(G, work: Path, cfg: ExperimentConfig, backend=None, identity=
     cfg.validate()
     work = Path(work)
     (work / "results").mkdir(parents=True, exist_ok=True)
-    claim_work(work, G, json.loads(json.dumps(cfg.to_dict())))
+    claim_work(work, G, cfg.to_dict())
     backend = backend or make_identity_backend("heads")
     identity = identity or load_heads_identity()
     t0 = time.perf_counter()

@@ -187,7 +187,7 @@ def run(G, work: Path, cfg: SymmetryConfig, worker: tuple[int, int] = (0, 1), id
     cfg.validate()
     work = Path(work)
     (work / "results").mkdir(parents=True, exist_ok=True)
-    claim_work(work, G, json.loads(json.dumps(asdict(cfg))))
+    claim_work(work, G, asdict(cfg))
     identity = identity or load_heads_identity()
     threshold = cached_threshold(work / "threshold.json", identity, cfg.far, cfg.calibration_people, log)
     lpips = LPIPS("alex")

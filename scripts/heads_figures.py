@@ -192,33 +192,40 @@ def cmd_fit(out: Path, model: Path) -> None:
     _update_numbers(out, "fit", {"poses": FIT_POSES, **groups})
 
 
-def cmd_personalize(out: Path, model: Path, person: Path, iterations: int, steps: int, work: Path) -> None:
+def _verification(work: Path, identity) -> tuple:
+    """compare_views' `verify`: the identity network and its FAR 1e-2 threshold, calibrated once in WORK."""
     from evaluation.verification import cached_threshold
+    return identity, cached_threshold(work / "threshold.json", identity)
+
+
+def cmd_personalize(out: Path, model: Path, person: Path, iterations: int, steps: int, work: Path) -> None:
     from generator.adapter_file import load_adapter
     from generator.model_dir import load_model_dir
     from perception.heads_identity import load_heads_identity
     from train.config import TrainConfig, projector_for
     from train.trainer import personalize
     G = load_model_dir(model)
+    identity = load_heads_identity()
     cfg = dataclasses.replace(TrainConfig(), iterations=iterations, projector=projector_for("z", steps))
     t0 = time.time()
-    result = personalize(G, person, work / "person.safetensors", cfg, identity=load_heads_identity(),
+    result = personalize(G, person, work / "person.safetensors", cfg, identity=identity,
                          identity_name="heads-identity", preview=False, inversion_batch=10)
     seconds = time.time() - t0
     adapter, anchors, _ = load_adapter(result.adapter_path, G)
-    identity = load_heads_identity()
-    verify = (identity, cached_threshold(work / "threshold.json", identity))
-    res = compare_views(G, adapter, anchors, json.loads((person / "truth.json").read_text()), verify=verify)
+    res = compare_views(G, adapter, anchors, json.loads((person / "truth.json").read_text()),
+                        verify=_verification(work, identity))
     save_png(res.pop("picture"), out / "personalization.png")
     _update_numbers(out, "personalization", {"iterations": iterations, "projector_steps": steps, "inversion": "z",
                                              "seconds": round(seconds, 1), **res})
 
 
 def compare_views(G, adapter, anchors, info: dict, poses=NOVEL_POSES, verify=None) -> dict:
-    """LPIPS/PSNR against the truth of every anchor at `poses`, base model (W inversion) vs personalized.
+    """LPIPS/PSNR against the truth of every anchor at `poses`, the anchors on the base model (the key
+    'w_inversion', whichever space inverted them) vs personalized.
 
     Anchor k is photo k of the person in `info` (a truth.json); its truth at a pose is the world render of the
-    same person under photo k's appearance. The picture shows anchor 0: truth, W inversion, personalized, then
+    same person under photo k's appearance. The picture shows anchor 0: truth, the anchor on the base model,
+    personalized, then
     their depth maps (true depth, then the two models' raw depth). `verify` = (identity network, Threshold) adds
     the fraction of views that verify as the person against an enrolment photo (evaluation.verification), for
     the true views too (the ceiling the identity network allows).
@@ -269,16 +276,12 @@ def compare_views(G, adapter, anchors, info: dict, poses=NOVEL_POSES, verify=Non
 def cmd_compare(model: Path, person: Path, adapter_path: Path, out_png: Path, verify_in: Path | None) -> None:
     """Novel views of an adapter next to the true views (the demo's step): picture + printed scores; with
     `verify_in` (a work folder) also the verification rates, the threshold calibrated once there."""
-    from evaluation.verification import cached_threshold
     from generator.adapter_file import load_adapter
     from generator.model_dir import load_model_dir
     from perception.heads_identity import load_heads_identity
     G = load_model_dir(model)
     adapter, anchors, _ = load_adapter(adapter_path, G)
-    verify = None
-    if verify_in is not None:
-        identity = load_heads_identity()
-        verify = (identity, cached_threshold(verify_in / "threshold.json", identity))
+    verify = None if verify_in is None else _verification(verify_in, load_heads_identity())
     res = compare_views(G, adapter, anchors, json.loads((person / "truth.json").read_text()), verify=verify)
     save_png(res.pop("picture"), out_png)
     print(json.dumps(res, indent=2))
