@@ -13,6 +13,7 @@ standard error over people. Every trained model and every person's result is cac
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -179,9 +180,9 @@ def run_person(G, seed: int, work: Path, cfg: SymmetryConfig, identity, threshol
     return result
 
 
-def run(G, work: Path, cfg: SymmetryConfig, worker: tuple[int, int] = (0, 1), identity=None,
-        log: Callable[[str], None] = print) -> dict:
-    """This worker's share of the people (index i of n takes people i, i+n, ...); returns the results so far."""
+def run(G, work: Path, cfg: SymmetryConfig, identity=None, log: Callable[[str], None] = print) -> dict:
+    """Every unfinished person that no other worker holds; returns the results so far. Start the command once per
+    core: each worker locks the person it trains (`_hold`), so workers share the people as they free up."""
     from perception.heads_identity import load_heads_identity
     from perception.lpips import LPIPS
     cfg.validate()
@@ -191,10 +192,29 @@ def run(G, work: Path, cfg: SymmetryConfig, worker: tuple[int, int] = (0, 1), id
     identity = identity or load_heads_identity()
     threshold = cached_threshold(work / "threshold.json", identity, cfg.far, cfg.calibration_people, log)
     lpips = LPIPS("alex")
-    index, count = worker
-    for seed in cfg.person_seeds()[index::count]:
-        run_person(G, seed, work, cfg, identity, threshold, lpips, log)
+    for seed in cfg.person_seeds():
+        with _hold(work / f"person_{seed}.lock") as held:
+            if held:
+                run_person(G, seed, work, cfg, identity, threshold, lpips, log)
+            else:
+                log(f"person {seed}: another worker is training this person, skipped")
     return collect(work, cfg)
+
+
+@contextlib.contextmanager
+def _hold(path: Path):
+    """An exclusive lock on `path` for as long as this process works on it (released when the process dies)."""
+    import fcntl
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def collect(work: Path, cfg: SymmetryConfig) -> dict:

@@ -3,7 +3,8 @@
     python scripts/experiments.py run                 # the committed run (~90 min on 2 cores; resumable)
     python scripts/experiments.py run --smoke --work /tmp/x --docs /tmp/x/docs   # the CI smoke run (~1 min)
     python scripts/experiments.py report              # rewrite the doc from WORK/results (no training)
-    python scripts/experiments.py symmetry [--worker I/N]   # the one-sided symmetry experiment -> docs/SYMMETRY.md
+    python scripts/experiments.py symmetry            # the one-sided symmetry experiment -> docs/SYMMETRY.md
+                                                      #   (start it once per core: the workers share the people)
     python scripts/experiments.py symmetry-report     # rewrite docs/SYMMETRY.md from WORK (no training)
 
 Every person's results are cached in WORK/results/person_SEED.json as soon as they finish, so an interrupted run
@@ -65,9 +66,7 @@ def symmetry(args, command: str) -> None:
     work = args.work if args.work != DEFAULT_WORK else REPO / "runs" / "symmetry"
     if args.command == "symmetry":
         from generator.model_dir import load_model_dir
-        index, count = _worker(args.worker)
-        result = sx.run(load_model_dir(args.model), work, cfg, worker=(index, count),
-                        log=lambda m: print(m, flush=True))
+        result = sx.run(load_model_dir(args.model), work, cfg, log=lambda m: print(m, flush=True))
     else:
         result = sx.collect(work, cfg)
     if not result["people"]:
@@ -78,16 +77,6 @@ def symmetry(args, command: str) -> None:
     notes_file = folder / "symmetry_notes.md"
     notes = notes_file.read_text() if notes_file.is_file() else ""
     print(write_text(args.docs / "SYMMETRY.md", render(result, command, _machine(), notes)))
-
-
-def _worker(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise SystemExit(f"--worker {text!r}: expected I/N, e.g. 0/2") from None
-    if not 0 <= index < count <= 64:
-        raise SystemExit(f"--worker {text!r}: needs 0 <= I < N <= 64")
-    return index, count
 
 
 DEFAULT_WORK = REPO / "runs" / "experiments"
@@ -104,7 +93,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="the CI smoke configuration (pipeline check only)")
     parser.add_argument("--people", type=int, help="override the number of people")
     parser.add_argument("--threads", type=int, default=2, choices=range(1, 257), metavar="1..256")
-    parser.add_argument("--worker", default="0/1", help="symmetry: I/N, this process takes people I, I+N, ...")
     args = parser.parse_args(argv)
     if args.people is not None and not 1 <= args.people <= 100:
         parser.error(f"--people {args.people}: must be in 1..100")

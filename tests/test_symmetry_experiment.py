@@ -58,7 +58,6 @@ def test_thresholds_at_a_false_accept_rate():
         threshold_at_far(impostor, 0.0)
 
 
-@pytest.mark.slow
 class _CountingEncoder:
     """Embeds an image as its mean colour (unit length) and counts the images it saw."""
 
@@ -81,6 +80,7 @@ def test_threshold_is_calibrated_once_and_again_for_another_far(tmp_path):
     assert enc.images == 24 and other.far == 0.2 and other.value <= first.value
 
 
+@pytest.mark.slow
 def test_smoke_run_through_the_script_fills_every_region_and_resumes(tmp_path):
     args = [sys.executable, str(REPO / "scripts" / "experiments.py"), "symmetry", "--smoke", "--work",
             str(tmp_path / "work"), "--docs", str(tmp_path / "docs"), "--threads", "2"]
@@ -104,7 +104,21 @@ def test_smoke_run_through_the_script_fills_every_region_and_resumes(tmp_path):
     from evaluation import symmetry_experiment as sx                 # the resume, in this process (no re-import)
     from generator.model_dir import load_model_dir
     said: list[str] = []
-    again = sx.run(load_model_dir(REPO / "models" / "heads"), tmp_path / "work", SymmetryConfig(**sx.SMOKE),
-                   log=said.append)
-    assert said.count(f"person {result['people'][0]['seed']}: results exist, skipped") == 1
-    assert sum("results exist, skipped" in m for m in said) == 2 and again["people"] == result["people"]
+    first_seed, second_seed = (p["seed"] for p in result["people"])
+    with sx._hold(tmp_path / "work" / f"person_{second_seed}.lock") as held:   # as another worker would
+        assert held
+        again = sx.run(load_model_dir(REPO / "models" / "heads"), tmp_path / "work", SymmetryConfig(**sx.SMOKE),
+                       log=said.append)
+    assert said.count(f"person {first_seed}: results exist, skipped") == 1
+    assert said.count(f"person {second_seed}: another worker is training this person, skipped") == 1
+    assert sum("skipped" in m for m in said) == 2 and again["people"] == result["people"]
+
+
+def test_a_person_is_held_by_one_worker_at_a_time(tmp_path):
+    from evaluation.symmetry_experiment import _hold
+    lock = tmp_path / "person_1.lock"
+    with _hold(lock) as first:
+        with _hold(lock) as second:                                    # a second open file: another worker
+            assert first and not second
+    with _hold(lock) as later:                                         # released when the first one finished
+        assert later
