@@ -107,7 +107,8 @@ def reference_poses(seed: int, kind: str, count: int, cfg: SymmetryConfig) -> li
     return [(float(y), float(p)) for y, p in zip(yaws, pitches)]
 
 
-def true_views(seed: int, photo_ids: list[int], resolution: int) -> dict[str, list[torch.Tensor]]:
+def true_views(seed: int, photo_ids: list[int], resolution: int,
+               regions: dict[str, tuple[tuple[float, float], ...]] = REGIONS) -> dict[str, list[torch.Tensor]]:
     """Per region, per photo: the world's true render [P, 3, R, R] of the person under that photo's appearance at
     the region's cameras. Both reference sets use the same photos' appearances, so a person's truth is made once."""
     from headworld.params import Appearance, Identity
@@ -116,7 +117,7 @@ def true_views(seed: int, photo_ids: list[int], resolution: int) -> dict[str, li
     return {region: [render([identity] * len(poses), [Appearance.from_seed(seed, photo)] * len(poses),
                             np.stack([lookat_label(y, p) for y, p in poses]), resolution)["image"]
                      for photo in photo_ids]
-            for region, poses in REGIONS.items()}
+            for region, poses in regions.items()}
 
 
 def evaluate_model(G, adapter, anchors, truths: dict[str, list[torch.Tensor]], lpips, encoder, enrol: torch.Tensor,

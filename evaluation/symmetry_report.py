@@ -18,7 +18,42 @@ def _verdict(effect: dict) -> str:
     return f"{'helps' if effect['mean'] < 0 else 'hurts'} ({effect['z']:+.1f} SE)"
 
 
-def render(result: dict, command: str, machine: str, notes: str = "") -> str:
+def _diagnostics(d: dict) -> list[str]:
+    """The 'why' section from evaluation.symmetry_diagnostics.summarize."""
+    lines = ["## Why: what L_sym sees and how hard it pulls", "",
+             "`evaluation/symmetry_diagnostics.py`, on the same models. **Mirror gap**: L_sym itself at the "
+             "evaluation's mirrored cameras (yaw −a against the flipped yaw +a, a = 0.35 and 0.6): what the loss can "
+             "see. **Identity error**: 1 − cos between the model's view and the true view, on the unseen (yaw < 0) "
+             "and seen (yaw > 0) side: what the unseen side gets wrong. The truth row is the floor (the person under "
+             "the photo's lighting is not exactly mirror-symmetric).", ""]
+    for kind in SET_KINDS:
+        lines += [f"**{KIND_LABELS[kind]}**", "", "| model | mirror gap | identity error, yaw < 0 | "
+                  "identity error, yaw > 0 |", "|---|---:|---:|---:|"]
+        for row, v in d[kind]["rows"].items():
+            label = "truth" if row == "truth" else ROW_LABELS.get(row, row)
+            lines.append(f"| {label} | {v['mirror_gap']:.4f} | {v['id_error_unseen']:.4f} | "
+                         f"{v['id_error_seen']:.4f} |")
+        lines.append("")
+    lines += ["Gradients at the trained weights, over the adapter's parameters (medians over people): L_rec over "
+              "the 10 reference photos, λ_sym·L_sym over one mirrored pair per anchor drawn as training draws them, "
+              "and the cosine between the two.", "",
+              "| reference set | model | L_rec | L_sym | ‖∇L_rec‖ | ‖∇λ_sym L_sym‖ | ratio | cos |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for kind in SET_KINDS:
+        for row, g in d[kind]["gradients"].items():
+            lines.append(f"| {kind.replace('_', '-')} | {ROW_LABELS.get(row, row)} | {g['rec']:.4f} | "
+                         f"{g['sym']:.2e} | {g['grad_rec']:.3e} | {g['grad_sym']:.3e} | "
+                         f"{g['grad_sym'] / g['grad_rec']:.3f} | {g['cos']:+.3f} |")
+    lines.append("")
+    curves = [f"{kind.replace('_', '-')} {c['first']:.2e} → {c['last']:.2e}"
+              for kind in SET_KINDS if (c := d[kind]["sym_curve"])]
+    if curves:
+        lines += ["L_sym in the LoRA + L_sym runs' logs, mean of the first and the last tenth of its steps: "
+                  + "; ".join(curves) + ".", ""]
+    return lines
+
+
+def render(result: dict, command: str, machine: str, notes: str = "", diagnostics: dict | None = None) -> str:
     s = summarize(result)
     cfg, thr = result["config"], result["threshold"]
     lines = [
@@ -72,6 +107,8 @@ def render(result: dict, command: str, machine: str, notes: str = "") -> str:
         sym = [v for _, v in losses]
         lines += [f"Final symmetry-loss values of the L_sym runs: median {sorted(sym)[len(sym) // 2]:.2e} "
                   f"(range {min(sym):.2e} to {max(sym):.2e}).", ""]
+    if diagnostics:
+        lines += _diagnostics(diagnostics)
     if notes:
         lines += ["## Reading", "", notes.strip(), ""]
     return "\n".join(lines)

@@ -5,7 +5,8 @@
     python scripts/experiments.py report              # rewrite the doc from WORK/results (no training)
     python scripts/experiments.py symmetry            # the one-sided symmetry experiment -> docs/SYMMETRY.md
                                                       #   (start it once per core: the workers share the people)
-    python scripts/experiments.py symmetry-report     # rewrite docs/SYMMETRY.md from WORK (no training)
+    python scripts/experiments.py symmetry-report     # rewrite docs/SYMMETRY.md from WORK (no training;
+                                                      #   renders the diagnostics of people that lack them)
 
 Every person's results are cached in WORK/results/person_SEED.json as soon as they finish, so an interrupted run
 resumes where it stopped. The doc's discussion comes from docs/experiments/notes.md when it exists (written by a
@@ -56,27 +57,32 @@ def write_docs(result: dict, docs: Path, command: str) -> Path:
 
 def symmetry(args, command: str) -> None:
     """The one-sided vs balanced symmetry experiment (evaluation/symmetry_experiment.py)."""
+    from evaluation import symmetry_diagnostics as sd
     from evaluation import symmetry_experiment as sx
     from evaluation.symmetry_report import render
     from formats.atomic import write_text
+    from generator.model_dir import load_model_dir
+    from perception.heads_identity import load_heads_identity
     cfg = sx.SymmetryConfig(**sx.SMOKE) if args.smoke else sx.SymmetryConfig()
     if args.people is not None:
         cfg = dataclasses.replace(cfg, people=args.people)
     cfg.validate()
     work = args.work if args.work != DEFAULT_WORK else REPO / "runs" / "symmetry"
+    G, identity, log = load_model_dir(args.model), load_heads_identity(), (lambda m: print(m, flush=True))
     if args.command == "symmetry":
-        from generator.model_dir import load_model_dir
-        result = sx.run(load_model_dir(args.model), work, cfg, log=lambda m: print(m, flush=True))
+        result = sx.run(G, work, cfg, identity=identity, log=log)
     else:
         result = sx.collect(work, cfg)
     if not result["people"]:
         raise SystemExit(f"{work / 'results'}: no person has finished yet")
+    diagnostics = sd.diagnose(G, work, cfg, identity, log)
     folder = args.docs / "experiments"
     folder.mkdir(parents=True, exist_ok=True)
-    write_text(folder / "symmetry.json", json.dumps(result) + "\n")
+    write_text(folder / "symmetry.json", json.dumps(dict(result, diagnostics=diagnostics)) + "\n")
     notes_file = folder / "symmetry_notes.md"
     notes = notes_file.read_text() if notes_file.is_file() else ""
-    print(write_text(args.docs / "SYMMETRY.md", render(result, command, _machine(), notes)))
+    print(write_text(args.docs / "SYMMETRY.md", render(result, command, _machine(), notes,
+                                                          sd.summarize(diagnostics))))
 
 
 DEFAULT_WORK = REPO / "runs" / "experiments"

@@ -101,6 +101,10 @@ def test_smoke_run_through_the_script_fills_every_region_and_resumes(tmp_path):
                     assert all(isinstance(v, bool) for v in scores["verified"])
     doc = (tmp_path / "docs" / "SYMMETRY.md").read_text()
     assert "one-sided reference set" in doc and "(LoRA + L_sym) − LoRA" in doc and "FAR 0.01" in doc
+    assert "## Why: what L_sym sees" in doc and len(result["diagnostics"]) == 2
+    for d in result["diagnostics"]:                                  # the truth row: identity error 0 by definition
+        assert all(abs(v) < 1e-5 for v in d["sets"]["one_sided"]["rows"]["truth"]["id_error_unseen"])
+        assert d["sets"]["one_sided"]["sym_curve"]["logged"] >= 1
     from evaluation import symmetry_experiment as sx                 # the resume, in this process (no re-import)
     from generator.model_dir import load_model_dir
     said: list[str] = []
@@ -122,3 +126,53 @@ def test_a_person_is_held_by_one_worker_at_a_time(tmp_path):
             assert first and not second
     with _hold(lock) as later:                                         # released when the first one finished
         assert later
+
+
+# ------------------------------------------------------------------ why L_sym helps or not (symmetry_diagnostics)
+
+def test_mirror_gap_is_zero_for_a_mirrored_pair_and_identity_error_zero_against_itself():
+    from evaluation.symmetry_diagnostics import _gaps
+    from perception.heads_identity import load_heads_identity
+    from perception.identity import flip_horizontal
+    torch = pytest.importorskip("torch")
+    encoder = load_heads_identity()
+    g = torch.Generator().manual_seed(0)
+    unseen = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1          # asymmetric images: a missing flip shows
+    gaps = _gaps(encoder, {"unseen": unseen, "seen": flip_horizontal(unseen)},
+                 {"unseen": unseen, "seen": flip_horizontal(unseen)})
+    assert max(abs(v) for v in gaps["mirror_gap"]) < 1e-5
+    assert max(abs(v) for v in gaps["id_error_unseen"] + gaps["id_error_seen"]) < 1e-5
+    other = _gaps(encoder, {"unseen": unseen, "seen": unseen}, {"unseen": -unseen, "seen": unseen})
+    assert min(other["mirror_gap"]) > 1e-4 and min(other["id_error_unseen"]) > 1e-4
+
+
+def test_gradient_norms_scale_with_the_symmetry_weight_only():
+    from evaluation.symmetry_diagnostics import gradient_norms
+    from fixtures.synthetic import ground_truth_person, person_latent
+    from generator.adapter_file import Anchors
+    from perception.heads_identity import load_heads_identity
+    from train.data import load_training_set
+    G, adapter = ground_truth_person()
+    reference = REPO / "samples" / "tiny_person"
+    cams = load_training_set(reference, G.img_resolution).cameras
+    anchors = Anchors(person_latent(G).expand(len(cams), -1, -1).clone(), cams)
+    config = {"sym_yaw_range": 0.35, "sym_pitch_range": 0.25, "lpips_net": "alex", "lpips_weight": 1.0,
+              "l2_weight": 1.0, "sym_weight": 4.0}
+    encoder = load_heads_identity()
+    at4 = gradient_norms(G, adapter, anchors, reference, encoder, config)
+    at8 = gradient_norms(G, adapter, anchors, reference, encoder, dict(config, sym_weight=8.0))
+    assert at4["grad_rec"] > 0 and at4["grad_sym"] > 0 and -1 <= at4["cos"] <= 1
+    assert at8["grad_sym"] == pytest.approx(2 * at4["grad_sym"], rel=1e-5)
+    assert at8["grad_rec"] == pytest.approx(at4["grad_rec"], rel=1e-6) and at8["cos"] == pytest.approx(at4["cos"])
+    from generator.lora import attachment_of
+    assert attachment_of(G) is None                                   # the generator is left as it was
+
+
+def test_training_curve_reads_the_symmetry_steps_of_a_log(tmp_path):
+    from evaluation.symmetry_diagnostics import training_curve
+    log = tmp_path / "log.jsonl"
+    assert training_curve(log) is None
+    rows = [{"step": s, "rec": 1.0, **({"sym": float(s)} if s % 4 == 0 else {})} for s in range(0, 80)]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    curve = training_curve(log)                                       # sym at steps 0, 4, ..., 76: 20 values
+    assert curve == {"first": 2.0, "last": 74.0, "logged": 20}
