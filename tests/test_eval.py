@@ -1,5 +1,6 @@
 """The evaluation protocol and its report: sampling, tables, plot, and the eval command on the ground-truth setup."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -314,8 +315,11 @@ def test_eval_command_on_ground_truth_setup(tmp_path):
     adapters = {}
     for mode in ("full", "lora"):
         adapters[mode] = tmp_path / f"{mode}.safetensors"
-        _cli("train", "--preset", "tiny", "--data", train_data, "--out", adapters[mode], "--mode", mode, "--no-sym",
-             "--iterations", 30, "--inversion-steps", 30, "--no-preview")
+        if mode == "lora":  # the same photos and projector settings: the lora run reuses the full run's inversions
+            shutil.copytree(tmp_path / "full_train" / "inversions", tmp_path / "lora_train" / "inversions")
+        proc = _cli("train", "--preset", "tiny", "--data", train_data, "--out", adapters[mode], "--mode", mode,
+                    "--no-sym", "--iterations", 30, "--inversion-steps", 30, "--no-preview")
+        assert ("photo(s) to invert" in proc.stdout) == (mode == "full"), proc.stdout
     out = tmp_path / "eval"
     _cli("eval", "--preset", "tiny", "--test-data", test_data, "--reference-data", train_data,
          "--models", "pretrained (G0)=pretrained", "--models", f"full={adapters['full']},lora={adapters['lora']}",
