@@ -11,8 +11,8 @@ reference set and model, three measurements answer which of these holds:
                  both sides are wrong together, which a symmetry loss cannot see;
   gradients      at the trained LoRA weights: |grad L_rec| over the reference photos, |grad lambda_sym L_sym| over
                  mirrored pairs drawn as training draws them, and the cosine between the two.
-Plus the training log's L_sym at the start and the end of the LoRA + L_sym runs. Cached per person in
-WORK/results/diagnostics_SEED.json.
+Plus the training log's L_sym at the start and the end of the LoRA + L_sym runs. Cached per reference set in
+WORK/results/person_SEED/KIND/diagnostics.json.
 """
 from __future__ import annotations
 
@@ -105,70 +105,75 @@ def training_curve(log_path: Path, fraction: float = 0.1) -> dict | None:
     return {"first": float(np.mean(sym[:n])), "last": float(np.mean(sym[-n:])), "logged": len(sym)}
 
 
-def diagnose_person(G, seed: int, work: Path, cfg: SymmetryConfig, encoder) -> dict:
-    """Mirror gaps and identity errors of every row and the truth, gradients of the LoRA rows, training curves."""
+def diagnose_set(G, seed: int, kind: str, rows: tuple[str, ...], work: Path, cfg: SymmetryConfig, encoder) -> dict:
+    """One reference set: mirror gaps and identity errors of its rows, W inversion and the truth; gradients of the
+    LoRA rows; the L_sym training curve."""
     from generator.adapter_file import load_adapter
     from generator.lora import attach, detach
     photo_ids = list(range(cfg.reference_photos))
     truth = true_views(seed, photo_ids, G.img_resolution, PAIRS)
-    result = {"seed": seed, "mirror_yaws": list(MIRROR_YAWS), "sets": {}}
-    for kind in SET_KINDS:
-        folder = work / f"person_{seed}" / kind
-        rows: dict[str, dict] = {}
-        adapters = {name: load_adapter(folder / "models" / f"{name}.safetensors", G) for name in cfg.rows}
-        anchors = next(iter(adapters.values()))[1]
-        with torch.no_grad():
-            for name, adapter in [("w_inversion", None), *((n, a[0]) for n, a in adapters.items())]:
-                attach(G, adapter)
-                try:
-                    per_anchor = [_gaps(encoder, _renders(G, anchors.ws, k), {s: truth[s][k] for s in PAIRS})
-                                  for k in photo_ids]
-                finally:
-                    detach(G)
-                rows[name] = {key: sum((a[key] for a in per_anchor), []) for key in per_anchor[0]}
-            per_anchor = [_gaps(encoder, {s: truth[s][k] for s in PAIRS}, {s: truth[s][k] for s in PAIRS})
-                          for k in photo_ids]  # the floor: the true person's own mirror gap (identity error 0)
-            rows["truth"] = {key: sum((a[key] for a in per_anchor), []) for key in per_anchor[0]}
-        gradients = {name: gradient_norms(G, adapters[name][0], anchors, folder / "photos", encoder,
-                                          adapters[name][2]["extra"]["train_config"], seed=seed)
-                     for name in GRADIENT_ROWS if name in adapters}
-        curve = training_curve(folder / "models" / "lora_sym_run" / "log.jsonl")
-        result["sets"][kind] = {"rows": rows, "gradients": gradients, "sym_curve": curve}
-    return result
+    folder = work / f"person_{seed}" / kind
+    adapters = {name: load_adapter(folder / "models" / f"{name}.safetensors", G) for name in rows}
+    anchors = next(iter(adapters.values()))[1]
+    scored: dict[str, dict] = {}
+    with torch.no_grad():
+        for name, adapter in [("w_inversion", None), *((n, a[0]) for n, a in adapters.items()), ("truth", None)]:
+            attach(G, adapter)
+            try:  # the truth row: the true person's own mirror gap, the floor (its identity error is 0)
+                per_anchor = [_gaps(encoder, {s: truth[s][k] for s in PAIRS} if name == "truth" else
+                                    _renders(G, anchors.ws, k), {s: truth[s][k] for s in PAIRS})
+                              for k in photo_ids]
+            finally:
+                detach(G)
+            scored[name] = {key: sum((a[key] for a in per_anchor), []) for key in per_anchor[0]}
+    gradients = {name: gradient_norms(G, adapters[name][0], anchors, folder / "photos", encoder,
+                                      adapters[name][2]["extra"]["train_config"], seed=seed)
+                 for name in GRADIENT_ROWS if name in adapters}
+    return {"seed": seed, "kind": kind, "rows": list(rows), "mirror_yaws": list(MIRROR_YAWS), "scores": scored,
+            "gradients": gradients, "sym_curve": training_curve(folder / "models" / "lora_sym_run" / "log.jsonl")}
 
 
 def diagnose(G, work: Path, cfg: SymmetryConfig, encoder, log: Callable[[str], None] = print) -> list[dict]:
-    """Diagnostics of every finished person of WORK (computed once, cached next to its results)."""
+    """Diagnostics of every reference set whose L_sym pair is evaluated (cached next to its results, and made
+    again when more of its rows are done)."""
     from dataclasses import asdict
 
     from evaluation.experiments import claim_work
+    from evaluation.symmetry_experiment import SYM_PAIR, _row_path
     claim_work(work, G, asdict(cfg))  # the models in WORK were made from G
     out = []
     for seed in cfg.person_seeds():
-        done = Path(work) / "results" / f"person_{seed}.json"
-        path = Path(work) / "results" / f"diagnostics_{seed}.json"
-        if not done.is_file():
-            continue
-        if not path.is_file():
-            log(f"person {seed}: symmetry diagnostics")
-            write_text(path, json.dumps(diagnose_person(G, seed, Path(work), cfg, encoder)) + "\n")
-        out.append(json.loads(path.read_text()))
+        for kind in SET_KINDS:
+            rows = tuple(r for r in cfg.rows if _row_path(work, seed, kind, r).is_file())
+            if not set(SYM_PAIR) <= set(rows):
+                continue
+            path = _row_path(work, seed, kind, "diagnostics")
+            cached = json.loads(path.read_text()) if path.is_file() else None
+            if cached is None or tuple(cached["rows"]) != rows:
+                log(f"person {seed}, {kind}: symmetry diagnostics of {', '.join(rows)}")
+                cached = diagnose_set(G, seed, kind, rows, Path(work), cfg, encoder)
+                write_text(path, json.dumps(cached) + "\n")
+            out.append(cached)
     return out
 
 
 def summarize(diagnostics: list[dict]) -> dict:
-    """Per reference set and model: mean mirror gap and identity errors over people (each person's views averaged);
-    per LoRA row: median gradient norms and cosine; L_sym training curve means."""
+    """Per reference set kind and model: mean mirror gap and identity errors over people (each person's views
+    averaged); per LoRA row: median gradient norms and cosine; L_sym training curve means. Kinds without data are
+    left out."""
     out = {}
     for kind in SET_KINDS:
-        sets = [d["sets"][kind] for d in diagnostics]
-        rows = {row: {key: float(np.mean([np.mean(s["rows"][row][key]) for s in sets]))
-                      for key in sets[0]["rows"][row]}
-                for row in sets[0]["rows"]}
-        grads = {row: {key: float(np.median([s["gradients"][row][key] for s in sets]))
+        sets = [d for d in diagnostics if d["kind"] == kind]
+        if not sets:
+            continue
+        names = [n for n in sets[0]["scores"] if all(n in d["scores"] for d in sets)]
+        rows = {row: {key: float(np.mean([np.mean(d["scores"][row][key]) for d in sets]))
+                      for key in sets[0]["scores"][row]}
+                for row in names}
+        grads = {row: {key: float(np.median([d["gradients"][row][key] for d in sets]))
                        for key in ("rec", "sym", "grad_rec", "grad_sym", "cos")}
-                 for row in sets[0]["gradients"]}
-        curves = [s["sym_curve"] for s in sets if s["sym_curve"]]
+                 for row in GRADIENT_ROWS if all(row in d["gradients"] for d in sets)}
+        curves = [d["sym_curve"] for d in sets if d["sym_curve"]]
         curve = ({k: float(np.mean([c[k] for c in curves])) for k in ("first", "last")} if curves else None)
-        out[kind] = {"rows": rows, "gradients": grads, "sym_curve": curve}
+        out[kind] = {"people": len(sets), "rows": rows, "gradients": grads, "sym_curve": curve}
     return out

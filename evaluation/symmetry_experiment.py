@@ -146,44 +146,69 @@ def evaluate_model(G, adapter, anchors, truths: dict[str, list[torch.Tensor]], l
     return out
 
 
-def run_person(G, seed: int, work: Path, cfg: SymmetryConfig, identity, threshold: Threshold, lpips, log) -> dict:
-    """Both reference sets of one person: train the rows, evaluate them and W inversion (cached in WORK/results)."""
+SYM_PAIR = ("lora", "lora_sym")
+"""The rows whose paired difference is the experiment's answer: trained first, on every person, set by set."""
+
+
+def work_units(cfg: SymmetryConfig) -> list[tuple[int, str, tuple[str, ...]]]:
+    """(person seed, set kind, rows) in the order the workers take them: the L_sym pair on every person's one-sided
+    set, then on the balanced sets, then the other rows (full fine-tuning). Partial runs answer the question first."""
+    pair = tuple(r for r in cfg.rows if r in SYM_PAIR)
+    rest = tuple(r for r in cfg.rows if r not in SYM_PAIR)
+    return [(seed, kind, rows) for rows in (pair, rest) if rows
+            for kind in SET_KINDS for seed in cfg.person_seeds()]
+
+
+def unit_lock(work: Path, seed: int, kind: str, rows: tuple[str, ...]) -> Path:
+    """The file a worker locks while it trains a work unit."""
+    return Path(work) / "results" / f"person_{seed}_{kind}_{'_'.join(rows)}.lock"
+
+
+def _row_path(work: Path, seed: int, kind: str, row: str) -> Path:
+    return Path(work) / "results" / f"person_{seed}" / kind / f"{row}.json"
+
+
+def run_unit(G, seed: int, kind: str, rows: tuple[str, ...], work: Path, cfg: SymmetryConfig, identity,
+             threshold: Threshold, lpips, log) -> None:
+    """Train one reference set's rows and evaluate them and W inversion; each row's scores are cached in
+    WORK/results/person_SEED/KIND/ROW.json as soon as it is done."""
     from generator.adapter_file import load_adapter
     from headworld.photos import write_person
-    path = work / "results" / f"person_{seed}.json"
-    if path.is_file():
-        log(f"person {seed}: results exist, skipped")
-        return json.loads(path.read_text())
-    t0 = time.perf_counter()
-    enrol = enrolment_photo(seed, G.img_resolution)
+    todo = [r for r in (*rows, "w_inversion") if not _row_path(work, seed, kind, r).is_file()]
+    if not todo:
+        log(f"person {seed}, {kind}: {', '.join(rows)} done, skipped")
+        return
     photo_ids = list(range(cfg.reference_photos))
-    truths = true_views(seed, photo_ids, G.img_resolution)
-    result = {"seed": seed, "sets": {}, "poses": {}, "final_losses": {}}
-    for kind in SET_KINDS:
-        folder = work / f"person_{seed}" / kind
-        poses = reference_poses(seed, kind, cfg.reference_photos, cfg)
-        reference = folder / "photos"
-        if not reference.is_dir():
-            write_person(reference, seed, poses, photo_ids, note=f"symmetry experiment, {kind} reference set")
-        result["poses"][kind] = poses
-        rows, anchors = {}, None
-        for name in cfg.rows:
-            log(f"person {seed}, {kind}: {name}")
-            adapter_path = train_row(G, ROWS[name], reference, folder / "models", cfg.training(), identity, log)
-            adapter, anchors, meta = load_adapter(adapter_path, G)
-            result["final_losses"][f"{kind}/{name}"] = meta["extra"]["final_losses"]
-            rows[name] = evaluate_model(G, adapter, anchors, truths, lpips, identity, enrol, threshold)
-        rows["w_inversion"] = evaluate_model(G, None, anchors, truths, lpips, identity, enrol, threshold)
-        result["sets"][kind] = rows
-    result["seconds"] = time.perf_counter() - t0
-    result["torch_threads"] = torch.get_num_threads()
-    write_text(path, json.dumps(result) + "\n")
-    return result
+    enrol, truths = enrolment_photo(seed, G.img_resolution), true_views(seed, photo_ids, G.img_resolution)
+    folder = work / f"person_{seed}" / kind
+    reference = folder / "photos"
+    if not reference.is_dir():
+        write_person(reference, seed, reference_poses(seed, kind, cfg.reference_photos, cfg), photo_ids,
+                     note=f"symmetry experiment, {kind} reference set")
+    anchors = None
+    for name in rows:
+        t0 = time.perf_counter()
+        log(f"person {seed}, {kind}: {name}")
+        adapter, anchors, meta = load_adapter(
+            train_row(G, ROWS[name], reference, folder / "models", cfg.training(), identity, log), G)
+        if name in todo:
+            scores = evaluate_model(G, adapter, anchors, truths, lpips, identity, enrol, threshold)
+            _write_row(work, seed, kind, name, scores, meta["extra"]["final_losses"], time.perf_counter() - t0)
+    if "w_inversion" in todo:
+        scores = evaluate_model(G, None, anchors, truths, lpips, identity, enrol, threshold)
+        _write_row(work, seed, kind, "w_inversion", scores, None, 0.0)
+
+
+def _write_row(work: Path, seed: int, kind: str, row: str, scores: dict, losses: dict | None, seconds: float):
+    path = _row_path(work, seed, kind, row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps({"scores": scores, "final_losses": losses, "seconds": seconds,
+                                 "torch_threads": torch.get_num_threads()}) + "\n")
 
 
 def run(G, work: Path, cfg: SymmetryConfig, identity=None, log: Callable[[str], None] = print) -> dict:
-    """Every unfinished person that no other worker holds; returns the results so far. Start the command once per
-    core: each worker locks the person it trains (`_hold`), so workers share the people as they free up."""
+    """Every unfinished work unit (`work_units`) that no other worker holds; returns the results so far. Start the
+    command once per core: each worker locks the unit it trains (`_hold`), so workers share them as they free up."""
     from perception.heads_identity import load_heads_identity
     from perception.lpips import LPIPS
     cfg.validate()
@@ -193,12 +218,12 @@ def run(G, work: Path, cfg: SymmetryConfig, identity=None, log: Callable[[str], 
     identity = identity or load_heads_identity()
     threshold = cached_threshold(work / "threshold.json", identity, cfg.far, cfg.calibration_people, log)
     lpips = LPIPS("alex")
-    for seed in cfg.person_seeds():
-        with _hold(work / f"person_{seed}.lock") as held:
+    for seed, kind, rows in work_units(cfg):
+        with _hold(unit_lock(work, seed, kind, rows)) as held:
             if held:
-                run_person(G, seed, work, cfg, identity, threshold, lpips, log)
+                run_unit(G, seed, kind, rows, work, cfg, identity, threshold, lpips, log)
             else:
-                log(f"person {seed}: another worker is training this person, skipped")
+                log(f"person {seed}, {kind}: another worker is training {', '.join(rows)}, skipped")
     return collect(work, cfg)
 
 
@@ -219,36 +244,55 @@ def _hold(path: Path):
 
 
 def collect(work: Path, cfg: SymmetryConfig) -> dict:
-    """Every finished person's result, with the config and threshold."""
-    people = [json.loads(p.read_text()) for seed in cfg.person_seeds()
-              if (p := Path(work) / "results" / f"person_{seed}.json").is_file()]
+    """Every person with at least one evaluated row, with the rows done so far, the config and threshold."""
+    people = []
+    for seed in cfg.person_seeds():
+        person = {"seed": seed, "sets": {}, "poses": {}, "final_losses": {}, "seconds": 0.0}
+        for kind in SET_KINDS:
+            for row in ("w_inversion", *cfg.rows):
+                path = _row_path(work, seed, kind, row)
+                if path.is_file():
+                    done = json.loads(path.read_text())
+                    person["sets"].setdefault(kind, {})[row] = done["scores"]
+                    person["poses"][kind] = reference_poses(seed, kind, cfg.reference_photos, cfg)
+                    person["seconds"] += done["seconds"]
+                    if done["final_losses"] is not None:
+                        person["final_losses"][f"{kind}/{row}"] = done["final_losses"]
+        if person["sets"]:
+            people.append(person)
     threshold = json.loads((Path(work) / "threshold.json").read_text())
     return {"config": asdict(cfg), "threshold": threshold, "people": people}
 
 
 def paired(people: list[dict], kind: str, region: str, a: str, b: str, metric: str = "lpips") -> dict:
-    """Mean over people of (b - a), each person's value the mean over its views, with the standard error."""
+    """Mean over the people who have both rows of (b - a), each person's value the mean over its views, with the
+    standard error."""
+    both = [p for p in people if {a, b} <= set(p["sets"].get(kind, {}))]
     diffs = np.array([np.mean(p["sets"][kind][b][region][metric]) - np.mean(p["sets"][kind][a][region][metric])
-                      for p in people], dtype=np.float64)
+                      for p in both], dtype=np.float64)
     se = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
-    mean = float(diffs.mean())
+    mean = float(diffs.mean()) if len(diffs) else float("nan")
     return {"mean": mean, "se": se, "z": mean / se if se and np.isfinite(se) and se > 0 else float("nan"),
             "people": len(diffs), "per_person": diffs.tolist()}
 
 
 def summarize(result: dict) -> dict:
-    """Per set kind, region and row: mean LPIPS, PSNR and verification rate; paired L_sym differences."""
+    """Per set kind, region and row: mean LPIPS, PSNR and verification rate over the people who have the row, and
+    how many they are; paired L_sym differences where some person has both rows. Kinds and rows nobody has yet are
+    left out."""
     people = result["people"]
-    rows = ["w_inversion", *result["config"]["rows"]]
-    table = {kind: {region: {row: {m: float(np.mean([np.mean(p["sets"][kind][row][region][m]) for p in people]))
-                                   for m in ("lpips", "psnr", "verified")}
-                             for row in rows}
-                    for region in REGIONS}
-             for kind in SET_KINDS}
-    effects = {}
-    if {"lora", "lora_sym"} <= set(rows):
-        effects = {kind: {region: {m: paired(people, kind, region, "lora", "lora_sym", m)
-                                   for m in ("lpips", "verified")}
-                          for region in REGIONS}
-                   for kind in SET_KINDS}
+    table, effects = {}, {}
+    for kind in SET_KINDS:
+        rows = [r for r in ("w_inversion", *result["config"]["rows"])
+                if any(r in p["sets"].get(kind, {}) for p in people)]
+        if not rows:
+            continue
+        table[kind] = {region: {row: {"people": len(have := [p for p in people if row in p["sets"].get(kind, {})]),
+                                      **{m: float(np.mean([np.mean(p["sets"][kind][row][region][m]) for p in have]))
+                                         for m in ("lpips", "psnr", "verified")}}
+                                for row in rows}
+                       for region in REGIONS}
+        if set(SYM_PAIR) <= set(rows) and paired(people, kind, "frontal", *SYM_PAIR)["people"]:
+            effects[kind] = {region: {m: paired(people, kind, region, *SYM_PAIR, m) for m in ("lpips", "verified")}
+                             for region in REGIONS}
     return {"people": len(people), "table": table, "sym_effect": effects}

@@ -1,7 +1,7 @@
 """docs/SYMMETRY.md from the symmetry experiment's results (evaluation/symmetry_experiment.py)."""
 from __future__ import annotations
 
-from evaluation.symmetry_experiment import REGIONS, SET_KINDS, summarize
+from evaluation.symmetry_experiment import REGIONS, summarize
 
 ROW_LABELS = {"w_inversion": "W inversion (base model)", "lora": "LoRA", "lora_sym": "LoRA + L_sym (My3DGen)",
               "full": "full fine-tuning", "full_sym": "full + L_sym", "authors": "LoRA + L_sym, authors' recipe"}
@@ -26,8 +26,8 @@ def _diagnostics(d: dict) -> list[str]:
              "see. **Identity error**: 1 − cos between the model's view and the true view, on the unseen (yaw < 0) "
              "and seen (yaw > 0) side: what the unseen side gets wrong. The truth row is the floor (the person under "
              "the photo's lighting is not exactly mirror-symmetric).", ""]
-    for kind in SET_KINDS:
-        lines += [f"**{KIND_LABELS[kind]}**", "", "| model | mirror gap | identity error, yaw < 0 | "
+    for kind in d:
+        lines += [f"**{KIND_LABELS[kind]}** ({d[kind]['people']} people)", "", "| model | mirror gap | identity error, yaw < 0 | "
                   "identity error, yaw > 0 |", "|---|---:|---:|---:|"]
         for row, v in d[kind]["rows"].items():
             label = "truth" if row == "truth" else ROW_LABELS.get(row, row)
@@ -39,14 +39,14 @@ def _diagnostics(d: dict) -> list[str]:
               "and the cosine between the two.", "",
               "| reference set | model | L_rec | L_sym | ‖∇L_rec‖ | ‖∇λ_sym L_sym‖ | ratio | cos |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for kind in SET_KINDS:
+    for kind in d:
         for row, g in d[kind]["gradients"].items():
             lines.append(f"| {kind.replace('_', '-')} | {ROW_LABELS.get(row, row)} | {g['rec']:.4f} | "
                          f"{g['sym']:.2e} | {g['grad_rec']:.3e} | {g['grad_sym']:.3e} | "
                          f"{g['grad_sym'] / g['grad_rec']:.3f} | {g['cos']:+.3f} |")
     lines.append("")
     curves = [f"{kind.replace('_', '-')} {c['first']:.2e} → {c['last']:.2e}"
-              for kind in SET_KINDS if (c := d[kind]["sym_curve"])]
+              for kind in d if (c := d[kind]["sym_curve"])]
     if curves:
         lines += ["L_sym in the LoRA + L_sym runs' logs, mean of the first and the last tenth of its steps: "
                   + "; ".join(curves) + ".", ""]
@@ -80,24 +80,24 @@ def render(result: dict, command: str, machine: str, notes: str = "", diagnostic
                                             for r, poses in REGIONS.items()) + ".",
         "",
     ]
-    for kind in SET_KINDS:
+    for kind in s["table"]:
         lines += [f"## {KIND_LABELS[kind]}", "",
-                  "| model | " + " | ".join(f"{r}: LPIPS ↓ / verified ↑" for r in REGIONS) + " |",
-                  "|---|" + "---:|" * len(REGIONS)]
-        for row, _ in s["table"][kind]["frontal"].items():
+                  "| model | people | " + " | ".join(f"{r}: LPIPS ↓ / verified ↑" for r in REGIONS) + " |",
+                  "|---|---:|" + "---:|" * len(REGIONS)]
+        for row, v in s["table"][kind]["frontal"].items():
             cells = [f"{s['table'][kind][r][row]['lpips']:.3f} / {100 * s['table'][kind][r][row]['verified']:.0f}%"
                      for r in REGIONS]
-            lines.append(f"| {ROW_LABELS.get(row, row)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {ROW_LABELS.get(row, row)} | {v['people']} | " + " | ".join(cells) + " |")
         lines.append("")
     if s["sym_effect"]:
         lines += ["## The effect of L_sym: (LoRA + L_sym) − LoRA, paired by person", "",
                   "Mean over people of each person's difference (its views averaged), ± the standard error over "
                   "people; negative LPIPS is better.", "",
-                  "| reference set | region | Δ LPIPS | Δ verified | reading |", "|---|---|---:|---:|---|"]
-        for kind in SET_KINDS:
-            for region in REGIONS:
-                e = s["sym_effect"][kind][region]
-                lines.append(f"| {kind.replace('_', '-')} | {region} | {e['lpips']['mean']:+.4f} ± "
+                  "| reference set | region | people | Δ LPIPS | Δ verified | reading |", "|---|---|---:|---:|---:|---|"]
+        for kind, regions in s["sym_effect"].items():
+            for region, e in regions.items():
+                lines.append(f"| {kind.replace('_', '-')} | {region} | {e['lpips']['people']} | "
+                             f"{e['lpips']['mean']:+.4f} ± "
                              f"{e['lpips']['se']:.4f} | {100 * e['verified']['mean']:+.1f} ± "
                              f"{100 * e['verified']['se']:.1f} pt | {_verdict(e['lpips'])} |")
         lines.append("")

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from evaluation.symmetry_experiment import REGIONS, SET_KINDS, SymmetryConfig, paired, reference_poses
+from evaluation.symmetry_experiment import REGIONS, SET_KINDS, SymmetryConfig, paired, reference_poses, work_units
 from evaluation.verification import cached_threshold, pair_scores, roc_auc, tar_at_far, threshold_at_far
 from tests.conftest import REPO
 
@@ -101,21 +101,47 @@ def test_smoke_run_through_the_script_fills_every_region_and_resumes(tmp_path):
                     assert all(isinstance(v, bool) for v in scores["verified"])
     doc = (tmp_path / "docs" / "SYMMETRY.md").read_text()
     assert "one-sided reference set" in doc and "(LoRA + L_sym) − LoRA" in doc and "FAR 0.01" in doc
-    assert "## Why: what L_sym sees" in doc and len(result["diagnostics"]) == 2
+    assert "## Why: what L_sym sees" in doc and len(result["diagnostics"]) == 2 * len(SET_KINDS)
+    assert {(d["seed"], d["kind"]) for d in result["diagnostics"]} == {
+        (p["seed"], kind) for p in result["people"] for kind in SET_KINDS}
     for d in result["diagnostics"]:                                  # the truth row: identity error 0 by definition
-        assert all(abs(v) < 1e-5 for v in d["sets"]["one_sided"]["rows"]["truth"]["id_error_unseen"])
-        assert d["sets"]["one_sided"]["sym_curve"]["logged"] >= 1
+        assert all(abs(v) < 1e-5 for v in d["scores"]["truth"]["id_error_unseen"])
+        assert d["sym_curve"]["logged"] >= 1 and set(d["gradients"]) == {"lora", "lora_sym"}
     from evaluation import symmetry_experiment as sx                 # the resume, in this process (no re-import)
     from generator.model_dir import load_model_dir
     said: list[str] = []
     first_seed, second_seed = (p["seed"] for p in result["people"])
-    with sx._hold(tmp_path / "work" / f"person_{second_seed}.lock") as held:   # as another worker would
+    pair = ("lora", "lora_sym")
+    with sx._hold(sx.unit_lock(tmp_path / "work", second_seed, "balanced", pair)) as held:  # as another worker would
         assert held
         again = sx.run(load_model_dir(REPO / "models" / "heads"), tmp_path / "work", SymmetryConfig(**sx.SMOKE),
                        log=said.append)
-    assert said.count(f"person {first_seed}: results exist, skipped") == 1
-    assert said.count(f"person {second_seed}: another worker is training this person, skipped") == 1
-    assert sum("skipped" in m for m in said) == 2 and again["people"] == result["people"]
+    assert said.count(f"person {first_seed}, one_sided: lora, lora_sym done, skipped") == 1
+    assert said.count(f"person {second_seed}, balanced: another worker is training lora, lora_sym, skipped") == 1
+    assert sum("skipped" in m for m in said) == 4 and json.loads(json.dumps(again["people"])) == result["people"]
+
+
+def test_work_units_answer_the_question_first():
+    cfg = SymmetryConfig(people=3)
+    seeds = cfg.person_seeds()
+    units = work_units(cfg)
+    pair = ("lora", "lora_sym")
+    assert units[:3] == [(s, "one_sided", pair) for s in seeds] and units[3:6] == [(s, "balanced", pair) for s in seeds]
+    assert units[6:] == [(s, kind, ("full",)) for kind in SET_KINDS for s in seeds]
+
+
+def test_summary_of_a_partial_run_counts_the_people_of_each_row():
+    from evaluation.symmetry_experiment import summarize
+    views = {region: {"lpips": [0.2] * 2, "psnr": [20.0] * 2, "verified": [True, False]} for region in REGIONS}
+    better = {region: dict(v, lpips=[0.1] * 2) for region, v in views.items()}
+    people = [{"seed": 1, "sets": {"one_sided": {"w_inversion": views, "lora": views, "lora_sym": better}}},
+              {"seed": 2, "sets": {"one_sided": {"w_inversion": views, "lora": views}}}]
+    s = summarize({"config": {"rows": ["lora", "lora_sym", "full"]}, "people": people})
+    assert list(s["table"]) == ["one_sided"] and list(s["sym_effect"]) == ["one_sided"]   # nobody has balanced yet
+    assert {row: v["people"] for row, v in s["table"]["one_sided"]["frontal"].items()} == {
+        "w_inversion": 2, "lora": 2, "lora_sym": 1}
+    effect = s["sym_effect"]["one_sided"]["yaw < 0"]["lpips"]      # only the person with both rows is paired
+    assert effect["people"] == 1 and effect["mean"] == pytest.approx(-0.1) and math.isnan(effect["se"])
 
 
 def test_a_person_is_held_by_one_worker_at_a_time(tmp_path):
