@@ -1,7 +1,7 @@
 """docs/SYMMETRY.md from the symmetry experiment's results (evaluation/symmetry_experiment.py)."""
 from __future__ import annotations
 
-from evaluation.symmetry_experiment import REGIONS, summarize
+from evaluation.symmetry_experiment import REGIONS, SET_KINDS, summarize
 
 ROW_LABELS = {"w_inversion": "W inversion (base model)", "lora": "LoRA", "lora_sym": "LoRA + L_sym (My3DGen)",
               "full": "full fine-tuning", "full_sym": "full + L_sym", "authors": "LoRA + L_sym, authors' recipe"}
@@ -71,6 +71,14 @@ def render(result: dict, command: str, machine: str, notes: str = "", diagnostic
         "",
         f"People: {s['people']} (seeds {', '.join(str(p['seed']) for p in result['people'])}). Machine: {machine}.",
         "",
+    ]
+    done = sum(row in p["sets"].get(kind, {}) for p in result["people"] for kind in p["sets"] for row in cfg["rows"])
+    planned = cfg["people"] * len(cfg["rows"]) * len(SET_KINDS)
+    if done < planned:
+        lines += [f"**Partial run: {done} of the {planned} trained models are done.** The workers take the L_sym "
+                  "pair on every person's one-sided set first, then the balanced sets, then full fine-tuning "
+                  "(`evaluation.symmetry_experiment.work_units`); the run resumes where it stopped.", ""]
+    lines += [
         f"**Verification**: a view verifies when its cosine similarity to the person's enrolment photo (a true "
         f"frontal photo under an appearance no reference photo has) is above {thr['value']:.4f}, the heads identity "
         f"network's threshold at FAR {thr['far']:g} on {thr['people']} calibration people ({thr['impostor_pairs']:,} "

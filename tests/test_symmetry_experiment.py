@@ -134,14 +134,22 @@ def test_summary_of_a_partial_run_counts_the_people_of_each_row():
     from evaluation.symmetry_experiment import summarize
     views = {region: {"lpips": [0.2] * 2, "psnr": [20.0] * 2, "verified": [True, False]} for region in REGIONS}
     better = {region: dict(v, lpips=[0.1] * 2) for region, v in views.items()}
-    people = [{"seed": 1, "sets": {"one_sided": {"w_inversion": views, "lora": views, "lora_sym": better}}},
-              {"seed": 2, "sets": {"one_sided": {"w_inversion": views, "lora": views}}}]
+    people = [{"seed": 1, "sets": {"one_sided": {"w_inversion": views, "lora": views, "lora_sym": better}},
+               "final_losses": {}},
+              {"seed": 2, "sets": {"one_sided": {"w_inversion": views, "lora": views}}, "final_losses": {}}]
     s = summarize({"config": {"rows": ["lora", "lora_sym", "full"]}, "people": people})
     assert list(s["table"]) == ["one_sided"] and list(s["sym_effect"]) == ["one_sided"]   # nobody has balanced yet
     assert {row: v["people"] for row, v in s["table"]["one_sided"]["frontal"].items()} == {
         "w_inversion": 2, "lora": 2, "lora_sym": 1}
     effect = s["sym_effect"]["one_sided"]["yaw < 0"]["lpips"]      # only the person with both rows is paired
     assert effect["people"] == 1 and effect["mean"] == pytest.approx(-0.1) and math.isnan(effect["se"])
+    from dataclasses import asdict
+
+    from evaluation.symmetry_report import render
+    threshold = {"value": 0.88, "far": 0.01, "people": 150, "impostor_pairs": 178800, "tar": 0.78}
+    doc = render({"config": asdict(SymmetryConfig()), "threshold": threshold, "people": people}, "cmd", "cpu")
+    assert "**Partial run: 3 of the 30 trained models are done.**" in doc and "## balanced" not in doc
+    assert "| one-sided | yaw < 0 | 1 | -0.1000 ± nan |" in doc and "one person: no standard error" in doc
 
 
 def test_a_person_is_held_by_one_worker_at_a_time(tmp_path):
