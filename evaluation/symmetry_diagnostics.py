@@ -24,9 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from evaluation.symmetry_experiment import SET_KINDS, SymmetryConfig, true_views
+from evaluation.symmetry_experiment import SET_KINDS, SymmetryConfig, render_anchor, true_views
 from formats.atomic import write_text
-from formats.cameras import lookat_label
 
 MIRROR_YAWS = (0.35, 0.6)
 """|yaw| of the mirrored evaluation pairs (the 'yaw < 0' and 'yaw > 0' regions' cameras)."""
@@ -39,17 +38,6 @@ def _cos(encoder, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     feats = encoder(torch.cat([a, b]).clamp(-1, 1))
     fa, fb = feats.chunk(2)
     return (fa * fb).sum(1)
-
-
-def _renders(G, ws: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-    """Anchor k rendered at the unseen and seen cameras [len(MIRROR_YAWS), 3, R, R] each."""
-    out = {}
-    for side, poses in PAIRS.items():
-        c = torch.from_numpy(np.stack([lookat_label(y, p) for y, p in poses]))
-        w = ws[k:k + 1]
-        w = (w if w.ndim == 3 else w[:, None].expand(1, G.num_ws, -1)).expand(len(poses), -1, -1)
-        out[side] = G.synthesis(w, c)["image"].clamp(-1, 1)
-    return out
 
 
 def _gaps(encoder, views: dict[str, torch.Tensor], truth: dict[str, torch.Tensor]) -> dict[str, list[float]]:
@@ -121,7 +109,8 @@ def diagnose_set(G, seed: int, kind: str, rows: tuple[str, ...], work: Path, cfg
             attach(G, adapter)
             try:  # the truth row: the true person's own mirror gap, the floor (its identity error is 0)
                 per_anchor = [_gaps(encoder, {s: truth[s][k] for s in PAIRS} if name == "truth" else
-                                    _renders(G, anchors.ws, k), {s: truth[s][k] for s in PAIRS})
+                                    {s: render_anchor(G, anchors.ws, k, PAIRS[s]) for s in PAIRS},
+                                    {s: truth[s][k] for s in PAIRS})
                               for k in photo_ids]
             finally:
                 detach(G)

@@ -120,6 +120,14 @@ def true_views(seed: int, photo_ids: list[int], resolution: int,
             for region, poses in regions.items()}
 
 
+def render_anchor(G, ws: torch.Tensor, k: int, poses) -> torch.Tensor:
+    """Anchor k of ws ([K, w_dim] or [K, num_ws, w_dim]) rendered at (yaw, pitch) poses: [len(poses), 3, R, R]."""
+    c = torch.from_numpy(np.stack([lookat_label(y, p) for y, p in poses]))
+    w = ws[k:k + 1]
+    w = (w if w.ndim == 3 else w[:, None].expand(1, G.num_ws, -1)).expand(len(poses), -1, -1)
+    return G.synthesis(w, c)["image"].clamp(-1, 1)
+
+
 def evaluate_model(G, adapter, anchors, truths: dict[str, list[torch.Tensor]], lpips, encoder, enrol: torch.Tensor,
                    threshold: Threshold) -> dict:
     """Per region: LPIPS, PSNR and verification of every anchor's views against `truths` (`true_views`; anchor k
@@ -131,12 +139,9 @@ def evaluate_model(G, adapter, anchors, truths: dict[str, list[torch.Tensor]], l
     try:
         with torch.no_grad():
             for region, poses in REGIONS.items():
-                c = torch.from_numpy(np.stack([lookat_label(y, p) for y, p in poses]))
                 scores = {"lpips": [], "psnr": [], "verified": []}
                 for k, truth in enumerate(truths[region]):
-                    w = anchors.ws[k:k + 1]
-                    w = (w if w.ndim == 3 else w[:, None].expand(1, G.num_ws, -1)).expand(len(poses), -1, -1)
-                    image = G.synthesis(w, c)["image"].clamp(-1, 1)
+                    image = render_anchor(G, anchors.ws, k, poses)
                     scores["lpips"] += lpips(image, truth).tolist()
                     scores["psnr"] += psnr(image, truth).tolist()
                     scores["verified"] += verifies(encoder, image, enrol, threshold).tolist()

@@ -72,7 +72,7 @@ def render(result: dict, command: str, machine: str, notes: str = "", diagnostic
         f"People: {s['people']} (seeds {', '.join(str(p['seed']) for p in result['people'])}). Machine: {machine}.",
         "",
     ]
-    done = sum(row in p["sets"].get(kind, {}) for p in result["people"] for kind in p["sets"] for row in cfg["rows"])
+    done = sum(row in rows for p in result["people"] for rows in p["sets"].values() for row in cfg["rows"])
     planned = cfg["people"] * len(cfg["rows"]) * len(SET_KINDS)
     if done < planned:
         lines += [f"**Partial run: {done} of the {planned} trained models are done.** The workers take the L_sym "

@@ -4,9 +4,9 @@
     python scripts/experiments.py run --smoke --work /tmp/x --docs /tmp/x/docs   # the CI smoke run (~1 min)
     python scripts/experiments.py report              # rewrite the doc from WORK/results (no training)
     python scripts/experiments.py symmetry            # the one-sided symmetry experiment -> docs/SYMMETRY.md
-                                                      #   (start it once per core: the workers share the people)
+                                                      #   (start it once per core: the workers share the work)
     python scripts/experiments.py symmetry-report     # rewrite docs/SYMMETRY.md from WORK (no training;
-                                                      #   renders the diagnostics of people that lack them)
+                                                      #   renders the diagnostics of sets that lack them)
 
 Every person's results are cached in WORK/results/person_SEED.json as soon as they finish, so an interrupted run
 resumes where it stopped. The doc's discussion comes from docs/experiments/notes.md when it exists (written by a
